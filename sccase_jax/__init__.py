@@ -1,0 +1,23 @@
+"""sccase_jax: scCASE enhancement of scATAC-seq count matrices in JAX."""
+
+from sccase_jax.api import FitResult as FitResult
+from sccase_jax.api import InputError as InputError
+from sccase_jax.api import fit as fit
+from sccase_jax.params import Data as Data
+from sccase_jax.params import Factors as Factors
+from sccase_jax.params import Hyperparams as Hyperparams
+from sccase_jax.params import SolverConfig as SolverConfig
+from sccase_jax.params import release_config as release_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Data",
+    "Factors",
+    "FitResult",
+    "Hyperparams",
+    "InputError",
+    "SolverConfig",
+    "fit",
+    "release_config",
+]

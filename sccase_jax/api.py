@@ -1,0 +1,224 @@
+"""Array-level entry point: :func:`fit` a preprocessed peaks x cells matrix."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+from jax.experimental import sparse as jsparse
+
+from sccase_jax.init import dropout_mask, gram_matrix, jaccard_similarity, nmf
+from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
+from sccase_jax.solver import CONVERGED, MAX_ITER, NONFINITE, run
+
+__all__ = ["DEFAULT_MAX_ITER", "FitResult", "InputError", "fit", "enhanced_matrix", "default_dtype"]
+
+DEFAULT_MAX_ITER = 100
+_STATUS_NAMES = {CONVERGED: "converged", MAX_ITER: "max_iter", NONFINITE: "nonfinite"}
+
+
+class InputError(ValueError):
+    """Bad user input, reported in one line (the CLI prints it without a traceback)."""
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns (host numpy arrays).
+
+    Attributes
+    ----------
+    W, H, Z
+        Loadings (peaks x k), embedding (k x cells), similarity (cells x cells).
+    loss
+        F after each iteration (length ``n_iter``).
+    initial_loss
+        F at the starting point.
+    n_iter
+        Iterations run.
+    converged
+        Whether the relative change of F fell below ``tol``.
+    status
+        ``"converged"``, ``"max_iter"`` or ``"nonfinite"`` (F became non-finite; the last
+        finite iterate is returned).
+    params
+        The settings used, for the record.
+    """
+
+    W: np.ndarray
+    H: np.ndarray
+    Z: np.ndarray
+    loss: np.ndarray
+    initial_loss: float
+    n_iter: int
+    converged: bool
+    status: str
+    params: dict
+
+
+def default_dtype():
+    """float64 when ``jax_enable_x64`` is on, else float32."""
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+def check_matrix(X, what: str = "X"):
+    """Reject non-numeric, negative, NaN or infinite input with a one-line error."""
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise InputError(f"{what} must hold real numbers, got dtype {data.dtype}")
+    if data.size and not np.all(np.isfinite(data)):
+        bad = int(np.sum(~np.isfinite(data)))
+        raise InputError(f"{what} has {bad} NaN or infinite value(s)")
+    if data.size and data.min() < 0:
+        raise InputError(f"{what} has {int(np.sum(data < 0))} negative value(s); counts must be >= 0")
+
+
+def device_matrix(X, dtype, fmt: str = "auto"):
+    """Put a peaks x cells matrix on device: dense, or ``BCOO`` for large sparse inputs."""
+    m, n = X.shape
+    if fmt == "auto":
+        fmt = "dense" if m * n <= 100_000_000 or not sp.issparse(X) else "sparse"
+    if fmt == "dense":
+        return jnp.asarray(X.toarray() if sp.issparse(X) else np.asarray(X), dtype)
+    if fmt == "sparse":
+        return jsparse.BCOO.from_scipy_sparse(sp.coo_matrix(X, dtype=np.dtype(dtype)))
+    raise InputError(f"x_format must be 'auto', 'dense' or 'sparse', got {fmt!r}")
+
+
+def fit(
+    X,
+    n_components: int,
+    *,
+    lam: float = 1e6,
+    gamma1: float = 1.0,
+    gamma2: float = 1.0,
+    keep_prob: float = 0.95,
+    tol: float = 1e-6,
+    max_iter: int = DEFAULT_MAX_ITER,
+    seed: int = 0,
+    config: SolverConfig | None = None,
+    jaccard_normalize: str = "column",
+    nmf_iter: int = 200,
+    init: Factors | None = None,
+    x_format: str = "auto",
+    dtype: Any = None,
+    progress: bool = False,
+) -> FitResult:
+    """Fit scCASE to an already preprocessed peaks x cells matrix.
+
+    Parameters
+    ----------
+    X
+        Preprocessed accessibility, peaks x cells (scipy sparse or dense), non-negative.
+    n_components
+        k, the number of NMF components.
+    lam, gamma1, gamma2
+        Weights of the similarity term and the ridge terms on W and H (paper Eq. 2).
+    keep_prob
+        Keep probability s of the random mask R (drawn once from ``seed``).
+    tol, max_iter
+        Stop when the relative change of F is below ``tol``, or after ``max_iter``.
+    seed
+        Seeds the mask R and the NMF start.
+    config
+        Full :class:`~sccase_jax.params.SolverConfig`; its ``max_iter``, ``tol`` and
+        ``progress`` are replaced by the arguments above.  Use
+        :func:`~sccase_jax.params.release_config` for the released code's behaviour.
+    jaccard_normalize
+        ``"column"`` (paper) or ``"row"`` (released code) normalisation of Z0.
+    nmf_iter
+        HALS sweeps of the NMF start.
+    init
+        Optional starting :class:`~sccase_jax.params.Factors` (skips NMF and Jaccard).
+    x_format
+        How X is kept on device for the m x k products: ``"dense"``, ``"sparse"`` (BCOO)
+        or ``"auto"`` (dense up to 1e8 entries).
+    dtype
+        Computation dtype; default float32, or float64 when ``jax_enable_x64`` is on.
+    progress
+        Print iteration, F and relative change while fitting.
+    """
+    if sp.issparse(X):
+        X = X.tocsc()
+    else:
+        X = np.asarray(X)
+    if X.ndim != 2:
+        raise InputError(f"X must be a 2-d peaks x cells matrix, got shape {X.shape}")
+    check_matrix(X)
+    m, n = X.shape
+    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
+        raise InputError(f"n_components must be an integer, got {n_components!r}")
+    if n_components < 1:
+        raise InputError(f"n_components must be >= 1, got {n_components}")
+    if n_components > min(m, n):
+        raise InputError(
+            f"n_components = {n_components} exceeds min(peaks, cells) = {min(m, n)}"
+            f" ({m} peaks, {n} cells)"
+        )
+    if max_iter < 0:
+        raise InputError(f"max_iter must be >= 0, got {max_iter}")
+    if not 0.0 < keep_prob <= 1.0:
+        raise InputError(f"keep_prob must be in (0, 1], got {keep_prob}")
+    for name, v in (("lam", lam), ("gamma1", gamma1), ("gamma2", gamma2), ("tol", tol)):
+        if not np.isfinite(v) or v < 0:
+            raise InputError(f"{name} must be a finite number >= 0, got {v}")
+    dtype = dtype or default_dtype()
+    k = int(n_components)
+
+    key_mask, key_nmf = jax.random.split(jax.random.PRNGKey(seed))
+    Xd = device_matrix(X, dtype, x_format)
+    G = jnp.asarray(gram_matrix(X, np.dtype(dtype)))
+    if init is None:
+        W0, H0 = nmf(Xd, k, key_nmf, n_iter=nmf_iter)
+        Z0 = jnp.asarray(jaccard_similarity(X, jaccard_normalize), dtype)
+        init = Factors(W0, H0, Z0)
+    else:
+        init = Factors(*(jnp.asarray(a, dtype) for a in init))
+    data = Data(
+        X=Xd,
+        G=G,
+        R=dropout_mask(key_mask, n, keep_prob),
+        P=jnp.zeros((m, k), dtype),
+        M=jnp.zeros((k,), dtype),
+    )
+    config = (config or SolverConfig())._replace(max_iter=int(max_iter), tol=float(tol), progress=progress)
+    hp = Hyperparams.create(lam, gamma1, gamma2, 0.0, dtype=dtype)
+    res = run(data, init, hp, config)
+    return to_fit_result(res, dict(
+        n_components=k, lam=lam, gamma1=gamma1, gamma2=gamma2, keep_prob=keep_prob, tol=tol,
+        max_iter=max_iter, seed=seed, jaccard_normalize=jaccard_normalize, nmf_iter=nmf_iter,
+        config=config._asdict(), dtype=np.dtype(dtype).name,
+    ))
+
+
+def to_fit_result(res, params: dict) -> FitResult:
+    """Move a solver :class:`~sccase_jax.solver.Result` to host numpy."""
+    res = jax.device_get(res)
+    n_iter = int(res.num_steps)
+    return FitResult(
+        W=np.asarray(res.factors.W),
+        H=np.asarray(res.factors.H),
+        Z=np.asarray(res.factors.Z),
+        loss=np.asarray(res.loss_history)[:n_iter].copy(),
+        initial_loss=float(res.initial_loss),
+        n_iter=n_iter,
+        converged=bool(res.converged),
+        status=_STATUS_NAMES.get(int(res.status), "running"),
+        params=params,
+    )
+
+
+def enhanced_matrix(X, Z, block: int = 1024, dtype=np.float32) -> np.ndarray:
+    """The enhanced matrix ``(X Z)^T`` (cells x peaks), computed ``block`` cells at a time.
+
+    ``X`` is peaks x cells (scipy sparse or dense) and stays sparse; only one block of the
+    dense result exists besides the output array.
+    """
+    X = X.tocsr() if sp.issparse(X) else np.asarray(X)
+    Z = np.asarray(Z)
+    m, n = X.shape
+    out = np.empty((n, m), dtype=dtype)
+    for j in range(0, n, block):
+        out[j : j + block] = np.asarray(X @ Z[:, j : j + block]).T
+    return out

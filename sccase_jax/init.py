@@ -1,0 +1,136 @@
+"""Starting points: the dropout mask R, the Jaccard start Z0, G = X^T X, and NMF for W, H.
+
+Host-side helpers (:func:`gram_matrix`, :func:`jaccard_similarity`) take scipy-sparse or
+dense peaks x cells matrices and reduce them with sparse products, in column blocks, so
+no dense m x n array is built.  :func:`nmf` runs on device (dense or ``BCOO`` X).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+from jax import lax
+
+__all__ = ["dropout_mask", "gram_matrix", "jaccard_similarity", "nmf"]
+
+
+def dropout_mask(key, n: int, keep_prob: float = 0.95):
+    """The fixed random mask R (n x n, bool): each entry kept with probability ``keep_prob``."""
+    if not 0.0 < keep_prob <= 1.0:
+        raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob}")
+    return jax.random.bernoulli(key, keep_prob, (n, n))
+
+
+def _blocked_crossprod(A, Bm, dtype, block: int = 2048):
+    """``A^T Bm`` as a dense array, column block by column block (sparse-aware)."""
+    n = Bm.shape[1]
+    out = np.empty((A.shape[1], n), dtype=dtype)
+    At = A.T.tocsr() if sp.issparse(A) else A.T
+    for j in range(0, n, block):
+        blk = Bm[:, j : j + block]
+        prod = At @ blk
+        out[:, j : j + block] = prod.toarray() if sp.issparse(prod) else prod
+    return out
+
+
+def gram_matrix(X, dtype=np.float32, block: int = 2048) -> np.ndarray:
+    """``G = X^T X`` (cells x cells) from a peaks x cells matrix, accumulated in float64."""
+    X = sp.csc_matrix(X, dtype=np.float64) if sp.issparse(X) else np.asarray(X, np.float64)
+    return _blocked_crossprod(X, X, np.float64, block).astype(dtype, copy=False)
+
+
+def jaccard_similarity(X, normalize: str | None = "column", block: int = 2048) -> np.ndarray:
+    """Jaccard similarity between the binarised cell profiles (columns of X).
+
+    ``J[i, j] = |a_i & a_j| / |a_i | a_j|`` with counts in int64 (the released code's int16
+    overflows).  Two empty cells get 0.  ``normalize="column"`` makes each column sum 1
+    (paper), ``"row"`` each row (released code), ``None`` leaves J as is.
+    Returns float64 (n x n).
+    """
+    Xb = sp.csc_matrix(X) if sp.issparse(X) else sp.csc_matrix(np.asarray(X))
+    Xb = Xb.astype(bool).astype(np.int64)
+    inter = _blocked_crossprod(Xb, Xb, np.int64, block)
+    size = np.asarray(Xb.sum(axis=0)).ravel()
+    union = size[:, None] + size[None, :] - inter
+    J = np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
+    if normalize == "column":
+        s = J.sum(axis=0, keepdims=True)
+        J = np.divide(J, s, out=np.zeros_like(J), where=s > 0)
+    elif normalize == "row":
+        s = J.sum(axis=1, keepdims=True)
+        J = np.divide(J, s, out=np.zeros_like(J), where=s > 0)
+    elif normalize is not None:
+        raise ValueError(f"normalize must be 'column', 'row' or None, got {normalize!r}")
+    return J
+
+
+def _nndsvda(X, k, key, n_power: int = 4):
+    """NNDSVD-a start from a randomized truncated SVD of X (dense or BCOO)."""
+    m, n = X.shape
+    dtype = X.dtype
+    ell = min(k + 10, min(m, n))
+    Y = X @ jax.random.normal(key, (n, ell), dtype)
+    for _ in range(n_power):
+        Y, _ = jnp.linalg.qr(Y)
+        Y, _ = jnp.linalg.qr(X @ (X.T @ Y))
+    Qm, _ = jnp.linalg.qr(Y)
+    small = (X.T @ Qm).T  # ell x n
+    Ub, s, Vt = jnp.linalg.svd(small, full_matrices=False)
+    U = (Qm @ Ub)[:, :k]
+    s, V = s[:k], Vt[:k]
+    # Fix the sign ambiguity of each singular pair, then split into positive parts.
+    up, un = jnp.maximum(U, 0), jnp.maximum(-U, 0)
+    vp, vn = jnp.maximum(V, 0), jnp.maximum(-V, 0)
+    nup, nun = jnp.linalg.norm(up, axis=0), jnp.linalg.norm(un, axis=0)
+    nvp, nvn = jnp.linalg.norm(vp, axis=1), jnp.linalg.norm(vn, axis=1)
+    pos = nup * nvp >= nun * nvn
+    sigma = jnp.where(pos, nup * nvp, nun * nvn)
+    lam = jnp.sqrt(s * sigma)
+    safe = lambda a: jnp.where(a > 0, a, 1)  # noqa: E731
+    W = jnp.where(pos[None, :], up / safe(nup)[None, :], un / safe(nun)[None, :]) * lam[None, :]
+    H = jnp.where(pos[:, None], vp / safe(nvp)[:, None], vn / safe(nvn)[:, None]) * lam[:, None]
+    # The leading pair is non-negative up to sign: use its absolute values.
+    W = W.at[:, 0].set(jnp.sqrt(s[0]) * jnp.abs(U[:, 0]))
+    H = H.at[0].set(jnp.sqrt(s[0]) * jnp.abs(V[0]))
+    mean = jnp.sum(X.T @ jnp.ones((m,), dtype)) / (m * n)
+    W = jnp.where(W > 0, W, mean)
+    H = jnp.where(H > 0, H, mean)
+    return W, H
+
+
+@partial(jax.jit, static_argnames=("k", "n_iter"))
+def _nmf(X, key, k: int, n_iter: int):
+    W, H = _nndsvda(X, k, key)
+    eps = jnp.finfo(X.dtype).tiny
+
+    def hals_cols(A, XtB, BtB):
+        # One HALS sweep over the k columns of A for min ||X - A B^T|| with fixed B.
+        def col(j, A):
+            num = XtB[:, j] - A @ BtB[:, j] + A[:, j] * BtB[j, j]
+            return A.at[:, j].set(jnp.maximum(num / jnp.maximum(BtB[j, j], eps), eps))
+
+        return lax.fori_loop(0, k, col, A)
+
+    def sweep(_, WH):
+        W, H = WH
+        W = hals_cols(W, X @ H.T, H @ H.T)
+        Ht = hals_cols(H.T, X.T @ W, W.T @ W)
+        return W, Ht.T
+
+    return lax.fori_loop(0, n_iter, sweep, (W, H))
+
+
+def nmf(X, k: int, key, n_iter: int = 200):
+    """Non-negative factorisation ``X ~ W H`` (W: m x k, H: k x n), seeded by ``key``.
+
+    NNDSVD-a start (randomized SVD, the random part seeded) followed by ``n_iter`` HALS
+    sweeps, all jitted; ``X`` may be a dense array or a ``BCOO`` matrix.
+    """
+    m, n = X.shape
+    if not 1 <= k <= min(m, n):
+        raise ValueError(f"n_components must be between 1 and min(peaks, cells) = {min(m, n)}, got {k}")
+    return _nmf(X, key, k, n_iter)

@@ -1,0 +1,257 @@
+"""The alternating solver: ``init_state``, ``update`` (one Z, W, H sweep) and ``run``.
+
+One iteration, in Gram form (``G = X^T X`` fixed, nothing m x n is formed):
+
+1. Z: gradient from the cached ``G S``; exact quadratic step (one ``G (D o R)`` product);
+   projected, guarded move, whose trial ``G S`` becomes the new cache.
+2. W: gradient from ``E = X S H^T`` (m x k); exact step for the reference block (if any),
+   then for the free block; each projected and guarded.  Then ``B = W^T X`` (k x n).
+3. H: gradient from ``B S``; backtracking from ``h_step_init`` (paper) or the exact quartic
+   step; trials cost k x n^2 each.
+
+So an iteration costs two n x n x n products plus O(n^2 k + nnz(X) k).  ``run`` executes
+the whole fit as one :func:`jax.lax.while_loop`, stopping on ``|dF| / |F| < tol``, at
+``max_iter``, or on a non-finite F (the last finite iterate is kept and reported).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sccase_jax.gradients import grad_h_gram, grad_w_gram, grad_z_gram
+from sccase_jax.losses import gram_loss, reconstruction_gram, similarity_term
+from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
+from sccase_jax.steps import (
+    exact_h_step,
+    exact_w_step,
+    exact_z_step,
+    line_search,
+    quartic_h_coefficients,
+)
+
+__all__ = [
+    "CONVERGED",
+    "MAX_ITER",
+    "NONFINITE",
+    "RUNNING",
+    "Result",
+    "SolverState",
+    "init_state",
+    "run",
+    "update",
+]
+
+RUNNING, CONVERGED, MAX_ITER, NONFINITE = 0, 1, 2, 3
+
+
+class SolverState(NamedTuple):
+    """Loop carry.  ``GS = G (Z o R)`` and ``B = W^T X`` are caches of the current point."""
+
+    W: Any
+    H: Any
+    Z: Any
+    GS: Any
+    B: Any
+    loss: Any
+    initial_loss: Any
+    rel_change: Any
+    iteration: Any
+    loss_history: Any  # (max_iter,), NaN where not reached
+    status: Any
+
+
+class Result(NamedTuple):
+    """Outcome of :func:`run`.
+
+    ``loss_history[:num_steps]`` holds F after each iteration; ``status`` is one of
+    ``CONVERGED``, ``MAX_ITER`` or ``NONFINITE``.
+    """
+
+    factors: Factors
+    loss_history: Any
+    initial_loss: Any
+    num_steps: Any
+    converged: Any
+    status: Any
+
+
+def wt_x(X, W):
+    """``W^T X`` (k x n) for a dense or ``BCOO`` X, without densifying X."""
+    return (X.T @ W).T
+
+
+def _sq(A):
+    return jnp.vdot(A, A)
+
+
+def init_state(data: Data, factors: Factors, hp: Hyperparams, config: SolverConfig):
+    """State at the starting point; a non-finite F0 marks it ``NONFINITE`` at once."""
+    W, H, Z = factors
+    dtype = Z.dtype
+    S = Z * data.R.astype(dtype)
+    GS = data.G @ S
+    B = wt_x(data.X, W)
+    F = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
+    status = jnp.where(jnp.isfinite(F), RUNNING, NONFINITE).astype(jnp.int32)
+    return SolverState(
+        W=W,
+        H=H,
+        Z=Z,
+        GS=GS,
+        B=B,
+        loss=F,
+        initial_loss=F,
+        rel_change=jnp.asarray(jnp.inf, dtype),
+        iteration=jnp.asarray(0, jnp.int32),
+        loss_history=jnp.full((config.max_iter,), jnp.nan, dtype),
+        status=status,
+    )
+
+
+def _z_step(state, data, hp, config, F_cur):
+    W, H, Z, GS, B = state.W, state.H, state.Z, state.GS, state.B
+    Rf = data.R.astype(Z.dtype)
+    Q = Z - H.T @ H
+    D = grad_z_gram(GS, B, H, Q, Rf, hp.lam)
+    DR = D * Rf
+    d = exact_z_step(D, DR, data.G @ DR, hp.lam)
+
+    def objective(Zc):
+        S = Zc * Rf
+        GSc = data.G @ S
+        return gram_loss(S, GSc, B, W, H, Zc, data.P, data.M, hp), GSc
+
+    return line_search(
+        Z, D, d, 0.5, config.max_trials, objective, F_cur, GS, accept_any=not config.guard
+    )
+
+
+def _w_step(W, H, S, GS, Z, data, hp, config, F_cur):
+    X, P, M = data.X, data.P, data.M
+    E = X @ (S @ H.T)  # m x k
+    HHt = H @ H.T
+    const = jnp.vdot(S, GS) + hp.lam * similarity_term(Z, H) + hp.gamma2 * _sq(H)
+    Mr = M[None, :]
+
+    def objective(Wc):
+        F = const - 2.0 * jnp.vdot(Wc, E) + jnp.vdot(Wc.T @ Wc, HHt) + hp.gamma1 * _sq(Wc)
+        return F + hp.alpha * _sq(P - Wc * Mr), None
+
+    g1 = hp.gamma1 if config.w_step == "exact" else jnp.zeros_like(hp.gamma1)
+    # Reference block (W1) first, then the free block (W2), each an exact quadratic step.
+    for mask, ridge in ((Mr, g1 + hp.alpha), (1.0 - Mr, g1)):
+        D = grad_w_gram(W, E, HHt, P, M, hp.gamma1, hp.alpha) * mask
+        d = exact_w_step(D, HHt, ridge)
+        W, F_cur, _ = line_search(
+            W, D, d, 0.5, config.max_trials, objective, F_cur, None, accept_any=not config.guard
+        )
+    return W, F_cur
+
+
+def _h_step(W, H, Z, S, GS, B, data, hp, config, F_cur):
+    BS = B @ S
+    WtW = W.T @ W
+    const = jnp.vdot(S, GS) + hp.gamma1 * _sq(W) + hp.alpha * _sq(data.P - W * data.M[None, :])
+
+    def objective(Hc):
+        F = const - 2.0 * jnp.vdot(BS, Hc) + jnp.vdot(WtW, Hc @ Hc.T)
+        return F + hp.lam * similarity_term(Z, Hc) + hp.gamma2 * _sq(Hc), None
+
+    Q = Z - H.T @ H
+    HQ = H @ Q
+    D = -2.0 * BS + 2.0 * WtW @ H - 2.0 * hp.lam * (HQ + H @ Q.T) + 2.0 * hp.gamma2 * H
+    if config.h_step == "exact":
+        # Solve along the unit direction: the raw quartic coefficients overflow float32.
+        norm = jnp.sqrt(_sq(D))
+        U = D / jnp.where(norm > 0, norm, 1)
+        t = exact_h_step(quartic_h_coefficients(H, U, Q, HQ, BS, WtW, hp.lam, hp.gamma2))
+        d0 = t / jnp.where(norm > 0, norm, 1)
+        shrink, trials = 0.5, config.max_trials
+    else:
+        d0, shrink, trials = config.h_step_init, config.h_step_shrink, config.h_max_trials
+    H, F_cur, _ = line_search(H, D, d0, shrink, trials, objective, F_cur, None)
+    return H, F_cur
+
+
+def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig):
+    """One Z, W, H sweep; returns the next state (status and history updated)."""
+    F_prev = state.loss
+    F_cur = F_prev
+    if config.rescale_h:
+        s = jnp.sum(state.H, axis=1, keepdims=True)
+        H = state.H / jnp.where(s > 0, s, 1)
+        Rf = data.R.astype(state.Z.dtype)
+        F_cur = gram_loss(state.Z * Rf, state.GS, state.B, state.W, H, state.Z, data.P, data.M, hp)
+        state = state._replace(H=H, loss=F_cur)
+
+    Z, F_cur, GS = _z_step(state, data, hp, config, F_cur)
+    S = Z * data.R.astype(Z.dtype)
+    W, F_cur = _w_step(state.W, state.H, S, GS, Z, data, hp, config, F_cur)
+    B = wt_x(data.X, W)
+    H, F_cur = _h_step(W, state.H, Z, S, GS, B, data, hp, config, F_cur)
+    # The H objective skips terms that did not change; recompute F in the shared form so
+    # that the history and the next comparisons use one formula.
+    F_new = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
+
+    finite = jnp.isfinite(F_new)
+    rel = jnp.abs(F_prev - F_new) / jnp.maximum(jnp.abs(F_prev), jnp.finfo(F_new.dtype).tiny)
+    it = state.iteration + 1
+    status = jnp.where(
+        ~finite,
+        NONFINITE,
+        jnp.where(rel < config.tol, CONVERGED, jnp.where(it >= config.max_iter, MAX_ITER, RUNNING)),
+    ).astype(jnp.int32)
+    new = SolverState(
+        W=W,
+        H=H,
+        Z=Z,
+        GS=GS,
+        B=B,
+        loss=F_new,
+        initial_loss=state.initial_loss,
+        rel_change=rel,
+        iteration=it,
+        loss_history=state.loss_history.at[state.iteration].set(F_new),
+        status=status,
+    )
+    # On a non-finite F keep the last finite iterate (only status and history move).
+    keep = lambda a, b: jnp.where(finite, a, b)  # noqa: E731
+    new = new._replace(
+        **{f: jax.tree.map(keep, getattr(new, f), getattr(state, f)) for f in ("W", "H", "Z", "GS", "B", "loss")}
+    )
+    if config.progress:
+        jax.debug.callback(_report, it, F_new, rel, status, ordered=False)
+    return new
+
+
+def _report(it, F, rel, status):
+    from sccase_jax._progress import report
+
+    report(it, F, rel, status)
+
+
+def _keep_going(state):
+    return state.status == RUNNING
+
+
+@partial(jax.jit, static_argnames=("config",))
+def run(data: Data, factors0: Factors, hp: Hyperparams, config: SolverConfig = SolverConfig()):
+    """Fit from ``factors0`` to convergence, ``max_iter`` or a non-finite F, on device."""
+    state = init_state(data, factors0, hp, config)
+    state = lax.while_loop(_keep_going, lambda s: update(s, data, hp, config), state)
+    status = jnp.where(
+        (state.status == RUNNING) & (state.iteration >= config.max_iter), MAX_ITER, state.status
+    )
+    return Result(
+        factors=Factors(state.W, state.H, state.Z),
+        loss_history=state.loss_history,
+        initial_loss=state.initial_loss,
+        num_steps=state.iteration,
+        converged=(status == CONVERGED) & jnp.isfinite(state.loss),
+        status=status,
+    )

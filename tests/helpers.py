@@ -1,0 +1,29 @@
+"""Small problems shared by the tests."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sccase_jax.params import Data, Factors, Hyperparams
+from sccase_jax.init import dropout_mask
+
+SHAPES = [(12, 9, 3), (7, 10, 2), (15, 6, 4)]
+
+
+def tiny_problem(seed=0, m=12, n=9, k=3, dtype=jnp.float64, k_ref=0, lam=2.0, scale=1.0):
+    """Random non-negative problem with the Data/Factors/Hyperparams the solver takes."""
+    rng = np.random.default_rng(seed)
+    X = rng.random((m, n)) * (rng.random((m, n)) < 0.6) * scale
+    W = rng.random((m, k))
+    H = rng.random((k, n))
+    Z = rng.random((n, n)) / n
+    R = np.asarray(dropout_mask(jax.random.PRNGKey(seed), n, 0.8))
+    P = np.zeros((m, k))
+    P[:, :k_ref] = rng.random((m, k_ref))
+    M = np.zeros(k)
+    M[:k_ref] = 1.0
+    cast = lambda a: jnp.asarray(a, dtype)  # noqa: E731
+    Xj = cast(X)
+    data = Data(X=Xj, G=Xj.T @ Xj, R=jnp.asarray(R), P=cast(P), M=cast(M))
+    hp = Hyperparams.create(lam=lam, gamma1=0.5, gamma2=0.3, alpha=0.7 if k_ref else 0.0, dtype=dtype)
+    return data, Factors(cast(W), cast(H), cast(Z)), hp
