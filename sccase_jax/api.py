@@ -14,7 +14,16 @@ from sccase_jax.init import dropout_mask, gram_matrix, jaccard_similarity, nmf
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.solver import CONVERGED, MAX_ITER, NONFINITE, run
 
-__all__ = ["DEFAULT_MAX_ITER", "FitResult", "InputError", "fit", "enhanced_matrix", "default_dtype"]
+__all__ = [
+    "DEFAULT_MAX_ITER",
+    "FitResult",
+    "InputError",
+    "Problem",
+    "default_dtype",
+    "enhanced_matrix",
+    "fit",
+    "prepare",
+]
 
 DEFAULT_MAX_ITER = 100
 _STATUS_NAMES = {CONVERGED: "converged", MAX_ITER: "max_iter", NONFINITE: "nonfinite"}
@@ -104,6 +113,9 @@ def fit(
     x_format: str = "auto",
     dtype: Any = None,
     progress: bool = False,
+    P=None,
+    k_ref: int = 0,
+    alpha: float = 0.0,
 ) -> FitResult:
     """Fit scCASE to an already preprocessed peaks x cells matrix.
 
@@ -138,11 +150,40 @@ def fit(
         Computation dtype; default float32, or float64 when ``jax_enable_x64`` is on.
     progress
         Print iteration, F and relative change while fitting.
+    P, k_ref, alpha
+        scCASER: reference loadings (peaks x ``k_ref``) for the first ``k_ref`` of the
+        ``n_components`` columns of W, pulled towards ``P`` with weight ``alpha``.
     """
-    if sp.issparse(X):
-        X = X.tocsc()
-    else:
-        X = np.asarray(X)
+    if max_iter < 0:
+        raise InputError(f"max_iter must be >= 0, got {max_iter}")
+    if not np.isfinite(tol) or tol < 0:
+        raise InputError(f"tol must be a finite number >= 0, got {tol}")
+    prob = prepare(
+        X, n_components, lam=lam, gamma1=gamma1, gamma2=gamma2, keep_prob=keep_prob, seed=seed,
+        jaccard_normalize=jaccard_normalize, nmf_iter=nmf_iter, init=init, x_format=x_format,
+        dtype=dtype, P=P, k_ref=k_ref, alpha=alpha,
+    )
+    config = (config or SolverConfig())._replace(max_iter=int(max_iter), tol=float(tol), progress=progress)
+    res = run(prob.data, prob.factors, prob.hp, config)
+    return to_fit_result(res, dict(
+        n_components=int(n_components), lam=lam, gamma1=gamma1, gamma2=gamma2,
+        keep_prob=keep_prob, tol=tol, max_iter=max_iter, seed=seed, k_ref=k_ref, alpha=alpha,
+        jaccard_normalize=jaccard_normalize, nmf_iter=nmf_iter, config=config._asdict(),
+        dtype=np.dtype(prob.hp.lam.dtype).name,
+    ))
+
+
+class Problem(NamedTuple):
+    """A fit ready to run: ``run(problem.data, problem.factors, problem.hp, config)``."""
+
+    data: Data
+    factors: Factors
+    hp: Hyperparams
+
+
+def check_input(X, n_components):
+    """Validate X (peaks x cells) and k; return X as CSC sparse or a dense ndarray."""
+    X = X.tocsc() if sp.issparse(X) else np.asarray(X)
     if X.ndim != 2:
         raise InputError(f"X must be a 2-d peaks x cells matrix, got shape {X.shape}")
     check_matrix(X)
@@ -156,40 +197,86 @@ def fit(
             f"n_components = {n_components} exceeds min(peaks, cells) = {min(m, n)}"
             f" ({m} peaks, {n} cells)"
         )
-    if max_iter < 0:
-        raise InputError(f"max_iter must be >= 0, got {max_iter}")
+    return X
+
+
+def prepare(
+    X,
+    n_components: int,
+    *,
+    lam: float = 1e6,
+    gamma1: float = 1.0,
+    gamma2: float = 1.0,
+    alpha: float = 0.0,
+    keep_prob: float = 0.95,
+    seed: int = 0,
+    jaccard_normalize: str = "column",
+    nmf_iter: int = 200,
+    init: Factors | None = None,
+    x_format: str = "auto",
+    dtype: Any = None,
+    P=None,
+    k_ref: int = 0,
+) -> Problem:
+    """Validate X and build the device data, the starting factors and the hyperparameters.
+
+    This is everything :func:`fit` does before the solver runs; sweeps and custom solvers
+    start from it.  ``P`` (peaks x ``k_ref``) enables the scCASER reference block: the first
+    ``k_ref`` columns of W start from ``P`` and are pulled towards it with weight ``alpha``.
+    """
+    X = check_input(X, n_components)
+    m, n = X.shape
     if not 0.0 < keep_prob <= 1.0:
         raise InputError(f"keep_prob must be in (0, 1], got {keep_prob}")
-    for name, v in (("lam", lam), ("gamma1", gamma1), ("gamma2", gamma2), ("tol", tol)):
+    for name, v in (("lam", lam), ("gamma1", gamma1), ("gamma2", gamma2), ("alpha", alpha)):
         if not np.isfinite(v) or v < 0:
             raise InputError(f"{name} must be a finite number >= 0, got {v}")
     dtype = dtype or default_dtype()
     k = int(n_components)
+    if not 0 <= k_ref <= k:
+        raise InputError(f"k_ref must be between 0 and n_components = {k}, got {k_ref}")
 
     key_mask, key_nmf = jax.random.split(jax.random.PRNGKey(seed))
     Xd = device_matrix(X, dtype, x_format)
     G = jnp.asarray(gram_matrix(X, np.dtype(dtype)))
+    Pfull = np.zeros((m, k), np.dtype(dtype))
+    if k_ref:
+        P = np.asarray(P, np.dtype(dtype))
+        if P.shape != (m, k_ref):
+            raise InputError(f"P must have shape (peaks, k_ref) = {(m, k_ref)}, got {P.shape}")
+        Pfull[:, :k_ref] = P
     if init is None:
-        W0, H0 = nmf(Xd, k, key_nmf, n_iter=nmf_iter)
+        if k > k_ref:
+            W0, H0 = nmf(Xd, k - k_ref, key_nmf, n_iter=nmf_iter)
+        else:
+            W0, H0 = jnp.zeros((m, 0), dtype), jnp.zeros((0, n), dtype)
+        if k_ref:
+            W0 = jnp.concatenate([jnp.asarray(Pfull[:, :k_ref]), W0], axis=1)
+            H0 = jnp.concatenate([_nnls_h(Xd, jnp.asarray(Pfull[:, :k_ref]), nmf_iter), H0], axis=0)
         Z0 = jnp.asarray(jaccard_similarity(X, jaccard_normalize), dtype)
         init = Factors(W0, H0, Z0)
     else:
         init = Factors(*(jnp.asarray(a, dtype) for a in init))
-    data = Data(
-        X=Xd,
-        G=G,
-        R=dropout_mask(key_mask, n, keep_prob),
-        P=jnp.zeros((m, k), dtype),
-        M=jnp.zeros((k,), dtype),
-    )
-    config = (config or SolverConfig())._replace(max_iter=int(max_iter), tol=float(tol), progress=progress)
-    hp = Hyperparams.create(lam, gamma1, gamma2, 0.0, dtype=dtype)
-    res = run(data, init, hp, config)
-    return to_fit_result(res, dict(
-        n_components=k, lam=lam, gamma1=gamma1, gamma2=gamma2, keep_prob=keep_prob, tol=tol,
-        max_iter=max_iter, seed=seed, jaccard_normalize=jaccard_normalize, nmf_iter=nmf_iter,
-        config=config._asdict(), dtype=np.dtype(dtype).name,
-    ))
+        want = ((m, k), (k, n), (n, n))
+        if tuple(a.shape for a in init) != want:
+            raise InputError(f"init shapes must be W {want[0]}, H {want[1]}, Z {want[2]}")
+    M = np.zeros(k, np.dtype(dtype))
+    M[:k_ref] = 1.0
+    data = Data(X=Xd, G=G, R=dropout_mask(key_mask, n, keep_prob), P=jnp.asarray(Pfull), M=jnp.asarray(M))
+    hp = Hyperparams.create(lam, gamma1, gamma2, alpha, dtype=dtype)
+    return Problem(data, init, hp)
+
+
+def _nnls_h(X, W, n_iter: int):
+    """H >= 0 minimising ||X - W H|| for fixed W (multiplicative updates)."""
+    WtX = (X.T @ W).T
+    WtW = W.T @ W
+    H = jnp.full((W.shape[1], X.shape[1]), jnp.mean(WtX) / jnp.maximum(jnp.mean(WtW), 1e-30), X.dtype)
+
+    def body(_, H):
+        return H * WtX / jnp.maximum(WtW @ H, jnp.finfo(X.dtype).tiny)
+
+    return jax.lax.fori_loop(0, n_iter, body, H)
 
 
 def to_fit_result(res, params: dict) -> FitResult:
