@@ -12,6 +12,11 @@ One iteration, in Gram form (``G = X^T X`` fixed, nothing m x n is formed):
 So an iteration costs two n x n x n products plus O(n^2 k + nnz(X) k).  ``run`` executes
 the whole fit as one :func:`jax.lax.while_loop`, stopping on ``|dF| / |F| < tol``, at
 ``max_iter``, or on a non-finite F (the last finite iterate is kept and reported).
+
+That loop is generic: :func:`tracked_fields`, :func:`advance`, :func:`drive` and
+:func:`to_result` hold the history, stopping rule and non-finite guard for any state
+NamedTuple, so other solvers (the optax-driven one in :mod:`sccase_jax.variants`, the
+masked sweep members in :mod:`sccase_jax.sweeps`) share them with :func:`update`.
 """
 
 from __future__ import annotations
@@ -41,8 +46,12 @@ __all__ = [
     "RUNNING",
     "Result",
     "SolverState",
+    "advance",
+    "drive",
     "init_state",
     "run",
+    "to_result",
+    "tracked_fields",
     "update",
 ]
 
@@ -97,20 +106,7 @@ def init_state(data: Data, factors: Factors, hp: Hyperparams, config: SolverConf
     GS = data.G @ S
     B = wt_x(data.X, W)
     F = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
-    status = jnp.where(jnp.isfinite(F), RUNNING, NONFINITE).astype(jnp.int32)
-    return SolverState(
-        W=W,
-        H=H,
-        Z=Z,
-        GS=GS,
-        B=B,
-        loss=F,
-        initial_loss=F,
-        rel_change=jnp.asarray(jnp.inf, dtype),
-        iteration=jnp.asarray(0, jnp.int32),
-        loss_history=jnp.full((config.max_iter,), jnp.nan, dtype),
-        status=status,
-    )
+    return SolverState(W=W, H=H, Z=Z, GS=GS, B=B, **tracked_fields(F, dtype, config))
 
 
 def _z_step(state, data, hp, config, F_cur):
@@ -197,7 +193,40 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
     # The H objective skips terms that did not change; recompute F in the shared form so
     # that the history and the next comparisons use one formula.
     F_new = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
+    return advance(state, dict(W=W, H=H, Z=Z, GS=GS, B=B), F_new, config, F_prev)
 
+
+# -- The generic driver -------------------------------------------------------------------
+# Any solver whose state is a NamedTuple carrying the fields in ``_TRACKED`` (plus its own
+# iterate, caches or optimiser state) shares the bookkeeping below: history, relative-change
+# stopping rule, max_iter cap and the non-finite guard.  The analytic solver above and the
+# optax-driven solver of :mod:`sccase_jax.variants` both use it.
+
+_TRACKED = ("initial_loss", "rel_change", "iteration", "loss_history", "status")
+
+
+def tracked_fields(F0, dtype, config: SolverConfig) -> dict:
+    """The bookkeeping fields of a fresh state with loss ``F0`` (``NONFINITE`` if not finite)."""
+    F0 = jnp.asarray(F0, dtype)
+    return dict(
+        loss=F0,
+        initial_loss=F0,
+        rel_change=jnp.asarray(jnp.inf, dtype),
+        iteration=jnp.asarray(0, jnp.int32),
+        loss_history=jnp.full((config.max_iter,), jnp.nan, dtype),
+        status=jnp.where(jnp.isfinite(F0), RUNNING, NONFINITE).astype(jnp.int32),
+    )
+
+
+def advance(state, carry: dict, F_new, config: SolverConfig, F_prev=None):
+    """Next state from the solver-specific ``carry`` and the new objective value ``F_new``.
+
+    Records ``F_new`` in the history, computes the relative change against ``F_prev``
+    (default ``state.loss``) and the status.  On a non-finite ``F_new`` every field that is
+    not bookkeeping (the iterate, caches, optimiser state and ``loss``) keeps its previous
+    value, so the last finite iterate is what comes back.
+    """
+    F_prev = state.loss if F_prev is None else F_prev
     finite = jnp.isfinite(F_new)
     rel = jnp.abs(F_prev - F_new) / jnp.maximum(jnp.abs(F_prev), jnp.finfo(F_new.dtype).tiny)
     it = state.iteration + 1
@@ -206,23 +235,21 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
         NONFINITE,
         jnp.where(rel < config.tol, CONVERGED, jnp.where(it >= config.max_iter, MAX_ITER, RUNNING)),
     ).astype(jnp.int32)
-    new = SolverState(
-        W=W,
-        H=H,
-        Z=Z,
-        GS=GS,
-        B=B,
+    new = state._replace(
+        **carry,
         loss=F_new,
-        initial_loss=state.initial_loss,
         rel_change=rel,
         iteration=it,
         loss_history=state.loss_history.at[state.iteration].set(F_new),
         status=status,
     )
-    # On a non-finite F keep the last finite iterate (only status and history move).
     keep = lambda a, b: jnp.where(finite, a, b)  # noqa: E731
     new = new._replace(
-        **{f: jax.tree.map(keep, getattr(new, f), getattr(state, f)) for f in ("W", "H", "Z", "GS", "B", "loss")}
+        **{
+            f: jax.tree.map(keep, getattr(new, f), getattr(state, f))
+            for f in new._fields
+            if f not in _TRACKED
+        }
     )
     if config.progress:
         jax.debug.callback(_report, it, F_new, rel, status, ordered=False)
@@ -239,19 +266,33 @@ def _keep_going(state):
     return state.status == RUNNING
 
 
-@partial(jax.jit, static_argnames=("config",))
-def run(data: Data, factors0: Factors, hp: Hyperparams, config: SolverConfig = SolverConfig()):
-    """Fit from ``factors0`` to convergence, ``max_iter`` or a non-finite F, on device."""
-    state = init_state(data, factors0, hp, config)
-    state = lax.while_loop(_keep_going, lambda s: update(s, data, hp, config), state)
+def drive(state, step, config: SolverConfig):
+    """Run ``state = step(state)`` in a :func:`jax.lax.while_loop` while the status is running.
+
+    ``step`` must return the state through :func:`advance`.  Returns the final state with a
+    run that ended on the cap marked ``MAX_ITER`` (also when ``max_iter == 0``).
+    """
+    state = lax.while_loop(_keep_going, step, state)
     status = jnp.where(
         (state.status == RUNNING) & (state.iteration >= config.max_iter), MAX_ITER, state.status
     )
+    return state._replace(status=status.astype(jnp.int32))
+
+
+def to_result(state) -> Result:
+    """The :class:`Result` of a final state (any state with ``W``, ``H``, ``Z`` and the tracked fields)."""
     return Result(
         factors=Factors(state.W, state.H, state.Z),
         loss_history=state.loss_history,
         initial_loss=state.initial_loss,
         num_steps=state.iteration,
-        converged=(status == CONVERGED) & jnp.isfinite(state.loss),
-        status=status,
+        converged=(state.status == CONVERGED) & jnp.isfinite(state.loss),
+        status=state.status,
     )
+
+
+@partial(jax.jit, static_argnames=("config",))
+def run(data: Data, factors0: Factors, hp: Hyperparams, config: SolverConfig = SolverConfig()):
+    """Fit from ``factors0`` to convergence, ``max_iter`` or a non-finite F, on device."""
+    state = init_state(data, factors0, hp, config)
+    return to_result(drive(state, lambda s: update(s, data, hp, config), config))
