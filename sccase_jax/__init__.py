@@ -8,6 +8,8 @@ from sccase_jax.params import Factors as Factors
 from sccase_jax.params import Hyperparams as Hyperparams
 from sccase_jax.params import SolverConfig as SolverConfig
 from sccase_jax.params import release_config as release_config
+from sccase_jax.tl import enhance as enhance
+from sccase_jax import datasets as datasets
 
 __version__ = "0.1.0"
 
@@ -18,6 +20,8 @@ __all__ = [
     "Hyperparams",
     "InputError",
     "SolverConfig",
+    "datasets",
+    "enhance",
     "fit",
     "release_config",
 ]

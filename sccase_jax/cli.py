@@ -1,0 +1,177 @@
+"""``sccase-jax``: a thin command line over :func:`sccase_jax.enhance`.
+
+Subcommands: ``enhance IN.h5ad OUT.h5ad``, ``demo``.  Bad input ends with a one-line
+``sccase-jax: error: ...`` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+__all__ = ["main"]
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line."""
+
+
+def _read_h5ad(path: str):
+    import anndata as ad
+
+    if not os.path.exists(path):
+        raise CLIError(f"input file not found: {path}")
+    if os.path.isdir(path):
+        raise CLIError(f"input is a directory, not an .h5ad file: {path}")
+    if not path.endswith(".h5ad"):
+        raise CLIError(f"input must be an .h5ad file: {path}")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many types for a corrupt file
+        raise CLIError(f"cannot read {path} as an .h5ad file ({type(exc).__name__}: {exc})") from None
+
+
+def _check_output(out: str, inp: str | None = None) -> str:
+    out = os.path.abspath(out)
+    if not out.endswith(".h5ad"):
+        raise CLIError(f"output must end in .h5ad: {out}")
+    if inp is not None and os.path.abspath(inp) == out:
+        raise CLIError("output path is the input file; the input is never overwritten")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise CLIError(f"output directory does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"output directory is not writable: {parent}")
+    if os.path.isdir(out):
+        raise CLIError(f"output path is a directory: {out}")
+    return out
+
+
+def write_h5ad_atomic(adata, out: str) -> None:
+    """Write to a temporary file beside ``out`` and rename: no partial file is left."""
+    fd, tmp = tempfile.mkstemp(suffix=".h5ad.part", dir=os.path.dirname(out))
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, out)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise CLIError(f"cannot write {out}: {exc}") from None
+        raise
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    from sccase_jax.api import DEFAULT_MAX_ITER
+
+    p.add_argument("--k", type=int, default=None, help="number of components (default: estimated + 1)")
+    p.add_argument("--lam", type=float, default=1e6, help="weight of ||Z - H^T H||^2 (default 1e6)")
+    p.add_argument("--gamma1", type=float, default=1.0, help="ridge weight on W (default 1)")
+    p.add_argument("--gamma2", type=float, default=1.0, help="ridge weight on H (default 1)")
+    p.add_argument("--keep-prob", type=float, default=0.95, help="keep probability of the mask R")
+    p.add_argument("--tol", type=float, default=1e-6, help="relative change of F to stop at")
+    p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER, help="maximum iterations")
+    p.add_argument("--seed", type=int, default=0, help="random seed (mask R and NMF start)")
+    p.add_argument("--layer", default=None, help="read counts from this layer instead of X")
+    p.add_argument("--min-cells-frac", type=float, default=0.01, help="peak filter threshold")
+    p.add_argument("--tfidf", choices=["paper", "l2"], default="paper", help="TF-IDF variant")
+    p.add_argument("--binarize", action="store_true", help="binarise counts before TF-IDF")
+    p.add_argument("--drop-empty-cells", action="store_true",
+                   help="remove cells with no counts after peak filtering")
+    p.add_argument("--preset", choices=["paper", "release"], default="paper",
+                   help="'release' reproduces sccase 0.2.5")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _fit_kwargs(args) -> dict:
+    return dict(
+        n_components=args.k,
+        lam=args.lam,
+        gamma1=args.gamma1,
+        gamma2=args.gamma2,
+        keep_prob=args.keep_prob,
+        tol=args.tol,
+        max_iter=args.max_iter,
+        seed=args.seed,
+        layer=args.layer,
+        min_cells_frac=args.min_cells_frac,
+        tfidf=args.tfidf,
+        binarize=args.binarize,
+        drop_empty_cells=args.drop_empty_cells,
+        preset=args.preset,
+        progress=not args.quiet,
+    )
+
+
+def _log(args, msg: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_enhance(args) -> int:
+    from sccase_jax.tl import enhance
+
+    out = _check_output(args.output, args.input)
+    adata = _read_h5ad(args.input)
+    _log(args, f"read {args.input}: {adata.n_obs} cells x {adata.n_vars} peaks")
+    t0 = time.perf_counter()
+    result = enhance(adata, **_fit_kwargs(args))
+    info = result.uns["sccase"]
+    _log(args, f"fit: {info['n_iter']} iterations, {info['status']}, {time.perf_counter() - t0:.1f} s;"
+               f" {result.n_obs} cells x {result.n_vars} peaks kept")
+    write_h5ad_atomic(result, out)
+    _log(args, f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from sccase_jax.demo import run_demo
+
+    return run_demo(quiet=args.quiet, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sccase-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("enhance", help="enhance an .h5ad file (cells x peaks counts)")
+    p.add_argument("input", help="input .h5ad (counts in X or --layer)")
+    p.add_argument("output", help="output .h5ad")
+    _add_fit_args(p)
+    p.set_defaults(func=cmd_enhance)
+    p = sub.add_parser("demo", help="run the pipeline on the bundled Granja bone-marrow data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    try:
+        from sccase_jax import evaluate_cli
+    except ImportError:
+        pass
+    else:
+        evaluate_cli.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    from sccase_jax.api import InputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, InputError) as exc:
+        print(f"sccase-jax: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("sccase-jax: error: out of memory; try fewer cells or x_format='sparse'", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sccase-jax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+r"""Preprocessing (paper Eq. 1): peak filter, TF-IDF, binarisation.  Arrays in, arrays out.
+
+All functions take counts as peaks x cells (``C``; AnnData stores the transpose) and keep
+scipy-sparse input sparse.
+
+TF-IDF variants:
+
+``"paper"`` (Eq. 1)
+    :math:`x_{ij} = \frac{c_{ij}}{\sum_k c_{kj}} \log\frac{n}{\sum_t c_{it}}`: each cell
+    scaled to sum 1 (L1), idf from the peak's total count.  For count (non-binary) data
+    a peak with more reads than cells would get a negative idf; it is clipped at 0.
+``"l2"`` (released code)
+    :math:`x_{ij} = c_{ij} \log\frac{n}{\mathrm{df}_i}` with each cell then scaled to unit
+    L2 norm (scikit-learn's ``TfidfTransformer(smooth_idf=False)`` with ``idf - 1``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from sccase_jax.api import InputError
+
+__all__ = ["binarize", "filter_peaks", "preprocess", "tfidf"]
+
+TFIDF_VARIANTS = ("paper", "l2")
+
+
+def _csr(C):
+    return sp.csr_matrix(C, dtype=np.float64)
+
+
+def filter_peaks(C, min_cells_frac: float = 0.01):
+    """Keep peaks accessible in at least ``min_cells_frac`` of the cells.
+
+    Returns ``(C_kept, keep)`` with ``keep`` a boolean mask over the peaks.
+    """
+    if not 0.0 <= min_cells_frac <= 1.0:
+        raise InputError(f"min_cells_frac must be in [0, 1], got {min_cells_frac}")
+    C = _csr(C)
+    n = C.shape[1]
+    df = np.asarray((C > 0).sum(axis=1)).ravel()
+    keep = df >= min_cells_frac * n
+    keep &= df > 0
+    return C[keep], keep
+
+
+def binarize(C):
+    """1 where a count is positive, else 0 (sparse stays sparse)."""
+    C = _csr(C).copy()
+    C.data = (C.data > 0).astype(np.float64)
+    C.eliminate_zeros()
+    return C
+
+
+def tfidf(C, variant: str = "paper"):
+    """TF-IDF of peaks x cells counts; cells must have at least one count (see module doc)."""
+    if variant not in TFIDF_VARIANTS:
+        raise InputError(f"tfidf variant must be one of {TFIDF_VARIANTS}, got {variant!r}")
+    C = _csr(C)
+    m, n = C.shape
+    if variant == "paper":
+        col = np.asarray(C.sum(axis=0)).ravel()
+        row = np.asarray(C.sum(axis=1)).ravel()
+        idf = np.log(n / np.where(row > 0, row, 1.0))
+        idf = np.maximum(idf, 0.0)
+        X = sp.diags(idf) @ C @ sp.diags(1.0 / np.where(col > 0, col, 1.0))
+    else:
+        df = np.asarray((C > 0).sum(axis=1)).ravel()
+        idf = np.log(n / np.where(df > 0, df, 1.0))
+        X = sp.diags(idf) @ C
+        norm = np.sqrt(np.asarray(X.multiply(X).sum(axis=0)).ravel())
+        X = X @ sp.diags(1.0 / np.where(norm > 0, norm, 1.0))
+    X = sp.csr_matrix(X)
+    X.eliminate_zeros()
+    return X
+
+
+def preprocess(
+    C,
+    *,
+    min_cells_frac: float = 0.01,
+    tfidf_variant: str = "paper",
+    binarize_counts: bool = False,
+    drop_empty_cells: bool = False,
+):
+    """Peak filter, optional binarisation, TF-IDF.
+
+    Returns ``(X, peak_mask, cell_mask)``: X is the preprocessed peaks x cells CSR matrix
+    over the kept peaks and cells.  Cells left without counts by the peak filter make TF-IDF
+    undefined: they raise :class:`~sccase_jax.api.InputError` (naming how many) unless
+    ``drop_empty_cells`` is set, which removes them.
+    """
+    C, peak_mask = filter_peaks(C, min_cells_frac)
+    if C.shape[0] == 0:
+        raise InputError(
+            f"no peak is accessible in at least {min_cells_frac:.2%} of the cells; "
+            "lower min_cells_frac"
+        )
+    if binarize_counts:
+        C = binarize(C)
+    cell_counts = np.asarray(C.sum(axis=0)).ravel()
+    cell_mask = cell_counts > 0
+    n_empty = int(np.sum(~cell_mask))
+    if n_empty:
+        if not drop_empty_cells:
+            raise InputError(
+                f"{n_empty} of {C.shape[1]} cells have no counts in the {C.shape[0]} kept peaks;"
+                " drop them with drop_empty_cells=True (CLI: --drop-empty-cells)"
+            )
+        C = C[:, cell_mask]
+    # Dropping cells can leave a peak seen in fewer cells; the filter above already decided.
+    return tfidf(C, tfidf_variant), peak_mask, cell_mask

@@ -1,0 +1,200 @@
+"""AnnData front end: :func:`enhance` = preprocessing + :func:`~sccase_jax.api.fit` + output."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from sccase_jax.api import DEFAULT_MAX_ITER, InputError, check_matrix, enhanced_matrix, fit
+from sccase_jax.params import SolverConfig, release_config
+from sccase_jax.preprocessing import preprocess
+
+__all__ = ["enhance", "get_counts", "minmax_scale"]
+
+
+def get_counts(adata, layer: str | None = None):
+    """Counts as peaks x cells CSR (AnnData holds cells x peaks), validated."""
+    if layer is None:
+        M = adata.X
+        if M is None:
+            raise InputError("adata.X is empty; pass layer=... to use a layer")
+    else:
+        if layer not in adata.layers:
+            have = ", ".join(map(repr, adata.layers.keys())) or "none"
+            raise InputError(f"layer {layer!r} not found in adata.layers (available: {have})")
+        M = adata.layers[layer]
+    if not (sp.issparse(M) or isinstance(M, np.ndarray)):
+        M = np.asarray(M)
+    check_matrix(M, "the count matrix")
+    return sp.csr_matrix(M, dtype=np.float64).T.tocsr()
+
+
+def minmax_scale(E: np.ndarray) -> np.ndarray:
+    """The released code's output scaling: min-max per peak, then per cell (in place)."""
+    for axis in (0, 1):  # E is cells x peaks: axis 0 scales each peak, then axis 1 each cell
+        lo = E.min(axis=axis, keepdims=True)
+        span = E.max(axis=axis, keepdims=True) - lo
+        E -= lo
+        E /= np.where(span > 0, span, 1)
+    return E
+
+
+def _plain(v: Any):
+    """Make a value writable into ``uns`` (h5ad has no None)."""
+    if v is None:
+        return "none"
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def enhance(
+    adata,
+    n_components: int | None = None,
+    *,
+    lam: float = 1e6,
+    gamma1: float = 1.0,
+    gamma2: float = 1.0,
+    keep_prob: float = 0.95,
+    tol: float = 1e-6,
+    max_iter: int = DEFAULT_MAX_ITER,
+    seed: int = 0,
+    layer: str | None = None,
+    min_cells_frac: float = 0.01,
+    tfidf: str = "paper",
+    binarize: bool = False,
+    drop_empty_cells: bool = False,
+    preset: str = "paper",
+    config: SolverConfig | None = None,
+    scale_output: bool | None = None,
+    key_added: str = "sccase",
+    progress: bool = False,
+    **fit_options,
+):
+    """Enhance scATAC-seq counts with scCASE; returns a new AnnData over the kept peaks.
+
+    Parameters
+    ----------
+    adata
+        Cells x peaks counts in ``adata.X`` or ``adata.layers[layer]``; never modified.
+    n_components
+        k.  ``None`` estimates the number of cell types (ASTER-like ensemble) and uses
+        that number + 1, as the released code does.
+    lam, gamma1, gamma2, keep_prob, tol, max_iter, seed
+        As in :func:`~sccase_jax.api.fit`.
+    min_cells_frac
+        Drop peaks accessible in fewer than this fraction of cells (paper: 1 %).
+    tfidf, binarize
+        TF-IDF variant (``"paper"`` or ``"l2"``) and whether to binarise counts first.
+    drop_empty_cells
+        Remove cells left without counts by the peak filter instead of refusing.
+    preset
+        ``"paper"`` (default) or ``"release"``: the sccase 0.2.5 behaviour (3 iterations,
+        H rows rescaled, printed W step, row-normalised Jaccard, L2 TF-IDF, min-max scaled
+        output).  Explicit ``config``/``tfidf``/``scale_output`` arguments still win.
+    config
+        Full solver configuration (its ``max_iter``/``tol`` are taken from the arguments).
+    scale_output
+        Min-max scale the enhanced matrix per peak then per cell (release behaviour).
+    key_added
+        Prefix of the written keys.
+    **fit_options
+        Passed on to :func:`~sccase_jax.api.fit` (``x_format``, ``dtype``, ``nmf_iter``...).
+
+    Returns
+    -------
+    A new AnnData (kept cells x kept peaks) with ``obs`` and ``var`` copied, ``X`` the raw
+    counts, and ``layers[key_added]`` the enhanced matrix ``(X Z)^T``,
+    ``obsm[f"X_{key_added}"] = H^T``, ``varm[f"{key_added}_W"] = W``,
+    ``obsp[f"{key_added}_Z"] = Z``, ``uns[key_added] = {"loss", "initial_loss", "n_iter",
+    "converged", "status", "params", "time_s"}``.
+    """
+    import anndata as ad
+
+    t0 = time.perf_counter()
+    if preset not in ("paper", "release"):
+        raise InputError(f"preset must be 'paper' or 'release', got {preset!r}")
+    release = preset == "release"
+    if release:
+        config = config or release_config()
+        if max_iter == DEFAULT_MAX_ITER:
+            max_iter = config.max_iter
+        tol = config.tol if tol == 1e-6 else tol
+        if tfidf == "paper":
+            tfidf = "l2"
+        fit_options.setdefault("jaccard_normalize", "row")
+    if scale_output is None:
+        scale_output = release
+
+    counts = get_counts(adata, layer)
+    X, peak_mask, cell_mask = preprocess(
+        counts,
+        min_cells_frac=min_cells_frac,
+        tfidf_variant=tfidf,
+        binarize_counts=binarize,
+        drop_empty_cells=drop_empty_cells,
+    )
+    if n_components is None:
+        from sccase_jax.estimate import estimate_n_components
+
+        n_components = int(estimate_n_components(X, seed=seed)) + 1
+    res = fit(
+        X,
+        n_components,
+        lam=lam,
+        gamma1=gamma1,
+        gamma2=gamma2,
+        keep_prob=keep_prob,
+        tol=tol,
+        max_iter=max_iter,
+        seed=seed,
+        config=config,
+        progress=progress,
+        **fit_options,
+    )
+    if res.status == "nonfinite":
+        if res.n_iter == 0:
+            raise InputError(
+                "the objective is not finite at the starting point (values too large for "
+                f"{res.params['dtype']}?); rescale the input or use float64"
+            )
+        warnings.warn(
+            f"the objective became non-finite at iteration {res.n_iter + 1}; returning the "
+            "last finite iterate",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    E = enhanced_matrix(X, res.Z)
+    if scale_output:
+        minmax_scale(E)
+
+    out = ad.AnnData(
+        X=sp.csr_matrix(counts[peak_mask][:, cell_mask].T, dtype=np.float32),
+        obs=adata.obs.iloc[np.flatnonzero(cell_mask)].copy(),
+        var=adata.var.iloc[np.flatnonzero(peak_mask)].copy(),
+    )
+    out.layers[key_added] = E
+    out.obsm[f"X_{key_added}"] = res.H.T.copy()
+    out.varm[f"{key_added}_W"] = res.W
+    out.obsp[f"{key_added}_Z"] = res.Z
+    params = dict(res.params, min_cells_frac=min_cells_frac, tfidf=tfidf, binarize=binarize,
+                  drop_empty_cells=drop_empty_cells, preset=preset, scale_output=scale_output,
+                  layer=layer)
+    out.uns[key_added] = _plain(
+        {
+            "loss": res.loss,
+            "initial_loss": res.initial_loss,
+            "n_iter": res.n_iter,
+            "converged": res.converged,
+            "status": res.status,
+            "params": params,
+            "time_s": time.perf_counter() - t0,
+        }
+    )
+    return out

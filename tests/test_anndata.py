@@ -1,0 +1,145 @@
+"""enhance(): keys, copy semantics, bad input, .h5ad round trip."""
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import sccase_jax
+from sccase_jax.datasets import granja_bm600
+from sccase_jax.preprocessing import filter_peaks, preprocess, tfidf
+
+
+@pytest.fixture(scope="module")
+def small():
+    a = granja_bm600()
+    idx = np.concatenate([np.flatnonzero(a.obs["cell_type"] == t)[:25] for t in a.obs["cell_type"].cat.categories])
+    return a[idx].copy()
+
+
+@pytest.fixture(scope="module")
+def enhanced(small):
+    return sccase_jax.enhance(small, 4, max_iter=3, seed=1)
+
+
+def test_keys_and_shapes(small, enhanced):
+    out = enhanced
+    C = small.X.T.tocsr()
+    _, keep = filter_peaks(C, 0.01)
+    assert out.shape == (small.n_obs, int(keep.sum()))
+    assert list(out.var_names) == list(small.var_names[keep])
+    assert list(out.obs_names) == list(small.obs_names)
+    assert (out.obs["cell_type"] == small.obs["cell_type"]).all()
+    assert out.layers["sccase"].shape == out.shape
+    assert out.obsm["X_sccase"].shape == (out.n_obs, 4)
+    assert out.varm["sccase_W"].shape == (out.n_vars, 4)
+    assert out.obsp["sccase_Z"].shape == (out.n_obs, out.n_obs)
+    info = out.uns["sccase"]
+    assert info["n_iter"] == 3 and len(info["loss"]) == 3
+    assert info["params"]["n_components"] == 4 and info["params"]["seed"] == 1
+    assert isinstance(info["converged"], (bool, np.bool_))
+    np.testing.assert_array_equal(out.X.toarray(), small.X[:, keep].toarray())
+
+
+def test_enhanced_matrix_is_x_times_z(small, enhanced):
+    X, _, _ = preprocess(small.X.T)
+    Z = enhanced.obsp["sccase_Z"]
+    np.testing.assert_allclose(enhanced.layers["sccase"], (X @ Z).T, rtol=1e-4, atol=1e-7)
+
+
+def test_input_untouched(small):
+    before = small.copy()
+    sccase_jax.enhance(small, 2, max_iter=1)
+    assert (small.X != before.X).nnz == 0
+    assert list(small.layers.keys()) == list(before.layers.keys())
+    assert list(small.obsm.keys()) == list(before.obsm.keys())
+    assert small.uns.keys() == before.uns.keys()
+
+
+def test_same_seed_same_result(small):
+    a = sccase_jax.enhance(small, 3, max_iter=2, seed=5)
+    b = sccase_jax.enhance(small, 3, max_iter=2, seed=5)
+    np.testing.assert_array_equal(a.layers["sccase"], b.layers["sccase"])
+
+
+def test_h5ad_round_trip(tmp_path, enhanced):
+    p = tmp_path / "out.h5ad"
+    enhanced.write_h5ad(p)
+    back = ad.read_h5ad(p)
+    np.testing.assert_array_equal(back.layers["sccase"], enhanced.layers["sccase"])
+    np.testing.assert_array_equal(back.obsp["sccase_Z"], enhanced.obsp["sccase_Z"])
+    np.testing.assert_array_equal(back.uns["sccase"]["loss"], enhanced.uns["sccase"]["loss"])
+    assert back.uns["sccase"]["params"]["tfidf"] == "paper"
+
+
+def test_layer_input(small):
+    a = small.copy()
+    a.layers["counts"] = a.X.copy()
+    a.X = sp.csr_matrix(a.shape, dtype=np.float32)
+    out = sccase_jax.enhance(a, 2, max_iter=1, layer="counts")
+    assert out.layers["sccase"].shape[0] == a.n_obs
+
+
+@pytest.mark.parametrize(
+    ("mutate", "kwargs", "match"),
+    [
+        (lambda a: a.X.data.__setitem__(0, -1.0), {}, "negative"),
+        (lambda a: a.X.data.__setitem__(0, np.nan), {}, "NaN or infinite"),
+        (lambda a: a.X.data.__setitem__(0, np.inf), {}, "NaN or infinite"),
+        (None, {"n_components": 0}, ">= 1"),
+        (None, {"n_components": 10_000}, "exceeds"),
+        (None, {"layer": "nope"}, "layer 'nope' not found"),
+        (None, {"lam": -1.0}, "lam must be"),
+        (None, {"keep_prob": 0.0}, "keep_prob"),
+        (None, {"max_iter": -1}, "max_iter"),
+        (None, {"tfidf": "bm25"}, "tfidf variant"),
+    ],
+)
+def test_bad_input_is_one_clear_error(small, mutate, kwargs, match):
+    a = small.copy()
+    if mutate is not None:
+        mutate(a)
+    kwargs = {"n_components": 2, "max_iter": 1, **kwargs}
+    with pytest.raises(sccase_jax.InputError, match=match):
+        sccase_jax.enhance(a, **kwargs)
+
+
+def test_fewer_cells_than_components():
+    a = granja_bm600()[:3].copy()
+    with pytest.raises(sccase_jax.InputError, match="exceeds"):
+        sccase_jax.enhance(a, 5, min_cells_frac=0.0, drop_empty_cells=True)
+
+
+def test_empty_cells_reported_and_droppable(small):
+    a = small.copy()
+    X = a.X.tolil()
+    X[0, :] = 0
+    X[1, :] = 0
+    a.X = X.tocsr()
+    with pytest.raises(sccase_jax.InputError, match="2 of 150 cells have no counts"):
+        sccase_jax.enhance(a, 2, max_iter=1)
+    out = sccase_jax.enhance(a, 2, max_iter=1, drop_empty_cells=True)
+    assert out.n_obs == 148
+    assert list(out.obs_names) == list(a.obs_names[2:])
+
+
+def test_tfidf_variants():
+    C = sp.csr_matrix(np.array([[1, 0, 2], [1, 1, 0], [0, 3, 1.0]]))
+    n = 3
+    paper = tfidf(C, "paper").toarray()
+    c = C.toarray()
+    expect = c / c.sum(0, keepdims=True) * np.maximum(np.log(n / c.sum(1, keepdims=True)), 0)
+    np.testing.assert_allclose(paper, expect)
+    l2 = tfidf(C, "l2").toarray()
+    x = c * np.log(n / (c > 0).sum(1, keepdims=True))
+    np.testing.assert_allclose(l2, x / np.linalg.norm(x, axis=0, keepdims=True))
+    np.testing.assert_allclose(np.linalg.norm(l2, axis=0), 1.0)
+
+
+def test_release_preset_runs_three_iterations(small):
+    out = sccase_jax.enhance(small, 3, preset="release")
+    info = out.uns["sccase"]
+    assert info["n_iter"] == 3 and info["params"]["tfidf"] == "l2"
+    assert info["params"]["jaccard_normalize"] == "row"
+    E = out.layers["sccase"]
+    assert E.min() >= 0 and E.max() <= 1 + 1e-6
