@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 
 from sccase_jax.init import dropout_mask, gram_matrix, jaccard_similarity, nmf
+from sccase_jax.ops import choose_gram
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.solver import CONVERGED, MAX_ITER, NONFINITE, run
 
@@ -116,6 +117,7 @@ def fit(
     P=None,
     k_ref: int = 0,
     alpha: float = 0.0,
+    gram: str = "auto",
 ) -> FitResult:
     """Fit scCASE to an already preprocessed peaks x cells matrix.
 
@@ -153,6 +155,10 @@ def fit(
     P, k_ref, alpha
         scCASER: reference loadings (peaks x ``k_ref``) for the first ``k_ref`` of the
         ``n_components`` columns of W, pulled towards ``P`` with weight ``alpha``.
+    gram
+        How the solver multiplies by ``G = X^T X``: ``"dense"`` (G formed once),
+        ``"sparse"`` (``X^T (X A)`` with X as BCOO, G never formed) or ``"auto"`` (the
+        cheaper by :func:`sccase_jax.ops.choose_gram`).
     """
     if max_iter < 0:
         raise InputError(f"max_iter must be >= 0, got {max_iter}")
@@ -161,7 +167,7 @@ def fit(
     prob = prepare(
         X, n_components, lam=lam, gamma1=gamma1, gamma2=gamma2, keep_prob=keep_prob, seed=seed,
         jaccard_normalize=jaccard_normalize, nmf_iter=nmf_iter, init=init, x_format=x_format,
-        dtype=dtype, P=P, k_ref=k_ref, alpha=alpha,
+        dtype=dtype, P=P, k_ref=k_ref, alpha=alpha, gram=gram,
     )
     config = (config or SolverConfig())._replace(max_iter=int(max_iter), tol=float(tol), progress=progress)
     res = run(prob.data, prob.factors, prob.hp, config)
@@ -169,7 +175,7 @@ def fit(
         n_components=int(n_components), lam=lam, gamma1=gamma1, gamma2=gamma2,
         keep_prob=keep_prob, tol=tol, max_iter=max_iter, seed=seed, k_ref=k_ref, alpha=alpha,
         jaccard_normalize=jaccard_normalize, nmf_iter=nmf_iter, config=config._asdict(),
-        dtype=np.dtype(prob.hp.lam.dtype).name,
+        dtype=np.dtype(prob.hp.lam.dtype).name, gram="dense" if prob.data.G is not None else "sparse",
     ))
 
 
@@ -217,6 +223,7 @@ def prepare(
     dtype: Any = None,
     P=None,
     k_ref: int = 0,
+    gram: str = "dense",
 ) -> Problem:
     """Validate X and build the device data, the starting factors and the hyperparameters.
 
@@ -237,8 +244,16 @@ def prepare(
         raise InputError(f"k_ref must be between 0 and n_components = {k}, got {k_ref}")
 
     key_mask, key_nmf = jax.random.split(jax.random.PRNGKey(seed))
-    Xd = device_matrix(X, dtype, x_format)
-    G = jnp.asarray(gram_matrix(X, np.dtype(dtype)))
+    try:
+        gram = choose_gram(X, gram)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if gram == "sparse":  # G is never formed; the solver multiplies through a BCOO X
+        Xd = device_matrix(X, dtype, "sparse" if x_format == "auto" else x_format)
+        G = None
+    else:
+        Xd = device_matrix(X, dtype, x_format)
+        G = jnp.asarray(gram_matrix(X, np.dtype(dtype)))
     Pfull = np.zeros((m, k), np.dtype(dtype))
     if k_ref:
         P = np.asarray(P, np.dtype(dtype))

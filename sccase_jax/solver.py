@@ -30,6 +30,7 @@ from jax import lax
 
 from sccase_jax.gradients import grad_h_gram, grad_w_gram, grad_z_gram
 from sccase_jax.losses import gram_loss, reconstruction_gram, similarity_term
+from sccase_jax.ops import gram_matmul
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.steps import (
     exact_h_step,
@@ -103,7 +104,7 @@ def init_state(data: Data, factors: Factors, hp: Hyperparams, config: SolverConf
     W, H, Z = factors
     dtype = Z.dtype
     S = Z * data.R.astype(dtype)
-    GS = data.G @ S
+    GS = gram_matmul(data, S)
     B = wt_x(data.X, W)
     F = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
     return SolverState(W=W, H=H, Z=Z, GS=GS, B=B, **tracked_fields(F, dtype, config))
@@ -115,11 +116,11 @@ def _z_step(state, data, hp, config, F_cur):
     Q = Z - H.T @ H
     D = grad_z_gram(GS, B, H, Q, Rf, hp.lam)
     DR = D * Rf
-    d = exact_z_step(D, DR, data.G @ DR, hp.lam)
+    d = exact_z_step(D, DR, gram_matmul(data, DR), hp.lam)
 
     def objective(Zc):
         S = Zc * Rf
-        GSc = data.G @ S
+        GSc = gram_matmul(data, S)
         return gram_loss(S, GSc, B, W, H, Zc, data.P, data.M, hp), GSc
 
     return line_search(

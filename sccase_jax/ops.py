@@ -1,0 +1,78 @@
+r"""Products with the cell Gram matrix :math:`G = X^\top X`, dense or through sparse X.
+
+One solver iteration multiplies by G twice (``G S`` and ``G (D o R)``).  Two ways:
+
+- ``"dense"``: ``G @ A`` with G formed once (n x n); :math:`n^3` multiply-adds.
+- ``"sparse"``: ``X^T (X A)`` with X kept as a ``BCOO`` matrix; :math:`2\,nnz(X)\,n`
+  multiply-adds, G is never formed (``Data.G is None``).  ``X A`` is computed in column
+  blocks of A so the m x b temporary stays no larger than an n x n array.
+
+Which one runs is decided by the *structure* of :class:`~sccase_jax.params.Data` (``G`` is
+``None`` or not), so it is static under ``jit`` and needs no config field.
+:func:`choose_gram` picks the cheaper one from the flop counts, weighted by how much slower
+a sparse multiply-add is than a dense one on the backend (measured by
+``experiments/benchmark.py``, see ``docs/performance.md``).
+
+Shapes: ``X`` m x n (peaks x cells), ``A`` n x p, ``G`` n x n.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["GRAM_MODES", "SPARSE_PENALTY", "choose_gram", "gram_flops", "gram_matmul"]
+
+GRAM_MODES = ("dense", "sparse", "auto")
+
+# Cost of one sparse (BCOO) multiply-add relative to one dense float32 multiply-add, per
+# backend.  Measured on a 2-core CPU by experiments/benchmark.py (docs/performance.md);
+# the GPU figure is a conservative guess until measured.
+SPARSE_PENALTY = {"cpu": 40.0, "gpu": 20.0, "tpu": 100.0}
+
+
+def gram_flops(n: int, nnz: int) -> dict:
+    """Multiply-adds of one product with an n x n right-hand side, per mode."""
+    return {"dense": float(n) ** 3, "sparse": 2.0 * float(nnz) * n}
+
+
+def choose_gram(X, mode: str = "auto", backend: str | None = None) -> str:
+    """``"dense"`` or ``"sparse"`` for a peaks x cells matrix ``X`` (scipy sparse or dense).
+
+    ``auto`` takes sparse when ``SPARSE_PENALTY[backend] * 2 nnz n < n^3``.
+    """
+    if mode not in GRAM_MODES:
+        raise ValueError(f"gram must be one of {GRAM_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    n = X.shape[1]
+    nnz = X.nnz if sp.issparse(X) else int(np.count_nonzero(X))
+    backend = backend or jax.default_backend()
+    f = gram_flops(n, nnz)
+    return "sparse" if SPARSE_PENALTY.get(backend, 40.0) * f["sparse"] < f["dense"] else "dense"
+
+
+def _block_cols(m: int, n: int) -> int:
+    return int(max(1, min(n, (n * n) // max(m, 1))))
+
+
+def gram_matmul(data, A):
+    """``G @ A`` for ``data`` with a formed ``G``, else ``X^T (X A)`` in column blocks."""
+    if data.G is not None:
+        return data.G @ A
+    X = data.X
+    m, n = X.shape
+    p = A.shape[1]
+    b = _block_cols(m, n)
+    if b >= p:
+        return _xtx(X, A)
+    out = jnp.empty((n, p), A.dtype)
+    for j in range(0, p, b):  # static, unrolled: ceil(p / b) <= m / n + 1 blocks
+        out = jax.lax.dynamic_update_slice(out, _xtx(X, A[:, j : j + b]), (0, j))
+    return out
+
+
+def _xtx(X, A):
+    return X.T @ (X @ A)

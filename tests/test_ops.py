@@ -1,0 +1,69 @@
+"""Gram products: dense G and sparse X^T (X A) agree; the automatic choice; fit parity."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from helpers import tiny_problem
+from jax.experimental import sparse as jsparse
+
+import sccase_jax
+from sccase_jax import api, ops
+from sccase_jax.api import InputError
+from sccase_jax.params import Data, Factors, SolverConfig
+from sccase_jax.solver import run
+
+
+def _sparse(m, n, density=0.2, seed=0):
+    rng = np.random.default_rng(seed)
+    return sp.random(m, n, density=density, random_state=rng, format="csr") * 3.0
+
+
+@pytest.mark.parametrize(("m", "n", "p"), [(8, 12, 5), (60, 10, 10), (45, 7, 3)])
+def test_sparse_path_equals_dense_g(m, n, p):
+    X = _sparse(m, n)
+    A = jnp.asarray(np.random.default_rng(1).random((n, p)))
+    Xd = jnp.asarray(X.toarray())
+    dense = Data(X=Xd, G=Xd.T @ Xd, R=None, P=None, M=None)
+    bcoo = Data(X=jsparse.BCOO.from_scipy_sparse(X.tocoo()), G=None, R=None, P=None, M=None)
+    ref = X.toarray().T @ (X.toarray() @ np.asarray(A))
+    np.testing.assert_allclose(ops.gram_matmul(dense, A), ref, rtol=1e-10)
+    # (60, 10) splits A into column blocks of n^2 / m = 1 column: exercises the block loop.
+    np.testing.assert_allclose(ops.gram_matmul(bcoo, A), ref, rtol=1e-10)
+
+
+def test_block_width_bounds_the_temporary():
+    assert ops._block_cols(m=100, n=10) == 1
+    assert ops._block_cols(m=10, n=100) == 100
+    assert ops._block_cols(m=400, n=100) == 25
+
+
+def test_choose_gram_follows_flop_estimate():
+    very_sparse = _sparse(20, 4000, density=0.001)
+    dense_ish = _sparse(2000, 50, density=0.5)
+    assert ops.choose_gram(very_sparse, "auto", backend="cpu") == "sparse"
+    assert ops.choose_gram(dense_ish, "auto", backend="cpu") == "dense"
+    assert ops.choose_gram(dense_ish, "sparse") == "sparse"
+    with pytest.raises(ValueError, match="gram must be"):
+        ops.choose_gram(dense_ish, "fast")
+
+
+def test_solver_without_g_matches_solver_with_g():
+    data, f0, hp = tiny_problem(seed=2, m=20, n=9, k=3)
+    cfg = SolverConfig(max_iter=4, tol=0.0)
+    a = run(data, f0, hp, cfg)
+    b = run(data._replace(G=None), f0, hp, cfg)  # X^T (X A), 3 column blocks of A
+    np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-10)
+    np.testing.assert_allclose(a.factors.Z, b.factors.Z, rtol=1e-8, atol=1e-13)
+
+
+def test_prepare_sparse_gram_keeps_g_unformed():
+    X = _sparse(40, 20, density=0.3, seed=3)
+    init = Factors(np.ones((40, 2)), np.ones((2, 20)), np.eye(20))  # skips the NMF compile
+    assert api.prepare(X, 2, gram="sparse", init=init).data.G is None
+    assert api.prepare(X, 2, gram="dense", init=init).data.G.shape == (20, 20)
+
+
+def test_bad_gram_mode_is_input_error():
+    with pytest.raises(InputError, match="gram must be"):
+        sccase_jax.fit(_sparse(30, 20, density=0.3), 2, max_iter=1, gram="fast")
