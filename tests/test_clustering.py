@@ -1,0 +1,62 @@
+"""Resolution search and the clustering pipeline on small synthetic data."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sccase_jax.clustering import cluster_to_k, evaluate_clustering, knn_graph, pca_embedding
+
+
+def blobs(n_per=40, k=4, dim=12, sep=6.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, sep, (k, dim))
+    X = np.vstack([c + rng.normal(0, 1, (n_per, dim)) for c in centres])
+    return X, np.repeat(np.arange(k), n_per)
+
+
+def counts(n_per=40, k=3, peaks=200, seed=0):
+    """Cells x peaks counts with a block of open peaks per type."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(k):
+        p = np.full(peaks, 0.03)
+        p[t * 40 : (t + 1) * 40] = 0.5
+        rows.append(rng.random((n_per, peaks)) < p)
+    return sp.csr_matrix(np.vstack(rows).astype(np.float32)), np.repeat(np.arange(k), n_per)
+
+
+@pytest.mark.parametrize("k", [4, 6])
+def test_cluster_to_k_reaches_target(k):
+    X, _ = blobs(k=4)
+    res = cluster_to_k(knn_graph(X, 10), k, seed=0)
+    assert res.reached and res.n_clusters == k == len(np.unique(res.labels))
+
+
+def test_cluster_to_k_reports_unreachable():
+    X, _ = blobs(n_per=5, k=2)
+    res = cluster_to_k(knn_graph(X, 3), 50, max_steps=12)
+    assert not res.reached
+    assert res.n_clusters < 50
+
+
+def test_pipeline_recovers_separated_types_and_is_seeded():
+    C, lab = counts()
+    out = evaluate_clustering(C, lab, transform="tfidf", n_pcs=10, seeds=(0, 1), graph="knn")
+    assert out["reached"]
+    assert out["ari"] > 0.9 and out["ami"] > 0.9
+    assert out["silhouette"] > 0.2
+    again = evaluate_clustering(C, lab, transform="tfidf", n_pcs=10, seeds=(0, 1), graph="knn")
+    assert again["ari"] == out["ari"]
+    # shuffled labels score near zero
+    bad = evaluate_clustering(C, np.random.default_rng(0).permutation(lab), n_pcs=10, seeds=(0,), graph="knn")
+    assert bad["ari"] < 0.1
+
+
+def test_pca_embedding_dense_and_sparse_agree():
+    C, _ = counts()
+    a = pca_embedding(C, 5, transform=None)
+    b = pca_embedding(C.toarray(), 5, transform=None)
+    # the leading components are well separated; compare them up to sign
+    np.testing.assert_allclose(np.abs(a[:, :2]), np.abs(b[:, :2]), atol=1e-3)
+    with pytest.raises(ValueError, match="transform"):
+        pca_embedding(C, 5, transform="log")

@@ -1,0 +1,43 @@
+"""Cell-type number estimation: knee detection and the ensemble on separated data."""
+
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+from sccase_jax.estimate import estimate_n_components, kneedle
+
+
+def test_kneedle_finds_the_elbow():
+    k = np.arange(1, 16)
+    y = np.where(k <= 5, 100.0 - 18 * (k - 1), 28.0 - (k - 5))  # sharp bend at k = 5
+    assert k[kneedle(k, y)] == 5
+    assert kneedle([1, 2], [3.0, 1.0]) == 0
+
+
+def _typed(k_true, n_per=40, peaks=300, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(k_true):
+        p = np.full(peaks, 0.02)
+        p[t * 30 : (t + 1) * 30] = 0.6
+        rows.append(rng.random((n_per, peaks)) < p)
+    C = np.vstack(rows).astype(float)
+    X = C / C.sum(1, keepdims=True)
+    return sp.csr_matrix(X.T)  # peaks x cells, as fit takes it
+
+
+def test_ensemble_estimates_separated_types():
+    for k_true in (3, 6):
+        est = estimate_n_components(_typed(k_true), k_max=12, details=True)
+        assert abs(est.k - k_true) <= 1, est
+        assert 2 <= min(est.knee, est.davies_bouldin, est.silhouette)
+
+
+def test_estimate_is_fast_and_seeded():
+    X = _typed(4, n_per=100)
+    t = time.perf_counter()
+    a = estimate_n_components(X, seed=1)
+    assert time.perf_counter() - t < 20
+    assert a == estimate_n_components(X, seed=1)
+    assert isinstance(a, int)
