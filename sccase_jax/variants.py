@@ -226,6 +226,7 @@ def member_solver(objective, optimizer=None):
     def solve(data, factors0, hp, mask, config):
         return _run(data, factors0, hp, mask, config, objective, optimizer)
 
+    solve.objective = objective
     return solve
 
 
