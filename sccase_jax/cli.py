@@ -14,6 +14,9 @@ import time
 
 __all__ = ["main"]
 
+# Above this many cells x peaks (4 GB as float32) the enhanced layer is written block by block.
+OUT_OF_CORE_ENTRIES = 1_000_000_000
+
 
 class CLIError(Exception):
     """A user-facing error: printed as one line."""
@@ -90,6 +93,7 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
 def _fit_kwargs(args) -> dict:
     return dict(
         n_components=args.k,
+        out_file=getattr(args, "out_file", None),
         lam=args.lam,
         gamma1=args.gamma1,
         gamma2=args.gamma2,
@@ -118,12 +122,20 @@ def cmd_enhance(args) -> int:
     out = _check_output(args.output, args.input)
     adata = _read_h5ad(args.input)
     _log(args, f"read {args.input}: {adata.n_obs} cells x {adata.n_vars} peaks")
+    args.out_file = None
+    if args.out_of_core or adata.n_obs * adata.n_vars >= OUT_OF_CORE_ENTRIES:
+        fd, args.out_file = tempfile.mkstemp(suffix=".h5ad.part", dir=os.path.dirname(out))
+        os.close(fd)
+        _log(args, "writing the enhanced layer block by block (out of core)")
     t0 = time.perf_counter()
     result = enhance(adata, **_fit_kwargs(args))
     info = result.uns["sccase"]
     _log(args, f"fit: {info['n_iter']} iterations, {info['status']}, {time.perf_counter() - t0:.1f} s;"
                f" {result.n_obs} cells x {result.n_vars} peaks kept")
-    write_h5ad_atomic(result, out)
+    if args.out_file is None:
+        write_h5ad_atomic(result, out)
+    else:  # already written block by block beside ``out``
+        os.replace(args.out_file, out)
     _log(args, f"wrote {out}")
     return 0
 
@@ -141,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="input .h5ad (counts in X or --layer)")
     p.add_argument("output", help="output .h5ad")
     _add_fit_args(p)
+    p.add_argument("--out-of-core", action="store_true",
+                   help="write the enhanced layer to the output in cell blocks (automatic from"
+                        f" {OUT_OF_CORE_ENTRIES:.0e} cells x peaks)")
     p.set_defaults(func=cmd_enhance)
     p = sub.add_parser("demo", help="run the pipeline on the bundled Granja bone-marrow data")
     p.add_argument("--seed", type=int, default=0)

@@ -75,6 +75,8 @@ def enhance(
     scale_output: bool | None = None,
     key_added: str = "sccase",
     progress: bool = False,
+    out_file: str | None = None,
+    block: int = 1024,
     **fit_options,
 ):
     """Enhance scATAC-seq counts with scCASE; returns a new AnnData over the kept peaks.
@@ -104,6 +106,11 @@ def enhance(
         Min-max scale the enhanced matrix per peak then per cell (release behaviour).
     key_added
         Prefix of the written keys.
+    out_file, block
+        For data whose dense enhanced matrix does not fit in memory: write the result to
+        the .h5ad ``out_file``, with ``layers[key_added]`` computed and written ``block``
+        cells at a time (:func:`sccase_jax.io.write_enhanced_h5ad`); the returned AnnData
+        then lacks that layer.
     **fit_options
         Passed on to :func:`~sccase_jax.api.fit` (``x_format``, ``dtype``, ``nmf_iter``...).
 
@@ -170,16 +177,18 @@ def enhance(
             RuntimeWarning,
             stacklevel=2,
         )
-    E = enhanced_matrix(X, res.Z)
-    if scale_output:
-        minmax_scale(E)
+    if out_file is None:
+        E = enhanced_matrix(X, res.Z)
+        if scale_output:
+            minmax_scale(E)
 
     out = ad.AnnData(
         X=sp.csr_matrix(counts[peak_mask][:, cell_mask].T, dtype=np.float32),
         obs=adata.obs.iloc[np.flatnonzero(cell_mask)].copy(),
         var=adata.var.iloc[np.flatnonzero(peak_mask)].copy(),
     )
-    out.layers[key_added] = E
+    if out_file is None:
+        out.layers[key_added] = E
     out.obsm[f"X_{key_added}"] = res.H.T.copy()
     out.varm[f"{key_added}_W"] = res.W
     out.obsp[f"{key_added}_Z"] = res.Z
@@ -197,4 +206,8 @@ def enhance(
             "time_s": time.perf_counter() - t0,
         }
     )
+    if out_file is not None:
+        from sccase_jax.io import write_enhanced_h5ad
+
+        write_enhanced_h5ad(out, out_file, X, res.Z, key=key_added, block=block, scale=scale_output)
     return out
