@@ -1,0 +1,393 @@
+"""Speed and memory of sccase_jax against the authors' release (sccase 0.2.5) and the hardware.
+
+Every measurement runs in its own subprocess (peak RSS from ``getrusage``), on the same
+counts file (scipy ``.npz``, cells x peaks), one after the other.
+
+    python experiments/benchmark.py install-release            # once: experiments/.release-venv
+    python experiments/benchmark.py run synth2k:jax:tol synth2k:release real2k:jax:tol ...
+    python experiments/benchmark.py crossover                  # dense G vs sparse X products
+    python experiments/benchmark.py report                     # -> docs/performance.md
+
+A run spec is ``CASE:IMPL[:ITERS]``: CASE is ``synth1k|synth2k|synth4k|synth8k|real2k|
+real10k``, IMPL ``jax`` or ``release``, ITERS ``tol`` (fit to tol = 1e-6, at most 100
+iterations) or a fixed number of iterations (release: 3 by default; fewer by capping its
+hard-wired loop).  Results go to ``experiments/results/*.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+RELEASE_VENV = os.path.join(HERE, ".release-venv")
+DATA = os.environ.get("SCCASE_DATA", "/work/shared/data")
+RELEASE_PINS = [
+    "sccase==0.2.5", "numpy==1.26.4", "scipy==1.13.1", "scikit-learn==1.5.2", "pandas==2.2.3",
+    "anndata==0.10.9", "scanpy==1.10.4", "episcanpy==0.3.2", "louvain==0.8.2",
+    "leidenalg==0.10.2", "igraph==0.11.9", "setuptools<81", "kneed",
+]
+SYNTH = {"synth300": (300, 3000), "synth1k": (1000, 10000), "synth2k": (2000, 20000), "synth4k": (4000, 30000),
+         "synth8k": (8000, 40000)}
+REAL = {"real2k": "granja2019_D6T1_2k.h5ad", "real10k": "granja2019_D6T1_10k.h5ad"}
+N_TYPES = {"synth": 8, "real": 16}
+
+
+# -- data ---------------------------------------------------------------------------------
+def synthetic_counts(n, m, density=0.037, n_types=8, seed=0):
+    """scATAC-like binary counts (cells x peaks CSR): type-specific peak probabilities."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    types = rng.integers(0, n_types, n)
+    base = rng.gamma(0.6, 1.0, m)
+    prof = base[None, :] * np.exp(rng.normal(0.0, 1.0, (n_types, m)))
+    prof *= density / prof.mean()
+    prof = np.clip(prof, 0, 0.9).astype(np.float32)
+    depth = rng.lognormal(0.0, 0.3, n).astype(np.float32)
+    blocks = []
+    for j in range(0, n, 250):
+        p = prof[types[j : j + 250]] * depth[j : j + 250, None]
+        blocks.append(sp.csr_matrix((rng.random(p.shape, dtype=np.float32) < p).astype(np.float32)))
+    return sp.vstack(blocks).tocsr(), types
+
+
+def counts_file(case, tmp):
+    """Write the case's counts (cells x peaks, CSR float32) to ``tmp``; return path and k."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    path = os.path.join(tmp, f"{case}.npz")
+    if case in SYNTH:
+        C, _ = synthetic_counts(*SYNTH[case])
+        k = N_TYPES["synth"] + 1
+    else:
+        import anndata as ad
+
+        C = sp.csr_matrix(ad.read_h5ad(os.path.join(DATA, REAL[case])).X, dtype=np.float32)
+        k = N_TYPES["real"] + 1
+    if not os.path.exists(path):
+        sp.save_npz(path, C, compressed=False)
+    return path, k, C.shape, C.nnz
+
+
+# -- children -----------------------------------------------------------------------------
+JAX_CHILD = r"""
+import json, resource, sys, time
+t_start = time.perf_counter()
+import jax, jax.numpy as jnp, numpy as np, scipy.sparse as sp
+from sccase_jax.api import enhanced_matrix, prepare
+from sccase_jax.params import SolverConfig
+from sccase_jax.preprocessing import preprocess
+from sccase_jax.solver import run
+path, k, max_iter, tol, gram = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+counts = sp.load_npz(path).T.tocsr().astype(np.float64)
+rss_input = rss()
+t = {}
+t0 = time.perf_counter()
+X, peak_mask, cell_mask = preprocess(counts)
+t["preprocess"] = time.perf_counter() - t0
+t0 = time.perf_counter()
+prob = prepare(X, k, gram=gram, dtype=jnp.float32)
+jax.block_until_ready(prob)
+t["initialisation"] = time.perf_counter() - t0
+cfg = SolverConfig(max_iter=max_iter, tol=tol)
+t0 = time.perf_counter()
+compiled = run.lower(prob.data, prob.factors, prob.hp, config=cfg).compile()
+t["compile"] = time.perf_counter() - t0
+t0 = time.perf_counter()
+res = jax.block_until_ready(compiled(prob.data, prob.factors, prob.hp))
+t["iterations"] = time.perf_counter() - t0
+n_iter = int(res.num_steps)
+t["per_iteration"] = t["iterations"] / max(n_iter, 1)
+Z = np.asarray(res.factors.Z)
+gram_used = "dense" if prob.data.G is not None else "sparse"
+del prob, res
+t0 = time.perf_counter()
+E = enhanced_matrix(X, Z)
+t["output"] = time.perf_counter() - t0
+t["total"] = time.perf_counter() - t_start
+peak = rss()
+n = X.shape[1]
+del E
+A = jnp.ones((n, n), jnp.float32) * 0.5
+mm = jax.jit(lambda a, b: a @ b)
+mm(A, A).block_until_ready()
+best = float("inf")
+for _ in range(3):
+    t0 = time.perf_counter(); mm(A, A).block_until_ready(); best = min(best, time.perf_counter() - t0)
+print(json.dumps(dict(times=t, n_iter=n_iter, peak_rss=peak, input_rss=rss_input, matmul_s=best,
+                      cells=int(n), peaks=int(X.shape[0]), nnz=int(X.nnz), gram=gram_used,
+                      backend=jax.default_backend(), devices=len(jax.devices()))))
+"""
+
+RELEASE_CHILD = r"""
+import builtins, json, resource, sys, time
+t_start = time.perf_counter()
+import numpy as np, scipy.sparse as sp
+path, k, iters = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+from scCASE import model, preprocessing as pp
+marks = {}
+class Clock:
+    def __init__(self, out): self.out = out
+    def write(self, s):
+        for key in ("Initializing", "Updating", "Finished"):
+            if key in s and key not in marks: marks[key] = time.perf_counter()
+        return self.out.write(s)
+    def flush(self): self.out.flush()
+if iters != 3:  # the release hard-wires 3 iterations: cap its outer loop for big sizes
+    model.range = lambda *a: builtins.range(1, iters + 1) if a == (1, 4) else builtins.range(*a)
+counts = sp.load_npz(path).T.tocsr()
+t = {}
+t0 = time.perf_counter()
+data, _, _ = pp.select_peak(counts, None, 0.01)
+data, _ = pp.tfidf(data)
+t["preprocess"] = time.perf_counter() - t0
+real_stdout, sys.stdout = sys.stdout, Clock(sys.stderr)
+t0 = time.perf_counter()
+X_imp, W, H, Z = model.run_scCASE(data, k, Lambda=pp.Lambda_calculate(data, "p"))
+t_ret = time.perf_counter()
+sys.stdout = real_stdout
+t["initialisation"] = marks["Updating"] - t0
+t["iterations"] = marks["Finished"] - marks["Updating"]
+t["per_iteration"] = t["iterations"] / iters
+t0 = time.perf_counter()
+X_imp = pp.myscaler(X_imp.T).T
+X_imp = pp.myscaler(X_imp)
+t["output"] = (t_ret - marks["Finished"]) + time.perf_counter() - t0
+t["total"] = time.perf_counter() - t_start
+print(json.dumps(dict(times=t, n_iter=iters, peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      cells=int(data.shape[1]), peaks=int(data.shape[0]))))
+"""
+
+CROSSOVER_CHILD = r"""
+import json, sys, time
+import jax, jax.numpy as jnp, numpy as np, scipy.sparse as sp
+from jax.experimental import sparse as jsparse
+sys.path.insert(0, sys.argv[1])
+from benchmark import synthetic_counts
+from sccase_jax.ops import gram_flops, gram_matmul
+from sccase_jax.params import Data
+out = []
+for n, m, dens in [(1000, 10000, 0.002), (1000, 10000, 0.01), (1000, 10000, 0.037),
+                   (2000, 20000, 0.002), (2000, 20000, 0.005), (2000, 20000, 0.01),
+                   (2000, 20000, 0.037)]:
+    C, _ = synthetic_counts(n, m, density=dens)
+    X = C.T.tocoo().astype(np.float32)
+    Xd = jnp.asarray(X.toarray())
+    dense = Data(X=Xd, G=Xd.T @ Xd, R=None, P=None, M=None)
+    bcoo = Data(X=jsparse.BCOO.from_scipy_sparse(X), G=None, R=None, P=None, M=None)
+    del Xd
+    A = jnp.asarray(np.random.default_rng(0).random((n, n), np.float32))
+    row = dict(cells=n, peaks=m, density=X.nnz / (n * m), **{f"flops_{k}": v for k, v in gram_flops(n, X.nnz).items()})
+    for name, d in (("dense", dense), ("sparse", bcoo)):
+        f = jax.jit(gram_matmul)
+        f(d, A).block_until_ready()
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter(); f(d, A).block_until_ready(); best = min(best, time.perf_counter() - t0)
+        row[f"{name}_s"] = best
+    row["penalty"] = (row["sparse_s"] / row["flops_sparse"]) / (row["dense_s"] / row["flops_dense"])
+    print(json.dumps(row), flush=True)
+    out.append(row)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _child(python, code, args, cwd, env=None):
+    t0 = time.perf_counter()
+    p = subprocess.run([python, "-c", code, *map(str, args)], cwd=cwd, capture_output=True,
+                       text=True, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"child failed ({p.returncode}):\n{p.stderr[-4000:]}")
+    line = [x for x in p.stdout.splitlines() if x.startswith("{") or x.startswith("RESULT")][-1]
+    return json.loads(line.removeprefix("RESULT ")), time.perf_counter() - t0
+
+
+def machine():
+    """A short description of this machine (CPU model, cores, memory, load)."""
+    import jax
+
+    cpu = "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return dict(cpu=cpu, cores=os.cpu_count(), memory_gib=round(mem, 1),
+                load_avg=os.getloadavg(), python=platform.python_version(),
+                jax=jax.__version__, backend=jax.default_backend())
+
+
+def install_release():
+    """Create experiments/.release-venv with the pinned release (minutes; needs the index)."""
+    py = os.environ.get("RELEASE_PYTHON", "python3.11")
+    subprocess.run([py, "-m", "venv", RELEASE_VENV], check=True)
+    subprocess.run([os.path.join(RELEASE_VENV, "bin", "pip"), "install", "-q", *RELEASE_PINS], check=True)
+
+
+def run_specs(specs, gram="auto"):
+    os.makedirs(RESULTS, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in specs:
+            case, impl, *rest = spec.split(":")
+            iters = rest[0] if rest else ("3" if impl == "release" else "tol")
+            path, k, shape, nnz = counts_file(case, tmp)
+            load = os.getloadavg()
+            print(f"[{time.strftime('%H:%M:%S')}] {spec}: {shape[0]} cells x {shape[1]} peaks, k={k}, load {load[0]:.1f}",
+                  flush=True)
+            if impl == "jax":
+                max_iter, tol = (100, 1e-6) if iters == "tol" else (int(iters), 0.0)
+                env = dict(os.environ, PYTHONPATH=ROOT)
+                res, wall = _child(sys.executable, JAX_CHILD, [path, k, max_iter, tol, gram], ROOT, env)
+            elif impl == "release":
+                py = os.path.join(RELEASE_VENV, "bin", "python")
+                if not os.path.exists(py):
+                    raise SystemExit("no release venv: run `benchmark.py install-release` first")
+                with tempfile.TemporaryDirectory() as empty:  # it silently loads ./Z0.npy
+                    env = {k_: v for k_, v in os.environ.items() if k_ != "PYTHONPATH"}
+                    res, wall = _child(py, RELEASE_CHILD, [path, k, int(iters)], empty, env)
+            else:
+                raise SystemExit(f"unknown implementation {impl!r}")
+            res.update(case=case, impl=impl, iters=iters, k=k, wall_s=wall, load_before=load,
+                       load_after=os.getloadavg(), when=time.strftime("%Y-%m-%d %H:%M:%S"))
+            name = f"{case}_{impl}_{iters}.json"
+            with open(os.path.join(RESULTS, name), "w") as fh:
+                json.dump(res, fh, indent=1)
+            print(json.dumps(res), flush=True)
+
+
+def crossover():
+    os.makedirs(RESULTS, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    rows, _ = _child(sys.executable, CROSSOVER_CHILD, [HERE], ROOT, env)
+    with open(os.path.join(RESULTS, "crossover.json"), "w") as fh:
+        json.dump(dict(rows=rows, load_avg=os.getloadavg()), fh, indent=1)
+    for r in rows:
+        print(r)
+
+
+# -- report -------------------------------------------------------------------------------
+def _load():
+    out = {}
+    for f in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
+        if f.endswith(".json") and f != "crossover.json" and f != "machine.json":
+            r = json.load(open(os.path.join(RESULTS, f)))
+            out[(r["case"], r["impl"], r["iters"])] = r
+    return out
+
+
+def _fmt(x, unit=""):
+    if x is None:
+        return "not measured"
+    return f"{x:.3g}{unit}" if x < 100 else f"{x:.0f}{unit}"
+
+
+def report(path):
+    res = _load()
+    mach = machine()
+    json.dump(mach, open(os.path.join(RESULTS, "machine.json"), "w"))
+    L = ["Generated by `python experiments/benchmark.py report` from `experiments/results/*.json`",
+         "(each number measured by `experiments/benchmark.py run ...` in its own subprocess).", "",
+         f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_gib']} GiB, no GPU; "
+         f"Python {mach['python']}, JAX {mach['jax']} ({mach['backend']}).  The machine was shared "
+         "with other jobs during the runs (load average at each run is in the JSON files), so "
+         "absolute times are inflated and noisy; the ratios inside one run (per iteration vs "
+         "matmul) are the reliable ones.", "",
+         "**GPU figures: not yet measured** (no device was lent to this task).", "",
+         "## Stages: sccase_jax vs the release (sccase 0.2.5)", "",
+         "| data | cells x peaks | impl | iters | preprocess s | init s | compile s | per iter s | output s | total s | peak RSS GB | n^2 floats in GB |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (case, impl, iters), r in sorted(res.items()):
+        t = r["times"]
+        n = r["cells"]
+        L.append(f"| {case} | {n} x {r['peaks']} | {impl} | {r['n_iter']}"
+                 f"{' (tol)' if iters == 'tol' else ''} | {_fmt(t['preprocess'])} | {_fmt(t['initialisation'])} | "
+                 f"{_fmt(t.get('compile'))} | {_fmt(t['per_iteration'])} | {_fmt(t['output'])} | {_fmt(t['total'])} | "
+                 f"{r['peak_rss'] / 1e9:.2f} | {4 * n * n / 1e9:.3f} |")
+    L += ["", "## Ratios (release / sccase_jax, same data)", "",
+          "| data | per iter | init | total (release 3 iters vs jax to tol) | peak memory |", "|---|---|---|---|---|"]
+    cases = sorted({c for c, _, _ in res})
+    for c in cases:
+        rel = [r for (cc, i, _), r in res.items() if cc == c and i == "release"]
+        jx = [r for (cc, i, _), r in res.items() if cc == c and i == "jax"]
+        if not rel or not jx:
+            continue
+        r = rel[0]
+        jt = [x for x in jx if x["iters"] == "tol"]
+        j = jt[0] if jt else jx[0]
+        tot = f"{r['times']['total'] / jt[0]['times']['total']:.1f}x" if jt and r["iters"] == "3" else "n/a"
+        L.append(f"| {c} | {r['times']['per_iteration'] / j['times']['per_iteration']:.1f}x | "
+                 f"{r['times']['initialisation'] / j['times']['initialisation']:.1f}x | {tot} | "
+                 f"{r['peak_rss'] / j['peak_rss']:.2f}x |")
+    L += ["", "## How close to the hardware", "",
+          "An iteration needs at least two dense n x n x n products (`G S` for the gradient cache, "
+          "`G (D o R)` for the exact Z step).  `matmul` is the best of 3 jitted float32 n x n "
+          "products measured in the same subprocess right after the fit.", "",
+          "| data | per iter s | matmul s | per iter / (2 matmul) | (peak RSS - input) / (4 n^2 bytes) |",
+          "|---|---|---|---|---|"]
+    for (case, impl, iters), r in sorted(res.items()):
+        if impl != "jax":
+            continue
+        n = r["cells"]
+        L.append(f"| {case} ({r['n_iter']} it) | {_fmt(r['times']['per_iteration'])} | {_fmt(r['matmul_s'])} | "
+                 f"{r['times']['per_iteration'] / (2 * r['matmul_s']):.2f} | "
+                 f"{(r['peak_rss'] - r['input_rss']) / (4 * n * n):.1f} |")
+    cross = os.path.join(RESULTS, "crossover.json")
+    if os.path.exists(cross):
+        rows = json.load(open(cross))["rows"]
+        L += ["", "## Dense G vs sparse X: measured crossover", "",
+              "One product with an n x n right-hand side: `G @ A` (n^3 multiply-adds) vs "
+              "`X^T (X A)` with X as BCOO (2 nnz(X) n).  `penalty` = time per sparse multiply-add "
+              "/ time per dense one; `auto` takes sparse when penalty x 2 nnz n < n^3 "
+              "(`sccase_jax.ops.SPARSE_PENALTY`).", "",
+              "| cells x peaks | density | flops sparse / dense | dense s | sparse s | penalty |",
+              "|---|---|---|---|---|---|"]
+        for r in rows:
+            L.append(f"| {r['cells']} x {r['peaks']} | {r['density']:.4f} | "
+                     f"{r['flops_sparse'] / r['flops_dense']:.3f} | {_fmt(r['dense_s'])} | {_fmt(r['sparse_s'])} | "
+                     f"{r['penalty']:.0f} |")
+    text = "\n".join(L) + "\n"
+    # Keep hand-written analysis: replace only what lies between the markers, if present.
+    begin, end = "<!-- tables -->", "<!-- /tables -->"
+    if os.path.exists(path) and begin in (old := open(path).read()) and end in old:
+        text = old[: old.index(begin) + len(begin)] + "\n" + text + old[old.index(end):]
+    with open(path, "w") as fh:
+        fh.write(text)
+    print(f"wrote {path}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("install-release")
+    p = sub.add_parser("run")
+    p.add_argument("specs", nargs="+")
+    p.add_argument("--gram", default="auto")
+    sub.add_parser("crossover")
+    p = sub.add_parser("report")
+    p.add_argument("--out", default=os.path.join(ROOT, "docs", "performance.md"))
+    a = ap.parse_args(argv)
+    if a.cmd == "install-release":
+        install_release()
+    elif a.cmd == "run":
+        run_specs(a.specs, a.gram)
+    elif a.cmd == "crossover":
+        crossover()
+    else:
+        report(a.out)
+
+
+if __name__ == "__main__":
+    main()
