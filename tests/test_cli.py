@@ -112,3 +112,11 @@ def test_write_failure_leaves_no_partial_file(small_file, tmp_path, monkeypatch)
     with pytest.raises(cli_mod.CLIError, match="disk full"):
         cli_mod.write_h5ad_atomic(Boom(), str(tmp_path / "o.h5ad"))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_demo_runs_and_prints_scores():
+    r = cli("demo", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "raw TF-IDF" in r.stdout and "enhanced" in r.stdout
+    assert "ARI" in r.stdout
