@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from sccase_jax.metrics import clustering_scores, label_silhouette, require
+from sccase_jax.metrics import clustering_scores, label_silhouette, openmp_single_thread, require
 
 __all__ = [
     "ClusterResult",
@@ -81,8 +81,9 @@ def knn_graph(emb: np.ndarray, n_neighbors: int = 15):
     """Unweighted symmetric kNN graph (scikit-learn; no numba compilation, for quick scans)."""
     nb = require("sklearn.neighbors")
     ig = require("igraph")
-    A = nb.kneighbors_graph(np.asarray(emb, np.float32), min(n_neighbors, emb.shape[0] - 1),
-                            include_self=False)
+    with openmp_single_thread():
+        A = nb.kneighbors_graph(np.asarray(emb, np.float32), min(n_neighbors, emb.shape[0] - 1),
+                                include_self=False)
     C = sp.triu(((A + A.T) > 0).astype(np.float64), k=1).tocoo()
     g = ig.Graph(n=emb.shape[0], edges=list(zip(C.row.tolist(), C.col.tolist())), directed=False)
     g.es["weight"] = C.data.tolist()

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from sccase_jax.metrics import require
+from sccase_jax.metrics import openmp_single_thread, require
 
 __all__ = ["KEstimate", "estimate_n_components", "kneedle"]
 
@@ -94,9 +94,7 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
 
     ks = np.arange(k_min, k_max + 1)
     inertia, db = np.empty(len(ks)), np.empty(len(ks))
-    # One thread: scikit-learn's OpenMP k-means is ~20x slower on a busy 2-core machine
-    # (threads spin-wait), and on 20-d data there is nothing to gain from more.
-    with require("threadpoolctl").threadpool_limits(1):
+    with openmp_single_thread():
         for i, k in enumerate(ks):
             km = cluster.KMeans(int(k), n_init=1, random_state=seed, max_iter=100).fit(emb)
             inertia[i] = km.inertia_
