@@ -1,5 +1,6 @@
 """sccase_jax: scCASE enhancement of scATAC-seq count matrices in JAX."""
 
+from sccase_jax import datasets as datasets
 from sccase_jax.api import FitResult as FitResult
 from sccase_jax.api import InputError as InputError
 from sccase_jax.api import fit as fit
@@ -8,20 +9,29 @@ from sccase_jax.params import Factors as Factors
 from sccase_jax.params import Hyperparams as Hyperparams
 from sccase_jax.params import SolverConfig as SolverConfig
 from sccase_jax.params import release_config as release_config
+from sccase_jax.sweeps import SweepResult as SweepResult
+from sccase_jax.sweeps import sweep as sweep
 from sccase_jax.tl import enhance as enhance
-from sccase_jax import datasets as datasets
+from sccase_jax.variants import OBJECTIVES as OBJECTIVES
+from sccase_jax.variants import fit_variant as fit_variant
+from sccase_jax.variants import register_objective as register_objective
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "OBJECTIVES",
     "Data",
     "Factors",
     "FitResult",
     "Hyperparams",
     "InputError",
     "SolverConfig",
+    "SweepResult",
     "datasets",
     "enhance",
     "fit",
+    "fit_variant",
+    "register_objective",
     "release_config",
+    "sweep",
 ]
