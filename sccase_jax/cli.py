@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 
 __all__ = ["main"]
 
@@ -72,7 +73,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     from sccase_jax.api import DEFAULT_MAX_ITER
 
     p.add_argument("--k", type=int, default=None, help="number of components (default: estimated + 1)")
-    p.add_argument("--lam", type=float, default=1e6, help="weight of ||Z - H^T H||^2 (default 1e6)")
+    p.add_argument("--lam", type=float, default=None,
+                   help="weight of ||Z - H^T H||^2 (default 1e6; 1e5 with --reference)")
     p.add_argument("--gamma1", type=float, default=1.0, help="ridge weight on W (default 1)")
     p.add_argument("--gamma2", type=float, default=1.0, help="ridge weight on H (default 1)")
     p.add_argument("--keep-prob", type=float, default=0.95, help="keep probability of the mask R")
@@ -87,6 +89,15 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="remove cells with no counts after peak filtering")
     p.add_argument("--preset", choices=["paper", "release"], default="paper",
                    help="'release' reproduces sccase 0.2.5")
+    p.add_argument("--reference", default=None, metavar="REF.h5ad",
+                   help="scCASER: reference profiles x peaks (.h5ad); --k stays the total k")
+    p.add_argument("--k-ref", type=int, default=None,
+                   help="reference columns k1 (default min(profiles, k - 1))")
+    p.add_argument("--alpha", type=float, default=None, help="pull of W1 towards P (default 1)")
+    p.add_argument("--peak-match", choices=["auto", "name", "overlap"], default="auto",
+                   help="match reference peaks by name or genomic overlap (default auto)")
+    p.add_argument("--min-peak-match", type=float, default=0.1,
+                   help="refuse a reference matching fewer target peaks than this (default 0.1)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -108,6 +119,10 @@ def _fit_kwargs(args) -> dict:
         drop_empty_cells=args.drop_empty_cells,
         preset=args.preset,
         progress=not args.quiet,
+        k_ref=args.k_ref,
+        alpha=args.alpha,
+        peak_match=args.peak_match,
+        min_peak_match=args.min_peak_match,
     )
 
 
@@ -127,9 +142,23 @@ def cmd_enhance(args) -> int:
         fd, args.out_file = tempfile.mkstemp(suffix=".h5ad.part", dir=os.path.dirname(out))
         os.close(fd)
         _log(args, "writing the enhanced layer block by block (out of core)")
+    kwargs = _fit_kwargs(args)
+    if args.reference is not None:
+        kwargs["reference"] = _read_h5ad(args.reference)
+        _log(args, f"read {args.reference}: {kwargs['reference'].n_obs} reference profiles")
+    elif args.k_ref is not None or args.alpha is not None:
+        raise CLIError("--k-ref and --alpha need --reference")
     t0 = time.perf_counter()
-    result = enhance(adata, **_fit_kwargs(args))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        result = enhance(adata, **kwargs)
+    for w in caught:  # one line each, even with --quiet
+        print(f"sccase-jax: warning: {w.message}", file=sys.stderr, flush=True)
     info = result.uns["sccase"]
+    if "reference" in info:
+        r = info["reference"]
+        _log(args, f"reference: {r['n_matched']} of {r['n_target_peaks']} target peaks matched "
+                   f"({r['frac_matched']:.1%}, by {r['match_method']}); k_ref = {r['k_ref']}")
     _log(args, f"fit: {info['n_iter']} iterations, {info['status']}, {time.perf_counter() - t0:.1f} s;"
                f" {result.n_obs} cells x {result.n_vars} peaks kept")
     if args.out_file is None:

@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from sccase_jax.api import DEFAULT_MAX_ITER, InputError, check_matrix, enhanced_matrix, fit
+from sccase_jax.api import (
+    DEFAULT_MAX_ITER,
+    InputError,
+    check_input,
+    check_matrix,
+    enhanced_matrix,
+    fit,
+)
 from sccase_jax.params import SolverConfig, release_config
 from sccase_jax.preprocessing import preprocess
 
@@ -58,7 +65,13 @@ def enhance(
     adata,
     n_components: int | None = None,
     *,
-    lam: float = 1e6,
+    reference=None,
+    k_ref: int | None = None,
+    alpha: float | None = None,
+    peak_match: str = "auto",
+    min_peak_match: float = 0.1,
+    warn_peak_match: float = 0.5,
+    lam: float | None = None,
     gamma1: float = 1.0,
     gamma2: float = 1.0,
     keep_prob: float = 0.95,
@@ -86,9 +99,31 @@ def enhance(
     adata
         Cells x peaks counts in ``adata.X`` or ``adata.layers[layer]``; never modified.
     n_components
-        k.  ``None`` estimates the number of cell types (ASTER-like ensemble) and uses
-        that number + 1, as the released code does.
-    lam, gamma1, gamma2, keep_prob, tol, max_iter, seed
+        k, the total number of components (with a reference k = k1 + k2).  ``None``
+        estimates the number of cell types c (ASTER-like ensemble) and uses c + 1 (scCASE)
+        or ``round(1.3 c) + c // 2500`` (scCASER), as the released code does.
+    reference
+        scCASER: an AnnData of reference profiles x peaks (bulk, pseudo-bulk or
+        self-reference; see :mod:`sccase_jax.reference`).  Its peaks are matched to the
+        kept target peaks by name or genomic overlap (``peak_match``), mapped (unmatched
+        target peaks get 0), transformed like the target's TF-IDF, and factorised by NMF
+        into ``P`` (peaks x k1), the start of and the pull on the reference block W1.
+    k_ref
+        k1, the reference block's columns.  Default ``min(n_profiles, k - 1)``: one column
+        per profile while leaving at least one free column.
+    alpha
+        Weight of ``||P - W1||^2``.  Default 1.0 with a reference (P is scaled to the
+        free block's NMF start, so the pull equals the ridge ``gamma1`` on W); unused
+        without one.
+    peak_match
+        ``"auto"`` (overlap when both sides have coordinates, else names), ``"name"`` or
+        ``"overlap"``.
+    min_peak_match, warn_peak_match
+        Refuse the reference when fewer than ``min_peak_match`` (default 10 %) of the kept
+        target peaks are matched; warn below ``warn_peak_match`` (default 50 %).
+    lam
+        Weight of the similarity term; default 1e6, or 1e5 with a reference (MODEL.md).
+    gamma1, gamma2, keep_prob, tol, max_iter, seed
         As in :func:`~sccase_jax.api.fit`.
     min_cells_frac
         Drop peaks accessible in fewer than this fraction of cells (paper: 1 %).
@@ -120,7 +155,8 @@ def enhance(
     counts, and ``layers[key_added]`` the enhanced matrix ``(X Z)^T``,
     ``obsm[f"X_{key_added}"] = H^T``, ``varm[f"{key_added}_W"] = W``,
     ``obsp[f"{key_added}_Z"] = Z``, ``uns[key_added] = {"loss", "initial_loss", "n_iter",
-    "converged", "status", "params", "time_s"}``.
+    "converged", "status", "params", "time_s"}`` and, with a reference,
+    ``uns[key_added]["reference"]`` (profiles, k_ref, alpha, how many peaks matched).
     """
     import anndata as ad
 
@@ -138,6 +174,10 @@ def enhance(
         fit_options.setdefault("jaccard_normalize", "row")
     if scale_output is None:
         scale_output = release
+    if lam is None:
+        lam = 1e6 if reference is None else 1e5
+    if reference is None and (k_ref or alpha):
+        raise InputError("k_ref and alpha need a reference (reference=...)")
 
     counts = get_counts(adata, layer)
     X, peak_mask, cell_mask = preprocess(
@@ -150,7 +190,16 @@ def enhance(
     if n_components is None:
         from sccase_jax.estimate import estimate_n_components
 
-        n_components = int(estimate_n_components(X, seed=seed)) + 1
+        c = int(estimate_n_components(X, seed=seed))
+        n_components = c + 1 if reference is None else max(round(1.3 * c) + c // 2500, 2)
+    ref_info = None
+    if reference is not None:
+        fit_options, ref_info = _reference_block(
+            reference, adata.var.iloc[np.flatnonzero(peak_mask)], counts[peak_mask][:, cell_mask],
+            X, n_components, k_ref=k_ref, alpha=alpha, peak_match=peak_match,
+            min_match=min_peak_match, warn_match=warn_peak_match, tfidf=tfidf, binarize=binarize,
+            seed=seed, fit_options=fit_options,
+        )
     res = fit(
         X,
         n_components,
@@ -195,19 +244,50 @@ def enhance(
     params = dict(res.params, min_cells_frac=min_cells_frac, tfidf=tfidf, binarize=binarize,
                   drop_empty_cells=drop_empty_cells, preset=preset, scale_output=scale_output,
                   layer=layer)
-    out.uns[key_added] = _plain(
-        {
-            "loss": res.loss,
-            "initial_loss": res.initial_loss,
-            "n_iter": res.n_iter,
-            "converged": res.converged,
-            "status": res.status,
-            "params": params,
-            "time_s": time.perf_counter() - t0,
-        }
-    )
+    record = {
+        "loss": res.loss,
+        "initial_loss": res.initial_loss,
+        "n_iter": res.n_iter,
+        "converged": res.converged,
+        "status": res.status,
+        "params": params,
+        "time_s": time.perf_counter() - t0,
+    }
+    if ref_info is not None:
+        record["reference"] = ref_info
+    out.uns[key_added] = _plain(record)
     if out_file is not None:
         from sccase_jax.io import write_enhanced_h5ad
 
         write_enhanced_h5ad(out, out_file, X, res.Z, key=key_added, block=block, scale=scale_output)
     return out
+
+
+def _reference_block(reference, target_var, counts, X, k, *, k_ref, alpha, peak_match, min_match,
+                     warn_match, tfidf, binarize, seed, fit_options):
+    """Map, transform and factorise the reference; return the fit options and a record."""
+    from sccase_jax import reference as refmod
+
+    if not hasattr(reference, "var") or not hasattr(reference, "X"):
+        raise InputError("reference must be an AnnData of profiles x peaks")
+    if "P" in fit_options or "k_ref" in fit_options:
+        raise InputError("pass the reference as reference=..., not P/k_ref fit options")
+    Rm, match = refmod.map_reference(reference, target_var, method=peak_match,
+                                     min_match=min_match, warn_match=warn_match)
+    check_input(X, k)
+    k = int(k)
+    k1 = refmod.default_k_ref(Rm.shape[1], k) if k_ref is None else int(k_ref)
+    if not 1 <= k1 <= min(k, Rm.shape[1]):
+        raise InputError(f"k_ref must be between 1 and min(n_components = {k}, reference profiles ="
+                         f" {Rm.shape[1]}), got {k1}")
+    alpha = 1.0 if alpha is None else float(alpha)
+    nmf_iter = fit_options.get("nmf_iter", 200)
+    Rt = refmod.transform_reference(Rm, counts, tfidf, binarize)
+    P = refmod.reference_loadings(Rt, k1, X=X, n_free=k - k1, seed=seed, nmf_iter=nmf_iter,
+                                  dtype=fit_options.get("dtype"))
+    info = dict(n_profiles=int(Rm.shape[1]), profiles=[str(s) for s in reference.obs_names],
+                k_ref=k1, alpha=alpha, match_method=match.method, n_target_peaks=match.n_target,
+                n_matched=match.n_matched, frac_matched=float(match.fraction),
+                n_ref_peaks=match.n_ref, n_ref_peaks_used=match.n_ref_used,
+                min_peak_match=min_match, warn_peak_match=warn_match)
+    return dict(fit_options, P=P, k_ref=k1, alpha=alpha), info
