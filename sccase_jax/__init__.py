@@ -1,6 +1,7 @@
 """sccase_jax: scCASE enhancement of scATAC-seq count matrices in JAX."""
 
 from sccase_jax import datasets as datasets
+from sccase_jax import reference as reference
 from sccase_jax.api import FitResult as FitResult
 from sccase_jax.api import InputError as InputError
 from sccase_jax.api import fit as fit
@@ -31,6 +32,7 @@ __all__ = [
     "enhance",
     "fit",
     "fit_variant",
+    "reference",
     "register_objective",
     "release_config",
     "sweep",
