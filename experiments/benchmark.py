@@ -179,9 +179,8 @@ from benchmark import synthetic_counts
 from sccase_jax.ops import gram_flops, gram_matmul
 from sccase_jax.params import Data
 out = []
-for n, m, dens in [(1000, 10000, 0.002), (1000, 10000, 0.01), (1000, 10000, 0.037),
-                   (2000, 20000, 0.002), (2000, 20000, 0.005), (2000, 20000, 0.01),
-                   (2000, 20000, 0.037)]:
+for n, m, dens in [(1000, 10000, 0.001), (1000, 10000, 0.005), (1000, 10000, 0.037),
+                   (2000, 20000, 0.002)]:
     C, _ = synthetic_counts(n, m, density=dens)
     X = C.T.tocoo().astype(np.float32)
     Xd = jnp.asarray(X.toarray())

@@ -28,9 +28,9 @@ __all__ = ["GRAM_MODES", "SPARSE_PENALTY", "choose_gram", "gram_flops", "gram_ma
 GRAM_MODES = ("dense", "sparse", "auto")
 
 # Cost of one sparse (BCOO) multiply-add relative to one dense float32 multiply-add, per
-# backend.  Measured on a 2-core CPU by experiments/benchmark.py (docs/performance.md);
+# backend.  Measured 76..110 on a 2-core CPU by experiments/benchmark.py (docs/performance.md);
 # the GPU figure is a conservative guess until measured.
-SPARSE_PENALTY = {"cpu": 40.0, "gpu": 20.0, "tpu": 100.0}
+SPARSE_PENALTY = {"cpu": 100.0, "gpu": 20.0, "tpu": 100.0}
 
 
 def gram_flops(n: int, nnz: int) -> dict:
@@ -51,7 +51,7 @@ def choose_gram(X, mode: str = "auto", backend: str | None = None) -> str:
     nnz = X.nnz if sp.issparse(X) else int(np.count_nonzero(X))
     backend = backend or jax.default_backend()
     f = gram_flops(n, nnz)
-    return "sparse" if SPARSE_PENALTY.get(backend, 40.0) * f["sparse"] < f["dense"] else "dense"
+    return "sparse" if SPARSE_PENALTY.get(backend, 100.0) * f["sparse"] < f["dense"] else "dense"
 
 
 def _block_cols(m: int, n: int) -> int:
