@@ -1,10 +1,13 @@
 """sccase_jax: scCASE enhancement of scATAC-seq count matrices in JAX."""
 
 from sccase_jax import datasets as datasets
+from sccase_jax import ops as ops
 from sccase_jax import reference as reference
+from sccase_jax import sharding as sharding
 from sccase_jax.api import FitResult as FitResult
 from sccase_jax.api import InputError as InputError
 from sccase_jax.api import fit as fit
+from sccase_jax.io import write_enhanced_h5ad as write_enhanced_h5ad
 from sccase_jax.params import Data as Data
 from sccase_jax.params import Factors as Factors
 from sccase_jax.params import Hyperparams as Hyperparams
@@ -32,8 +35,11 @@ __all__ = [
     "enhance",
     "fit",
     "fit_variant",
+    "ops",
     "reference",
     "register_objective",
     "release_config",
+    "sharding",
     "sweep",
+    "write_enhanced_h5ad",
 ]
