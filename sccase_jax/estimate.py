@@ -109,7 +109,9 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
     for r in np.geomspace(0.05, 5.0, 14):
         lab = partition(graph, float(r), "leiden", seed)
         c = len(np.unique(lab))
-        if c < k_min or c > k_max or len(np.unique(lab[sub])) < 2:
+        if c > k_max:
+            break  # cluster counts grow with the resolution; larger ones only cost time
+        if c < k_min or len(np.unique(lab[sub])) < 2:
             continue
         s = skm.silhouette_score(emb[sub], lab[sub])
         if s > best:
