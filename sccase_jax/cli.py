@@ -83,7 +83,10 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (mask R and NMF start)")
     p.add_argument("--layer", default=None, help="read counts from this layer instead of X")
     p.add_argument("--min-cells-frac", type=float, default=0.01, help="peak filter threshold")
-    p.add_argument("--tfidf", choices=["paper", "l2"], default="paper", help="TF-IDF variant")
+    p.add_argument("--tfidf", choices=["paper", "l2"], default="l2",
+                   help="TF-IDF variant (default l2; 'paper' is Eq. 1)")
+    p.add_argument("--no-scale-output", dest="scale_output", action="store_false",
+                   help="return X Z itself instead of min-max scaling it per peak and cell")
     p.add_argument("--binarize", action="store_true", help="binarise counts before TF-IDF")
     p.add_argument("--drop-empty-cells", action="store_true",
                    help="remove cells with no counts after peak filtering")
@@ -118,6 +121,7 @@ def _fit_kwargs(args) -> dict:
         binarize=args.binarize,
         drop_empty_cells=args.drop_empty_cells,
         preset=args.preset,
+        scale_output=args.scale_output,
         progress=not args.quiet,
         k_ref=args.k_ref,
         alpha=args.alpha,

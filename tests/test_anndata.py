@@ -41,10 +41,23 @@ def test_keys_and_shapes(small, enhanced):
     np.testing.assert_array_equal(out.X.toarray(), small.X[:, keep].toarray())
 
 
-def test_enhanced_matrix_is_x_times_z(small, enhanced):
-    X, _, _ = preprocess(small.X.T)
-    Z = enhanced.obsp["sccase_Z"]
-    np.testing.assert_allclose(enhanced.layers["sccase"], (X @ Z).T, rtol=1e-4, atol=1e-7)
+@pytest.mark.parametrize("variant", ["paper", "l2"])
+def test_enhanced_matrix_is_x_times_z(small, variant):
+    out = sccase_jax.enhance(small, 3, max_iter=2, tfidf=variant, scale_output=False)
+    X, _, _ = preprocess(small.X.T, tfidf_variant=variant)
+    Z = out.obsp["sccase_Z"]
+    np.testing.assert_allclose(out.layers["sccase"], (X @ Z).T, rtol=1e-4, atol=1e-7)
+
+
+def test_default_output_is_minmax_scaled_x_times_z(small, enhanced):
+    from sccase_jax.tl import minmax_scale
+
+    X, _, _ = preprocess(small.X.T, tfidf_variant="l2")
+    expect = minmax_scale((X @ enhanced.obsp["sccase_Z"]).T.astype(np.float32))
+    np.testing.assert_allclose(enhanced.layers["sccase"], expect, rtol=1e-3, atol=1e-5)
+    E = enhanced.layers["sccase"]
+    np.testing.assert_allclose(E.max(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(E.min(axis=1), 0.0, atol=1e-6)
 
 
 def test_input_untouched(small):
@@ -69,7 +82,8 @@ def test_h5ad_round_trip(tmp_path, enhanced):
     np.testing.assert_array_equal(back.layers["sccase"], enhanced.layers["sccase"])
     np.testing.assert_array_equal(back.obsp["sccase_Z"], enhanced.obsp["sccase_Z"])
     np.testing.assert_array_equal(back.uns["sccase"]["loss"], enhanced.uns["sccase"]["loss"])
-    assert back.uns["sccase"]["params"]["tfidf"] == "paper"
+    assert back.uns["sccase"]["params"]["tfidf"] == "l2"
+    assert back.uns["sccase"]["params"]["n_components_estimated"] is False or not back.uns["sccase"]["params"]["n_components_estimated"]
 
 
 def test_layer_input(small):
