@@ -27,3 +27,14 @@ def tiny_problem(seed=0, m=12, n=9, k=3, dtype=jnp.float64, k_ref=0, lam=2.0, sc
     data = Data(X=Xj, G=Xj.T @ Xj, R=jnp.asarray(R), P=cast(P), M=cast(M))
     hp = Hyperparams.create(lam=lam, gamma1=0.5, gamma2=0.3, alpha=0.7 if k_ref else 0.0, dtype=dtype)
     return data, Factors(cast(W), cast(H), cast(Z)), hp
+
+
+def typed_counts(n_per=40, k=3, peaks=200, block=40, p_on=0.5, p_off=0.03, seed=0):
+    """Cells x peaks 0/1 accessibility with ``block`` open peaks per type, and the labels."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(k):
+        p = np.full(peaks, p_off)
+        p[t * block : (t + 1) * block] = p_on
+        rows.append(rng.random((n_per, peaks)) < p)
+    return np.vstack(rows), np.repeat(np.arange(k), n_per)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from helpers import typed_counts
 from sccase_jax.clustering import cluster_to_k, evaluate_clustering, knn_graph, pca_embedding
 
 
@@ -16,13 +17,8 @@ def blobs(n_per=40, k=4, dim=12, sep=6.0, seed=0):
 
 def counts(n_per=40, k=3, peaks=200, seed=0):
     """Cells x peaks counts with a block of open peaks per type."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for t in range(k):
-        p = np.full(peaks, 0.03)
-        p[t * 40 : (t + 1) * 40] = 0.5
-        rows.append(rng.random((n_per, peaks)) < p)
-    return sp.csr_matrix(np.vstack(rows).astype(np.float32)), np.repeat(np.arange(k), n_per)
+    C, labels = typed_counts(n_per, k, peaks, block=40, p_on=0.5, p_off=0.03, seed=seed)
+    return sp.csr_matrix(C.astype(np.float32)), labels
 
 
 @pytest.mark.parametrize("k", [4, 6])

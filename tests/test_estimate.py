@@ -5,6 +5,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
+from helpers import typed_counts
 from sccase_jax.estimate import estimate_n_components, kneedle
 
 
@@ -16,13 +17,8 @@ def test_kneedle_finds_the_elbow():
 
 
 def _typed(k_true, n_per=40, peaks=300, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = []
-    for t in range(k_true):
-        p = np.full(peaks, 0.02)
-        p[t * 30 : (t + 1) * 30] = 0.6
-        rows.append(rng.random((n_per, peaks)) < p)
-    C = np.vstack(rows).astype(float)
+    C, _ = typed_counts(n_per, k_true, peaks, block=30, p_on=0.6, p_off=0.02, seed=seed)
+    C = C.astype(float)
     X = C / C.sum(1, keepdims=True)
     return sp.csr_matrix(X.T)  # peaks x cells, as fit takes it
 

@@ -5,17 +5,13 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 
+import helpers
 from sccase_jax.recovery import hide_counts, knn_average, recovery_scores
 
 
 def typed_counts(n_per=30, k=3, peaks=90, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = []
-    for t in range(k):
-        p = np.full(peaks, 0.03)
-        p[t * 30 : (t + 1) * 30] = 0.6
-        rows.append(rng.random((n_per, peaks)) < p)
-    return sp.csr_matrix(np.vstack(rows).astype(np.float32) * 2)
+    C, _ = helpers.typed_counts(n_per, k, peaks, block=30, p_on=0.6, p_off=0.03, seed=seed)
+    return sp.csr_matrix(C.astype(np.float32) * 2)
 
 
 def test_hide_counts_is_seeded_and_exact():
