@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from sccase_jax.ops import inner
+
 __all__ = [
     "gram_loss",
     "reconstruction_gram",
@@ -60,12 +62,13 @@ def sccaser_loss(X, Z, R, W1, W2, H, P, M, N, *, lam, gamma1, gamma2, alpha):
 
 def reconstruction_gram(S, GS, B, W, H):
     r""":math:`\|X S - W H\|^2` from ``GS = X^T X S`` and ``B = W^T X`` (no m x n array)."""
-    return jnp.vdot(S, GS) - 2.0 * jnp.vdot(B @ S, H) + jnp.vdot(W.T @ W, H @ H.T)
+    return inner(S, GS) - 2.0 * jnp.vdot(B @ S, H) + jnp.vdot(W.T @ W, H @ H.T)
 
 
 def similarity_term(Z, H):
     r""":math:`\|Z - H^\top H\|^2`, computed directly (the expanded form cancels badly)."""
-    return _sq(Z - H.T @ H)
+    Q = Z - H.T @ H
+    return inner(Q, Q)
 
 
 def gram_loss(S, GS, B, W, H, Z, P, M, hp):

@@ -30,7 +30,7 @@ from jax import lax
 
 from sccase_jax.gradients import grad_h_gram, grad_w_gram, grad_z_gram
 from sccase_jax.losses import gram_loss, reconstruction_gram, similarity_term
-from sccase_jax.ops import gram_matmul
+from sccase_jax.ops import gram_matmul, inner
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.steps import (
     exact_h_step,
@@ -132,7 +132,7 @@ def _w_step(W, H, S, GS, Z, data, hp, config, F_cur):
     X, P, M = data.X, data.P, data.M
     E = X @ (S @ H.T)  # m x k
     HHt = H @ H.T
-    const = jnp.vdot(S, GS) + hp.lam * similarity_term(Z, H) + hp.gamma2 * _sq(H)
+    const = inner(S, GS) + hp.lam * similarity_term(Z, H) + hp.gamma2 * _sq(H)
     Mr = M[None, :]
 
     def objective(Wc):
@@ -153,7 +153,7 @@ def _w_step(W, H, S, GS, Z, data, hp, config, F_cur):
 def _h_step(W, H, Z, S, GS, B, data, hp, config, F_cur):
     BS = B @ S
     WtW = W.T @ W
-    const = jnp.vdot(S, GS) + hp.gamma1 * _sq(W) + hp.alpha * _sq(data.P - W * data.M[None, :])
+    const = inner(S, GS) + hp.gamma1 * _sq(W) + hp.alpha * _sq(data.P - W * data.M[None, :])
 
     def objective(Hc):
         F = const - 2.0 * jnp.vdot(BS, Hc) + jnp.vdot(WtW, Hc @ Hc.T)

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from sccase_jax.ops import inner
+
 __all__ = [
     "exact_h_step",
     "exact_w_step",
@@ -56,7 +58,7 @@ def safe_div(num, den):
 def exact_z_step(D, DR, GDR, lam):
     """Exact line minimiser for Z; ``DR = D o R`` and ``GDR = G @ DR``."""
     dd = jnp.vdot(D, D)
-    return safe_div(dd, 2.0 * (jnp.vdot(DR, GDR) + lam * dd))
+    return safe_div(dd, 2.0 * (inner(DR, GDR) + lam * dd))
 
 
 def exact_w_step(D, HHt, gamma):
