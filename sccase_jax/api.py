@@ -13,7 +13,7 @@ from jax.experimental import sparse as jsparse
 from sccase_jax.init import dropout_mask, gram_matrix, jaccard_similarity, nmf
 from sccase_jax.ops import choose_gram
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
-from sccase_jax.solver import CONVERGED, MAX_ITER, NONFINITE, run
+from sccase_jax.solver import CONVERGED, MAX_ITER, NONFINITE, run, run_donated
 
 __all__ = [
     "DEFAULT_MAX_ITER",
@@ -170,7 +170,10 @@ def fit(
         dtype=dtype, P=P, k_ref=k_ref, alpha=alpha, gram=gram,
     )
     config = (config or SolverConfig())._replace(max_iter=int(max_iter), tol=float(tol), progress=progress)
-    res = run(prob.data, prob.factors, prob.hp, config)
+    # Factors made here are ours to donate (Z0's buffer becomes the iterate); a caller's
+    # ``init`` may share buffers with arrays the caller keeps, so it is not donated.
+    solve = run_donated if init is None else run
+    res = solve(prob.data, prob.factors, prob.hp, config)
     return to_fit_result(res, dict(
         n_components=int(n_components), lam=lam, gamma1=gamma1, gamma2=gamma2,
         keep_prob=keep_prob, tol=tol, max_iter=max_iter, seed=seed, k_ref=k_ref, alpha=alpha,

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from sccase_jax.ops import masked
+
 __all__ = [
     "grad_h_gram",
     "grad_w_gram",
@@ -52,8 +54,8 @@ def sccaser_grads(X, Z, R, W1, W2, H, P, M, N, *, lam, gamma1, gamma2, alpha):
 
 
 def grad_z_gram(GS, B, H, Q, R, lam):
-    """``dF/dZ = 2 (G S - B^T H) o R + 2 lam Q``."""
-    return 2.0 * (GS - B.T @ H) * R + 2.0 * lam * Q
+    """``dF/dZ = 2 (G S - B^T H) o R + 2 lam Q``; ``R`` a boolean (or 0/1) mask."""
+    return 2.0 * masked(GS - B.T @ H, R) + 2.0 * lam * Q
 
 
 def grad_w_gram(W, E, HHt, P, M, gamma1, alpha):

@@ -30,6 +30,7 @@ __all__ = [
     "gram_flops",
     "gram_matmul",
     "inner",
+    "masked",
 ]
 
 GRAM_MODES = ("dense", "sparse", "auto")
@@ -96,3 +97,12 @@ def inner(A, B):
     up to float rounding.
     """
     return jnp.sum(jnp.einsum("ij,ij->j", A, B))
+
+
+def masked(A, R):
+    """``A o R`` for a boolean (or 0/1) mask ``R``, as a select.
+
+    A select fuses into its consumers, whereas ``A * R.astype(float)`` invites XLA to keep
+    a float copy of the mask: one more n x n array at the solver's peak.
+    """
+    return jnp.where(R, A, jnp.zeros((), A.dtype))

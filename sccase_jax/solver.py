@@ -9,7 +9,12 @@ One iteration, in Gram form (``G = X^T X`` fixed, nothing m x n is formed):
 3. H: gradient from ``B S``; backtracking from ``h_step_init`` (paper) or the exact quartic
    step; trials cost k x n^2 each.
 
-So an iteration costs two n x n x n products plus O(n^2 k + nnz(X) k).  ``run`` executes
+So an iteration costs two n x n x n products plus O(n^2 k + nnz(X) k).  Memory: besides
+the data (X, G and the boolean mask R) the whole fit needs about six n x n arrays of
+working memory in XLA's buffer plan (iterate Z, cache G S, gradient D, the line search's
+trial S and its G S, one spare), measured by ``experiments/benchmark.py``; the mask is applied as
+a select (:func:`~sccase_jax.ops.masked`) so no float copy of R is kept, and
+:data:`run_donated` lets the fit reuse the buffer of Z0.  ``run`` executes
 the whole fit as one :func:`jax.lax.while_loop`, stopping on ``|dF| / |F| < tol``, at
 ``max_iter``, or on a non-finite F (the last finite iterate is kept and reported).
 
@@ -30,7 +35,7 @@ from jax import lax
 
 from sccase_jax.gradients import grad_h_gram, grad_w_gram, grad_z_gram
 from sccase_jax.losses import gram_loss, reconstruction_gram, similarity_term
-from sccase_jax.ops import gram_matmul, inner
+from sccase_jax.ops import gram_matmul, inner, masked
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.steps import (
     exact_h_step,
@@ -51,6 +56,7 @@ __all__ = [
     "drive",
     "init_state",
     "run",
+    "run_donated",
     "to_result",
     "tracked_fields",
     "update",
@@ -103,7 +109,7 @@ def init_state(data: Data, factors: Factors, hp: Hyperparams, config: SolverConf
     """State at the starting point; a non-finite F0 marks it ``NONFINITE`` at once."""
     W, H, Z = factors
     dtype = Z.dtype
-    S = Z * data.R.astype(dtype)
+    S = masked(Z, data.R)
     GS = gram_matmul(data, S)
     B = wt_x(data.X, W)
     F = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
@@ -112,14 +118,13 @@ def init_state(data: Data, factors: Factors, hp: Hyperparams, config: SolverConf
 
 def _z_step(state, data, hp, config, F_cur):
     W, H, Z, GS, B = state.W, state.H, state.Z, state.GS, state.B
-    Rf = data.R.astype(Z.dtype)
     Q = Z - H.T @ H
-    D = grad_z_gram(GS, B, H, Q, Rf, hp.lam)
-    DR = D * Rf
+    D = grad_z_gram(GS, B, H, Q, data.R, hp.lam)
+    DR = masked(D, data.R)
     d = exact_z_step(D, DR, gram_matmul(data, DR), hp.lam)
 
     def objective(Zc):
-        S = Zc * Rf
+        S = masked(Zc, data.R)
         GSc = gram_matmul(data, S)
         return gram_loss(S, GSc, B, W, H, Zc, data.P, data.M, hp), GSc
 
@@ -182,12 +187,11 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
     if config.rescale_h:
         s = jnp.sum(state.H, axis=1, keepdims=True)
         H = state.H / jnp.where(s > 0, s, 1)
-        Rf = data.R.astype(state.Z.dtype)
-        F_cur = gram_loss(state.Z * Rf, state.GS, state.B, state.W, H, state.Z, data.P, data.M, hp)
+        F_cur = gram_loss(masked(state.Z, data.R), state.GS, state.B, state.W, H, state.Z, data.P, data.M, hp)
         state = state._replace(H=H, loss=F_cur)
 
     Z, F_cur, GS = _z_step(state, data, hp, config, F_cur)
-    S = Z * data.R.astype(Z.dtype)
+    S = masked(Z, data.R)
     W, F_cur = _w_step(state.W, state.H, S, GS, Z, data, hp, config, F_cur)
     B = wt_x(data.X, W)
     H, F_cur = _h_step(W, state.H, Z, S, GS, B, data, hp, config, F_cur)
@@ -292,8 +296,22 @@ def to_result(state) -> Result:
     )
 
 
-@partial(jax.jit, static_argnames=("config",))
-def run(data: Data, factors0: Factors, hp: Hyperparams, config: SolverConfig = SolverConfig()):
-    """Fit from ``factors0`` to convergence, ``max_iter`` or a non-finite F, on device."""
+def _run(data: Data, factors0: Factors, hp: Hyperparams, config: SolverConfig = SolverConfig()):
     state = init_state(data, factors0, hp, config)
     return to_result(drive(state, lambda s: update(s, data, hp, config), config))
+
+
+run = jax.jit(_run, static_argnames=("config",))
+run.__doc__ = """Fit from ``factors0`` to convergence, ``max_iter`` or a non-finite F, on device.
+
+``run(data, factors0, hp, config)``: jitted, ``config`` static.  ``factors0`` is left
+intact; :data:`run_donated` is the same fit with ``factors0`` donated.
+"""
+
+run_donated = jax.jit(_run, static_argnames=("config",), donate_argnames=("factors0",))
+run_donated.__doc__ = """:func:`run` with the buffers of ``factors0`` donated to the fit.
+
+The n x n ``Z0`` buffer is then reused for the iterate instead of staying alive beside it
+(one n x n array less at the peak); ``factors0`` must not be used afterwards.
+:func:`sccase_jax.api.fit` uses it for the factors it creates itself.
+"""

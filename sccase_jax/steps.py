@@ -144,32 +144,38 @@ def line_search(x, D, d0, shrink, max_trials, objective, F_cur, aux0, accept_any
     ``accept_any`` the first trial is taken unconditionally (the released code's
     unguarded steps).
 
+    Memory: the loop carries only the step, the latest trial's F and ``aux``; the
+    accepted candidate is rebuilt from its step after the loop (one elementwise pass), so
+    an n x n iterate costs the loop one ``aux`` buffer and one temporary, not a copy of the
+    best candidate as well.
+
     Returns
     -------
     ``(x_new, F_new, aux_new)``
     """
     dtype = F_cur.dtype
     shrink = jnp.asarray(shrink, dtype)
+    d0 = jnp.asarray(d0, dtype)
+
+    def trial(d):
+        F, aux = objective(project(x - d * D))
+        return F, aux, accept_any | (F <= F_cur)
 
     def cond(c):
-        i, _, _, _, _, done = c
-        return (~done) & (i < max_trials)
+        i, _, _, _, ok = c
+        return (~ok) & (i < max_trials)
 
     def body(c):
-        i, d, xb, Fb, ab, _ = c
-        cand = project(x - d * D)
-        Fc, ac = objective(cand)
-        ok = accept_any | (Fc <= F_cur)
-        pick = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
-        return (
-            i + 1,
-            d * shrink,
-            pick(cand, xb),
-            pick(Fc, Fb),
-            jax.tree.map(pick, ac, ab),
-            ok,
-        )
+        i, d, _, _, _ = c
+        d = jnp.where(i > 0, d * shrink, d)
+        F, aux, ok = trial(d)
+        return i + 1, d, F, aux, ok
 
-    init = (jnp.asarray(0, jnp.int32), jnp.asarray(d0, dtype), x, F_cur, aux0, jnp.asarray(False))
-    _, _, x_new, F_new, aux_new, _ = lax.while_loop(cond, body, init)
-    return x_new, F_new, aux_new
+    if max_trials < 1:
+        return x, F_cur, aux0
+    # The first trial runs outside the loop so the carry has the aux structure and shapes.
+    F1, aux1, ok1 = trial(d0)
+    _, d, F, aux, ok = lax.while_loop(cond, body, (jnp.asarray(1, jnp.int32), d0, F1, aux1, ok1))
+    pick = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+    x_new = pick(project(x - d * D), x)
+    return x_new, pick(F, F_cur), jax.tree.map(pick, aux, aux0)

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import tiny_problem
 from sccase_jax.params import Hyperparams, SolverConfig, release_config
-from sccase_jax.solver import CONVERGED, MAX_ITER, NONFINITE, init_state, run, update
+from sccase_jax.solver import CONVERGED, MAX_ITER, NONFINITE, init_state, run, run_donated, update
 
 
 @pytest.mark.parametrize("h_step", ["backtrack", "exact"])
@@ -125,3 +125,16 @@ def test_update_is_a_pure_step():
     for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s1b)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert float(s1.loss) <= float(s0.loss)
+
+
+def test_donated_run_equals_run_and_consumes_its_factors():
+    data, f0, hp = tiny_problem(6)
+    cfg = SolverConfig(max_iter=6, tol=0.0)
+    ref = run(data, f0, hp, cfg)
+    own = jax.tree.map(jnp.copy, f0)
+    don = run_donated(data, own, hp, cfg)
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(don)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The caller's factors of the plain run are untouched; the donated ones are gone.
+    assert not f0.Z.is_deleted()
+    assert own.Z.is_deleted()

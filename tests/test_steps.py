@@ -132,3 +132,23 @@ def test_line_search_backtracks_and_never_increases():
     # Projection onto >= 0 is applied.
     x3, _, _ = line_search(x, D, 10.0, 0.5, 1, f, F0, None, accept_any=True)
     assert float(jnp.min(x3)) >= 0
+
+
+def test_line_search_returns_first_passing_trial_and_its_aux():
+    # F(x) = (x - 1)^2 from x = 0 along -D = +1: trials 8, 4, 2, 1, ... ; 8 and 4 overshoot
+    # (F = 49, 9 > F0 = 1); 2 gives F = 1 = F0 and is the first to pass.
+    f = lambda x: (jnp.sum((x - 1.0) ** 2), {"cand": x, "twice": 2.0 * x})  # noqa: E731
+    x = jnp.zeros(1)
+    D = -jnp.ones(1)
+    F0 = f(x)[0]
+    aux0 = {"cand": x, "twice": 2.0 * x}
+    x1, F1, aux1 = line_search(x, D, 8.0, 0.5, 10, f, F0, aux0)
+    np.testing.assert_array_equal(x1, [2.0])
+    np.testing.assert_array_equal(aux1["cand"], x1)
+    np.testing.assert_array_equal(aux1["twice"], 2.0 * x1)
+    assert float(F1) == 1.0
+    # Too few trials to reach a passing step: x and aux0 come back unchanged.
+    x2, F2, aux2 = line_search(x, D, 8.0, 0.5, 2, f, F0, aux0)
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(aux2["twice"], aux0["twice"])
+    assert float(F2) == float(F0)
