@@ -82,7 +82,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER, help="maximum iterations")
     p.add_argument("--seed", type=int, default=0, help="random seed (mask R and NMF start)")
     p.add_argument("--layer", default=None, help="read counts from this layer instead of X")
-    p.add_argument("--min-cells-frac", type=float, default=0.01, help="peak filter threshold")
+    p.add_argument("--min-cells-frac", type=float, default=None,
+                   help="drop peaks open in fewer than this fraction of cells "
+                        "(default 0: only empty peaks; 0.01 with --preset release)")
     p.add_argument("--tfidf", choices=["paper", "l2"], default="l2",
                    help="TF-IDF variant (default l2; 'paper' is Eq. 1)")
     p.add_argument("--no-scale-output", dest="scale_output", action="store_false",

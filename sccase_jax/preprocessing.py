@@ -93,6 +93,8 @@ def preprocess(
     """
     C, peak_mask = filter_peaks(C, min_cells_frac)
     if C.shape[0] == 0:
+        if min_cells_frac == 0:
+            raise InputError("no peak has a read in any cell: the count matrix is empty")
         raise InputError(
             f"no peak is accessible in at least {min_cells_frac:.2%} of the cells; "
             "lower min_cells_frac"

@@ -25,7 +25,7 @@ def enhanced(small):
 def test_keys_and_shapes(small, enhanced):
     out = enhanced
     C = small.X.T.tocsr()
-    _, keep = filter_peaks(C, 0.01)
+    _, keep = filter_peaks(C, 0.0)  # enhance default: only empty peaks dropped
     assert out.shape == (small.n_obs, int(keep.sum()))
     assert list(out.var_names) == list(small.var_names[keep])
     assert list(out.obs_names) == list(small.obs_names)
@@ -44,7 +44,7 @@ def test_keys_and_shapes(small, enhanced):
 @pytest.mark.parametrize("variant", ["paper", "l2"])
 def test_enhanced_matrix_is_x_times_z(small, variant):
     out = sccase_jax.enhance(small, 3, max_iter=2, tfidf=variant, scale_output=False)
-    X, _, _ = preprocess(small.X.T, tfidf_variant=variant)
+    X, _, _ = preprocess(small.X.T, min_cells_frac=0.0, tfidf_variant=variant)
     Z = out.obsp["sccase_Z"]
     np.testing.assert_allclose(out.layers["sccase"], (X @ Z).T, rtol=1e-4, atol=1e-7)
 
@@ -52,7 +52,7 @@ def test_enhanced_matrix_is_x_times_z(small, variant):
 def test_default_output_is_minmax_scaled_x_times_z(small, enhanced):
     from sccase_jax.tl import minmax_scale
 
-    X, _, _ = preprocess(small.X.T, tfidf_variant="l2")
+    X, _, _ = preprocess(small.X.T, min_cells_frac=0.0, tfidf_variant="l2")
     expect = minmax_scale((X @ enhanced.obsp["sccase_Z"]).T.astype(np.float32))
     np.testing.assert_allclose(enhanced.layers["sccase"], expect, rtol=1e-3, atol=1e-5)
     E = enhanced.layers["sccase"]
@@ -157,3 +157,15 @@ def test_release_preset_runs_three_iterations(small):
     assert info["params"]["jaccard_normalize"] == "row"
     E = out.layers["sccase"]
     assert E.min() >= 0 and E.max() <= 1 + 1e-6
+
+
+def test_peak_filter_default_keeps_every_peak_with_a_read_release_uses_one_percent(small):
+    C = small.X.T.tocsr()
+    seen = np.asarray(C.getnnz(axis=1) > 0)
+    out = sccase_jax.enhance(small, 3, max_iter=1)
+    assert out.n_vars == int(seen.sum())
+    assert out.uns["sccase"]["params"]["min_cells_frac"] == 0.0
+    rel = sccase_jax.enhance(small, 3, preset="release")
+    _, keep = filter_peaks(C, 0.01)
+    assert rel.n_vars == int(keep.sum())
+    assert rel.uns["sccase"]["params"]["min_cells_frac"] == 0.01

@@ -37,3 +37,14 @@ def test_estimate_is_fast_and_seeded():
     assert time.perf_counter() - t < 20
     assert a == estimate_n_components(X, seed=1)
     assert isinstance(a, int)
+
+
+def test_davies_bouldin_rule_takes_the_smallest_near_optimal_k():
+    X = _typed(4, seed=3)
+    est = estimate_n_components(X, k_max=12, details=True)
+    i = int(np.flatnonzero(est.ks == est.davies_bouldin)[0])
+    assert est.db[i] <= est.db.min() * 1.1 + 1e-12
+    assert np.all(est.db[:i] > est.db.min() * 1.1)  # no smaller k is within 10 %
+    bare = estimate_n_components(X, k_max=12, db_tolerance=0.0, details=True)
+    assert bare.davies_bouldin == int(bare.ks[np.argmin(bare.db)])
+    assert est.davies_bouldin <= bare.davies_bouldin
