@@ -36,9 +36,10 @@ __all__ = [
 GRAM_MODES = ("dense", "sparse", "auto")
 
 # Cost of one sparse (BCOO) multiply-add relative to one dense float32 multiply-add, per
-# backend.  Measured 76..110 on a 2-core CPU by experiments/benchmark.py (docs/performance.md);
-# the GPU figure is a conservative guess until measured.
-SPARSE_PENALTY = {"cpu": 100.0, "gpu": 20.0, "tpu": 100.0}
+# backend.  Measured 137..222 on an idle 2-core CPU by experiments/benchmark.py (76..110
+# under heavy load, when the dense products slow down more; docs/performance.md); the GPU
+# figure is a conservative guess until measured.
+SPARSE_PENALTY = {"cpu": 150.0, "gpu": 20.0, "tpu": 150.0}
 
 
 def gram_flops(n: int, nnz: int) -> dict:
