@@ -127,7 +127,7 @@ def run_recovery(adata, *, frac: float = 0.1, seed: int = 0, n_neighbors: int = 
             W, H = out.varm["sccase_W"], out.obsm["X_sccase"]
             results["NMF W H"] = recovery_scores(H @ W.T, obs_k, hid_k)
     out, obs_k, hid_k = base
-    Xt = tfidf(sp.csr_matrix(obs_k).T, (enhance_kwargs or {}).get("tfidf", "paper")).T.tocsr()
+    Xt = tfidf(sp.csr_matrix(obs_k).T, (enhance_kwargs or {}).get("tfidf", "l2")).T.tocsr()
     results["observed"] = recovery_scores(Xt, obs_k, hid_k)
     t0 = time.perf_counter()
     results[f"kNN average (k={n_neighbors})"] = {
