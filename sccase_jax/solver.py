@@ -9,10 +9,17 @@ One iteration, in Gram form (``G = X^T X`` fixed, nothing m x n is formed):
 3. H: gradient from ``B S``; backtracking from ``h_step_init`` (paper) or the exact quartic
    step; trials cost k x n^2 each.
 
+Every guarded move is accepted on ``F(new) - F(old)`` computed from differences of the
+iterates (``<Sc - S, G Sc + G S>`` and the like), never by comparing two rounded values of
+F: near convergence a step changes F far below its float32 resolution, and comparing
+rounded values rejected good Z steps (each rejected trial costs one more n x n x n product:
+2.4x slower iterations measured at 4,000 cells) and froze Z.
+
 So an iteration costs two n x n x n products plus O(n^2 k + nnz(X) k).  Memory: besides
-the data (X, G and the boolean mask R) the whole fit needs about six n x n arrays of
-working memory in XLA's buffer plan (iterate Z, cache G S, gradient D, the line search's
-trial S and its G S, one spare), measured by ``experiments/benchmark.py``; the mask is applied as
+the data (X, G and the boolean mask R) the whole fit needs about seven n x n arrays of
+working memory in XLA's buffer plan (iterate Z, cache G S, gradient D, Q = Z - H^T H, the
+line search's trial S, its G S and the change of S), measured by
+``experiments/benchmark.py``; the mask is applied as
 a select (:func:`~sccase_jax.ops.masked`) so no float copy of R is kept, and
 :data:`run_donated` lets the fit reuse the buffer of Z0.  ``run`` executes
 the whole fit as one :func:`jax.lax.while_loop`, stopping on ``|dF| / |F| < tol``, at
@@ -34,7 +41,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sccase_jax.gradients import grad_h_gram, grad_w_gram, grad_z_gram
-from sccase_jax.losses import gram_loss, reconstruction_gram, similarity_term
+from sccase_jax.losses import gram_loss
 from sccase_jax.ops import gram_matmul, inner, masked
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.steps import (
@@ -123,48 +130,71 @@ def _z_step(state, data, hp, config, F_cur):
     DR = masked(D, data.R)
     d = exact_z_step(D, DR, gram_matmul(data, DR), hp.lam)
 
-    def objective(Zc):
-        S = masked(Zc, data.R)
-        GSc = gram_matmul(data, S)
-        return gram_loss(S, GSc, B, W, H, Zc, data.P, data.M, hp), GSc
+    def change(Zc):
+        # F(Zc) - F(Z) from differences (G symmetric):
+        #   <Sc, G Sc> - <S, G S> = <Sc - S, G Sc + G S>,
+        #   ||Zc - H^T H||^2 - ||Z - H^T H||^2 = <Zc - Z, (Zc - Z) + 2 Q>.
+        # Near convergence the decrease is far below the float resolution of F itself; a
+        # comparison of two rounded F values then rejects good steps (each rejected trial
+        # costs one more n x n x n product) and freezes Z.
+        dZ = Zc - Z
+        dS = masked(dZ, data.R)
+        GSc = gram_matmul(data, masked(Zc, data.R))
+        rec = inner(dS, GSc) + inner(dS, GS) - 2.0 * jnp.vdot(B @ dS, H)
+        return rec + hp.lam * inner(dZ, dZ + 2.0 * Q), GSc
 
-    return line_search(
-        Z, D, d, 0.5, config.max_trials, objective, F_cur, GS, accept_any=not config.guard
+    zero = jnp.zeros((), F_cur.dtype)
+    Z_new, dF, GS_new = line_search(
+        Z, D, d, 0.5, config.max_trials, change, zero, GS, accept_any=not config.guard
     )
+    return Z_new, F_cur + dF, GS_new
 
 
 def _w_step(W, H, S, GS, Z, data, hp, config, F_cur):
     X, P, M = data.X, data.P, data.M
     E = X @ (S @ H.T)  # m x k
     HHt = H @ H.T
-    const = inner(S, GS) + hp.lam * similarity_term(Z, H) + hp.gamma2 * _sq(H)
     Mr = M[None, :]
+    zero = jnp.zeros((), F_cur.dtype)
 
-    def objective(Wc):
-        F = const - 2.0 * jnp.vdot(Wc, E) + jnp.vdot(Wc.T @ Wc, HHt) + hp.gamma1 * _sq(Wc)
-        return F + hp.alpha * _sq(P - Wc * Mr), None
+    def change_from(W0):
+        def change(Wc):
+            # F(Wc) - F(W0) from differences (see the Z step), dW = Wc - W0.
+            dW = Wc - W0
+            dF = -2.0 * jnp.vdot(dW, E) + jnp.vdot(dW.T @ Wc + W0.T @ dW, HHt)
+            dF = dF + hp.gamma1 * jnp.vdot(dW, Wc + W0)
+            return dF - hp.alpha * jnp.vdot(dW * Mr, 2.0 * P - (Wc + W0) * Mr), None
+
+        return change
 
     g1 = hp.gamma1 if config.w_step == "exact" else jnp.zeros_like(hp.gamma1)
     # Reference block (W1) first, then the free block (W2), each an exact quadratic step.
     for mask, ridge in ((Mr, g1 + hp.alpha), (1.0 - Mr, g1)):
         D = grad_w_gram(W, E, HHt, P, M, hp.gamma1, hp.alpha) * mask
         d = exact_w_step(D, HHt, ridge)
-        W, F_cur, _ = line_search(
-            W, D, d, 0.5, config.max_trials, objective, F_cur, None, accept_any=not config.guard
+        W, dF, _ = line_search(
+            W, D, d, 0.5, config.max_trials, change_from(W), zero, None,
+            accept_any=not config.guard,
         )
+        F_cur = F_cur + dF
     return W, F_cur
 
 
 def _h_step(W, H, Z, S, GS, B, data, hp, config, F_cur):
     BS = B @ S
     WtW = W.T @ W
-    const = inner(S, GS) + hp.gamma1 * _sq(W) + hp.alpha * _sq(data.P - W * data.M[None, :])
-
-    def objective(Hc):
-        F = const - 2.0 * jnp.vdot(BS, Hc) + jnp.vdot(WtW, Hc @ Hc.T)
-        return F + hp.lam * similarity_term(Z, Hc) + hp.gamma2 * _sq(Hc), None
 
     Q = Z - H.T @ H
+
+    def change(Hc):
+        # F(Hc) - F(H) from differences, as in the Z step: with dH = Hc - H,
+        #   Hc Hc^T - H H^T = dH Hc^T + H dH^T,   Hc^T Hc - H^T H = E = dH^T Hc + H^T dH,
+        #   ||Z - Hc^T Hc||^2 - ||Q||^2 = -<E, 2 Q - E>.
+        dH = Hc - H
+        E = jnp.concatenate([dH, H]).T @ jnp.concatenate([Hc, dH])  # one 2k-deep product
+        dF = -2.0 * jnp.vdot(BS, dH) + jnp.vdot(WtW, dH @ Hc.T + H @ dH.T)
+        return dF - hp.lam * inner(E, 2.0 * Q - E) + hp.gamma2 * jnp.vdot(dH, Hc + H), None
+
     HQ = H @ Q
     D = -2.0 * BS + 2.0 * WtW @ H - 2.0 * hp.lam * (HQ + H @ Q.T) + 2.0 * hp.gamma2 * H
     if config.h_step == "exact":
@@ -176,8 +206,8 @@ def _h_step(W, H, Z, S, GS, B, data, hp, config, F_cur):
         shrink, trials = 0.5, config.max_trials
     else:
         d0, shrink, trials = config.h_step_init, config.h_step_shrink, config.h_max_trials
-    H, F_cur, _ = line_search(H, D, d0, shrink, trials, objective, F_cur, None)
-    return H, F_cur
+    H, dF, _ = line_search(H, D, d0, shrink, trials, change, jnp.zeros((), F_cur.dtype), None)
+    return H, F_cur + dF
 
 
 def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig):

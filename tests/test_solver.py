@@ -138,3 +138,50 @@ def test_donated_run_equals_run_and_consumes_its_factors():
     # The caller's factors of the plain run are untouched; the donated ones are gone.
     assert not f0.Z.is_deleted()
     assert own.Z.is_deleted()
+
+
+@pytest.mark.parametrize("k_ref", [0, 1])
+def test_each_step_reports_the_exact_change_of_f(k_ref):
+    # The Z, W and H steps accept on F(new) - F(old) computed from differences (not by
+    # comparing two rounded values of F); in float64 that must equal the full objective.
+    from sccase_jax import solver as S
+    from sccase_jax.losses import gram_loss
+    from sccase_jax.ops import masked
+
+    data, f0, hp = tiny_problem(3, k_ref=k_ref)
+    cfg = SolverConfig()
+    st = init_state(data, f0, hp, cfg)
+    full = lambda Sm, GS, B, W, H, Z: float(gram_loss(Sm, GS, B, W, H, Z, data.P, data.M, hp))  # noqa: E731
+    Z, F1, GS = S._z_step(st, data, hp, cfg, st.loss)
+    Sm = masked(Z, data.R)
+    np.testing.assert_allclose(np.asarray(GS), np.asarray(data.G @ Sm), rtol=1e-12, atol=1e-14)
+    assert float(F1) == pytest.approx(full(Sm, GS, st.B, st.W, st.H, Z), rel=1e-12)
+    W, F2 = S._w_step(st.W, st.H, Sm, GS, Z, data, hp, cfg, F1)
+    B = S.wt_x(data.X, W)
+    assert float(F2) == pytest.approx(full(Sm, GS, B, W, st.H, Z), rel=1e-12)
+    H, F3 = S._h_step(W, st.H, Z, Sm, GS, B, data, hp, cfg, F2)
+    assert float(F3) == pytest.approx(full(Sm, GS, B, W, H, Z), rel=1e-12)
+    assert float(F3) <= float(F2) <= float(F1) <= float(st.loss)
+    assert float(F3) < float(st.loss)
+
+
+def test_z_step_sees_decreases_below_the_float32_resolution_of_f():
+    # A large constant in F (gamma1 ||W||^2, which the Z step does not touch) puts F's
+    # float32 spacing far above what one Z step changes; the step must still be taken and
+    # its change computed to float32 accuracy of the change itself.
+    from sccase_jax import solver as S
+
+    cfg = SolverConfig()
+    changes = {}
+    for dtype in (jnp.float32, jnp.float64):
+        data, f0, hp = tiny_problem(4, dtype=dtype)
+        hp = hp._replace(gamma1=jnp.asarray(1e9, dtype))
+        st = init_state(data, f0, hp, cfg)
+        Z, dF, _ = S._z_step(st, data, hp, cfg, jnp.zeros((), dtype))  # the change alone
+        changes[dtype] = float(dF)
+        if dtype == jnp.float32:
+            spacing = float(np.spacing(np.float32(st.loss)))
+            assert not np.array_equal(np.asarray(Z), np.asarray(st.Z))
+    assert changes[jnp.float64] < 0
+    assert abs(changes[jnp.float64]) < spacing  # invisible in F itself
+    assert changes[jnp.float32] == pytest.approx(changes[jnp.float64], rel=1e-3)
