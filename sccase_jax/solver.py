@@ -185,17 +185,23 @@ def _h_step(W, H, Z, S, GS, B, data, hp, config, F_cur):
     WtW = W.T @ W
 
     Q = Z - H.T @ H
+    HQ = H @ Q
 
     def change(Hc):
-        # F(Hc) - F(H) from differences, as in the Z step: with dH = Hc - H,
-        #   Hc Hc^T - H H^T = dH Hc^T + H dH^T,   Hc^T Hc - H^T H = E = dH^T Hc + H^T dH,
-        #   ||Z - Hc^T Hc||^2 - ||Q||^2 = -<E, 2 Q - E>.
+        # F(Hc) - F(H) from differences, as in the Z step, and without any n x n array:
+        # with dH = Hc - H, E = Hc^T Hc - H^T H = U^T V (U = [dH; H], V = [Hc; dH]) and
+        #   ||Z - Hc^T Hc||^2 - ||Q||^2 = ||E||^2 - 2 <Q, E>,
+        #   ||E||^2 = <U U^T, V V^T>,  <Q, E> = <dH, Hc Q^T> + <dH, H Q>,
+        # so a trial costs one k x n x n product (Hc Q^T) and k x k Grams.
         dH = Hc - H
-        E = jnp.concatenate([dH, H]).T @ jnp.concatenate([Hc, dH])  # one 2k-deep product
+        U = jnp.concatenate([dH, H])
+        V = jnp.concatenate([Hc, dH])
+        HcQt = lax.dot_general(Hc, Q, (((1,), (1,)), ((), ())))  # Hc Q^T, k x n
+        q_e = jnp.vdot(dH, HcQt) + jnp.vdot(dH, HQ)
+        e_e = jnp.vdot(U @ U.T, V @ V.T)
         dF = -2.0 * jnp.vdot(BS, dH) + jnp.vdot(WtW, dH @ Hc.T + H @ dH.T)
-        return dF - hp.lam * inner(E, 2.0 * Q - E) + hp.gamma2 * jnp.vdot(dH, Hc + H), None
+        return dF + hp.lam * (e_e - 2.0 * q_e) + hp.gamma2 * jnp.vdot(dH, Hc + H), None
 
-    HQ = H @ Q
     D = -2.0 * BS + 2.0 * WtW @ H - 2.0 * hp.lam * (HQ + H @ Q.T) + 2.0 * hp.gamma2 * H
     if config.h_step == "exact":
         # Solve along the unit direction: the raw quartic coefficients overflow float32.
