@@ -150,7 +150,7 @@ def _z_step(state, data, hp, config, F_cur):
     return Z_new, F_cur + dF, GS_new
 
 
-def _w_step(W, H, S, GS, Z, data, hp, config, F_cur):
+def _w_step(W, H, S, data, hp, config, F_cur):
     X, P, M = data.X, data.P, data.M
     E = X @ (S @ H.T)  # m x k
     HHt = H @ H.T
@@ -180,7 +180,7 @@ def _w_step(W, H, S, GS, Z, data, hp, config, F_cur):
     return W, F_cur
 
 
-def _h_step(W, H, Z, S, GS, B, data, hp, config, F_cur):
+def _h_step(W, H, Z, S, B, hp, config, F_cur):
     BS = B @ S
     WtW = W.T @ W
 
@@ -223,14 +223,15 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
     if config.rescale_h:
         s = jnp.sum(state.H, axis=1, keepdims=True)
         H = state.H / jnp.where(s > 0, s, 1)
-        F_cur = gram_loss(masked(state.Z, data.R), state.GS, state.B, state.W, H, state.Z, data.P, data.M, hp)
+        S0 = masked(state.Z, data.R)
+        F_cur = gram_loss(S0, state.GS, state.B, state.W, H, state.Z, data.P, data.M, hp)
         state = state._replace(H=H, loss=F_cur)
 
     Z, F_cur, GS = _z_step(state, data, hp, config, F_cur)
     S = masked(Z, data.R)
-    W, F_cur = _w_step(state.W, state.H, S, GS, Z, data, hp, config, F_cur)
+    W, F_cur = _w_step(state.W, state.H, S, data, hp, config, F_cur)
     B = wt_x(data.X, W)
-    H, F_cur = _h_step(W, state.H, Z, S, GS, B, data, hp, config, F_cur)
+    H, F_cur = _h_step(W, state.H, Z, S, B, hp, config, F_cur)
     # The H objective skips terms that did not change; recompute F in the shared form so
     # that the history and the next comparisons use one formula.
     F_new = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)

@@ -128,9 +128,9 @@ def enhance(
     min_cells_frac
         Drop peaks accessible in fewer than this fraction of cells.  Default ``None``: 0
         (only peaks without any read are dropped), or the paper's 0.01 with
-        ``preset="release"``.  Chosen by measured quality: on the Granja data every filter
-        tried (1 %, 0.3 %) lowered clustering quality of both raw and enhanced data, the 1 %
-        filter by 0.02-0.03 ARI (docs/results.md).
+        ``preset="release"``.  Chosen by measured quality: on the Granja data the paper's
+        1 % filter lowered clustering quality of both raw and enhanced data (by 0.02-0.03
+        ARI); 0.3 % was tied with no filter (docs/results.md).
     tfidf, binarize
         TF-IDF variant and whether to binarise counts first.  Default ``"l2"`` (the
         released code's variant), chosen by measured clustering quality on the Granja data
