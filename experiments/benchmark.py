@@ -90,6 +90,7 @@ from sccase_jax.params import SolverConfig
 from sccase_jax.preprocessing import preprocess
 from sccase_jax.solver import run_donated as run
 path, k, max_iter, tol, gram = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+precision = None if sys.argv[6] == "none" else sys.argv[6]
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 counts = sp.load_npz(path).T.tocsr().astype(np.float64)
 rss_input = rss()
@@ -101,7 +102,7 @@ t0 = time.perf_counter()
 prob = prepare(X, k, gram=gram, dtype=jnp.float32)
 jax.block_until_ready(prob)
 t["initialisation"] = time.perf_counter() - t0
-cfg = SolverConfig(max_iter=max_iter, tol=tol)
+cfg = SolverConfig(max_iter=max_iter, tol=tol, precision=precision)
 t0 = time.perf_counter()
 compiled = run.lower(prob.data, prob.factors, prob.hp, config=cfg).compile()
 t["compile"] = time.perf_counter() - t0
@@ -115,6 +116,8 @@ res = jax.block_until_ready(compiled(prob.data, prob.factors, prob.hp))
 t["iterations"] = time.perf_counter() - t0
 n_iter = int(res.num_steps)
 t["per_iteration"] = t["iterations"] / max(n_iter, 1)
+final_F = float(res.loss_history[max(n_iter - 1, 0)])
+status = int(res.status)
 Z = np.asarray(res.factors.Z)
 gram_used = "dense" if prob.data.G is not None else "sparse"
 del prob, res
@@ -125,14 +128,23 @@ t["total"] = time.perf_counter() - t_start
 peak = rss()
 n = X.shape[1]
 del E
-A = jnp.ones((n, n), jnp.float32) * 0.5
-mm = jax.jit(lambda a, b: a @ b)
-mm(A, A).block_until_ready()
-best = float("inf")
-for _ in range(3):
-    t0 = time.perf_counter(); mm(A, A).block_until_ready(); best = min(best, time.perf_counter() - t0)
+stats = jax.devices()[0].memory_stats() or {}
+device_peak = stats.get("peak_bytes_in_use")
+A = jax.random.uniform(jax.random.PRNGKey(1), (n, n), jnp.float32)
+B = jax.random.uniform(jax.random.PRNGKey(2), (n, n), jnp.float32)
+def matmul_time(prec):
+    mm = jax.jit(lambda a, b: jnp.matmul(a, b, precision=prec))
+    mm(A, B).block_until_ready()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter(); mm(A, B).block_until_ready(); best = min(best, time.perf_counter() - t0)
+    return best
+# The products of the fit run at cfg.precision: time the reference product the same way.
+best = matmul_time(precision)
 print(json.dumps(dict(times=t, n_iter=n_iter, peak_rss=peak, input_rss=rss_input, matmul_s=best, plan=plan,
                       cells=int(n), peaks=int(X.shape[0]), nnz=int(X.nnz), gram=gram_used,
+                      final_loss=final_F, status=status, precision=precision, device_peak=device_peak,
+                      device_kind=jax.devices()[0].device_kind,
                       backend=jax.default_backend(), devices=len(jax.devices()))))
 """
 
@@ -178,14 +190,17 @@ print(json.dumps(dict(times=t, n_iter=iters, peak_rss=resource.getrusage(resourc
 CROSSOVER_CHILD = r"""
 import json, sys, time
 import jax, jax.numpy as jnp, numpy as np, scipy.sparse as sp
+jax.config.update("jax_default_matmul_precision", "highest")  # as in the fit (SolverConfig.precision)
 from jax.experimental import sparse as jsparse
 sys.path.insert(0, sys.argv[1])
 from benchmark import synthetic_counts
 from sccase_jax.ops import gram_flops, gram_matmul
 from sccase_jax.params import Data
 out = []
-for n, m, dens in [(1000, 10000, 0.001), (1000, 10000, 0.005), (1000, 10000, 0.037),
-                   (2000, 20000, 0.002)]:
+sizes = [(1000, 10000, 0.001), (1000, 10000, 0.005), (1000, 10000, 0.037), (2000, 20000, 0.002)]
+if jax.default_backend() != "cpu":
+    sizes += [(4000, 30000, 0.002), (4000, 30000, 0.01), (4000, 30000, 0.037)]
+for n, m, dens in sizes:
     C, _ = synthetic_counts(n, m, density=dens)
     X = C.T.tocoo().astype(np.float32)
     Xd = jnp.asarray(X.toarray())
@@ -241,7 +256,7 @@ def install_release():
     subprocess.run([os.path.join(RELEASE_VENV, "bin", "pip"), "install", "-q", *RELEASE_PINS], check=True)
 
 
-def run_specs(specs, gram="auto"):
+def run_specs(specs, gram="auto", precision="highest", tag=""):
     os.makedirs(RESULTS, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs:
@@ -254,7 +269,8 @@ def run_specs(specs, gram="auto"):
             if impl == "jax":
                 max_iter, tol = (100, 1e-6) if iters == "tol" else (int(iters), 0.0)
                 env = dict(os.environ, PYTHONPATH=ROOT)
-                res, wall = _child(sys.executable, JAX_CHILD, [path, k, max_iter, tol, gram], ROOT, env)
+                res, wall = _child(sys.executable, JAX_CHILD, [path, k, max_iter, tol, gram, precision or "none"],
+                                   ROOT, env)
             elif impl == "release":
                 py = os.path.join(RELEASE_VENV, "bin", "python")
                 if not os.path.exists(py):
@@ -265,37 +281,88 @@ def run_specs(specs, gram="auto"):
             else:
                 raise SystemExit(f"unknown implementation {impl!r}")
             res.update(case=case, impl=impl, iters=iters, k=k, wall_s=wall, load_before=load,
-                       load_after=os.getloadavg(), when=time.strftime("%Y-%m-%d %H:%M:%S"))
-            name = f"{case}_{impl}_{iters}.json"
+                       load_after=os.getloadavg(), when=time.strftime("%Y-%m-%d %H:%M:%S"), tag=tag,
+                       machine=machine())
+            name = f"{case}_{impl}_{iters}{'_' + tag if tag else ''}.json"
             with open(os.path.join(RESULTS, name), "w") as fh:
                 json.dump(res, fh, indent=1)
             print(json.dumps(res), flush=True)
 
 
-def crossover():
+def crossover(tag=""):
     os.makedirs(RESULTS, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=ROOT)
     rows, _ = _child(sys.executable, CROSSOVER_CHILD, [HERE], ROOT, env)
-    with open(os.path.join(RESULTS, "crossover.json"), "w") as fh:
-        json.dump(dict(rows=rows, load_avg=os.getloadavg()), fh, indent=1)
+    with open(os.path.join(RESULTS, f"crossover{'_' + tag if tag else ''}.json"), "w") as fh:
+        json.dump(dict(rows=rows, load_avg=os.getloadavg(), machine=machine()), fh, indent=1)
     for r in rows:
         print(r)
 
 
 # -- report -------------------------------------------------------------------------------
-def _load():
+def _load(tag=""):
+    """Runs measured with ``tag`` (``""``: the untagged runs on the development machine)."""
     out = {}
     for f in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
-        if f.endswith(".json") and f != "crossover.json" and f != "machine.json":
+        if f.endswith(".json") and not f.startswith(("crossover", "machine")):
             r = json.load(open(os.path.join(RESULTS, f)))
-            out[(r["case"], r["impl"], r["iters"])] = r
+            if r.get("tag", "") == tag:
+                out[(r["case"], r["impl"], r["iters"])] = r
     return out
+
+
+def _tags():
+    tags = set()
+    for f in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
+        if f.endswith(".json") and not f.startswith(("crossover", "machine")):
+            tags.add(json.load(open(os.path.join(RESULTS, f))).get("tag", ""))
+    return sorted(tags - {""})
 
 
 def _fmt(x, unit=""):
     if x is None:
         return "not measured"
     return f"{x:.3g}{unit}" if x < 100 else f"{x:.0f}{unit}"
+
+
+def _gpu_section(tag, cpu):
+    """Tables of the runs tagged ``tag`` (measured on another machine, e.g. a lent GPU)."""
+    runs = _load(tag)
+    if not runs:
+        return []
+    m = next(iter(runs.values())).get("machine", {})
+    kind = next(iter(runs.values())).get("device_kind", "?")
+    L = ["", f"## On a GPU (runs tagged `{tag}`)", "",
+         f"Device: {kind} ({m.get('backend', '?')}); host {m.get('cpu', '?')}, {m.get('cores', '?')} cores; "
+         f"JAX {m.get('jax', '?')}; measured {min(r['when'] for r in runs.values())}.  "
+         "`precision` is `SolverConfig.precision` of the fit and of its reference product "
+         "(`highest`: true float32; `tensorfloat32`: tensor cores).  The release ratio "
+         "divides the release's per-iteration time on the 2-core development CPU (above) by "
+         "this GPU's: it compares what a user gets on each machine, not the same hardware.", "",
+         "| data | precision | iters | final F | init s | compile s | per iter s | output s | total s "
+         "| matmul s | per iter / (2 matmul) | device peak / (4 n^2 B) | release CPU per iter / this |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (case, impl, iters), r in sorted(runs.items()):
+        t, n = r["times"], r["cells"]
+        rel = cpu.get((case, "release", "3"))
+        ratio = f"{rel['times']['per_iteration'] / t['per_iteration']:.0f}x" if rel else "n/a"
+        dp = r.get("device_peak")
+        L.append(f"| {case} | {r.get('precision')} | {r['n_iter']}{' (tol)' if iters == 'tol' else ''} | "
+                 f"{r.get('final_loss', float('nan')):.6g} | {_fmt(t['initialisation'])} | {_fmt(t.get('compile'))} | "
+                 f"{_fmt(t['per_iteration'])} | {_fmt(t['output'])} | {_fmt(t['total'])} | {_fmt(r['matmul_s'])} | "
+                 f"{t['per_iteration'] / (2 * r['matmul_s']):.2f} | "
+                 f"{(dp / (4 * n * n)) if dp else float('nan'):.1f} | {ratio} |")
+    cross = os.path.join(RESULTS, f"crossover_{tag}.json")
+    if os.path.exists(cross):
+        rows = json.load(open(cross))["rows"]
+        L += ["", f"Dense G vs sparse X on this device (`crossover --tag {tag}`):", "",
+              "| cells x peaks | density | flops sparse / dense | dense s | sparse s | penalty |",
+              "|---|---|---|---|---|---|"]
+        for r in rows:
+            L.append(f"| {r['cells']} x {r['peaks']} | {r['density']:.4f} | "
+                     f"{r['flops_sparse'] / r['flops_dense']:.3f} | {_fmt(r['dense_s'])} | {_fmt(r['sparse_s'])} | "
+                     f"{r['penalty']:.0f} |")
+    return L
 
 
 def report(path):
@@ -309,7 +376,8 @@ def report(path):
          "before each run: " + ", ".join(f"{c}:{i}:{it} {r['load_before'][0]:.1f}" for (c, i, it), r in sorted(res.items()))
          + ".  The ratio of a JAX iteration to the matmul measured in the same subprocess is the "
          "figure least sensitive to load.", "",
-         "**GPU figures: not yet measured** (no device was lent to this task).", "",
+         ("GPU figures: see the section *On a GPU* below." if _tags() else
+          "**GPU figures: not yet measured** (no device was lent to this task)."), "",
          "## Stages: sccase_jax vs the release (sccase 0.2.5)", "",
          "| data | cells x peaks | impl | iters | preprocess s | init s | compile s | per iter s | output s | total s | peak RSS GB | n^2 floats in GB |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -362,6 +430,8 @@ def report(path):
         solver = p["arguments"] + p["temps"] + p["outputs"] - p["aliased"] - p["X"]
         L.append(f"| {case} | {p['X'] / u:.2f} | {p['G'] / u:.2f} | {p['R'] / u:.2f} | "
                  f"{p['temps'] / u:.2f} | {solver / u:.2f} |")
+    for tag in _tags():
+        L += _gpu_section(tag, res)
     cross = os.path.join(RESULTS, "crossover.json")
     if os.path.exists(cross):
         rows = json.load(open(cross))["rows"]
@@ -393,16 +463,20 @@ def main(argv=None):
     p = sub.add_parser("run")
     p.add_argument("specs", nargs="+")
     p.add_argument("--gram", default="auto")
-    sub.add_parser("crossover")
+    p.add_argument("--precision", default="highest",
+                   help="SolverConfig.precision of the fit (none: JAX's default)")
+    p.add_argument("--tag", default="", help="suffix of the result files, e.g. gpu")
+    p = sub.add_parser("crossover")
+    p.add_argument("--tag", default="")
     p = sub.add_parser("report")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "performance.md"))
     a = ap.parse_args(argv)
     if a.cmd == "install-release":
         install_release()
     elif a.cmd == "run":
-        run_specs(a.specs, a.gram)
+        run_specs(a.specs, a.gram, None if a.precision == "none" else a.precision, a.tag)
     elif a.cmd == "crossover":
-        crossover()
+        crossover(a.tag)
     else:
         report(a.out)
 

@@ -10,7 +10,14 @@ import numpy as np
 import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 
-from sccase_jax.init import dropout_mask, gram_matrix, jaccard_similarity, nmf
+from sccase_jax.init import (
+    dropout_mask,
+    gram_matrix,
+    gram_matrix_device,
+    jaccard_similarity,
+    jaccard_similarity_device,
+    nmf,
+)
 from sccase_jax.ops import choose_gram
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.solver import CONVERGED, MAX_ITER, NONFINITE, run, run_donated
@@ -84,11 +91,26 @@ def check_matrix(X, what: str = "X"):
         raise InputError(f"{what} has {int(np.sum(data < 0))} negative value(s); counts must be >= 0")
 
 
+def dense_limit(dtype) -> int:
+    """Most entries of X kept dense on device by ``x_format="auto"``.
+
+    1e8 on CPU (0.4 GB in float32, beside the n x n arrays in the same RAM); on a GPU or
+    TPU one eighth of the device memory, where dense products are far faster than sparse.
+    """
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return 100_000_000
+    stats = dev.memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    return 100_000_000 if not limit else int(limit // (8 * np.dtype(dtype).itemsize))
+
+
 def device_matrix(X, dtype, fmt: str = "auto"):
-    """Put a peaks x cells matrix on device: dense, or ``BCOO`` for large sparse inputs."""
+    """Put a peaks x cells matrix on device: dense, or ``BCOO`` for large sparse inputs
+    (more than :func:`dense_limit` entries)."""
     m, n = X.shape
     if fmt == "auto":
-        fmt = "dense" if m * n <= 100_000_000 or not sp.issparse(X) else "sparse"
+        fmt = "dense" if m * n <= dense_limit(dtype) or not sp.issparse(X) else "sparse"
     if fmt == "dense":
         return jnp.asarray(X.toarray() if sp.issparse(X) else np.asarray(X), dtype)
     if fmt == "sparse":
@@ -147,7 +169,8 @@ def fit(
         Optional starting :class:`~sccase_jax.params.Factors` (skips NMF and Jaccard).
     x_format
         How X is kept on device for the m x k products: ``"dense"``, ``"sparse"`` (BCOO)
-        or ``"auto"`` (dense up to 1e8 entries).
+        or ``"auto"`` (dense up to 1e8 entries on CPU, an eighth of the memory on a GPU:
+        :func:`dense_limit`).
     dtype
         Computation dtype; default float32, or float64 when ``jax_enable_x64`` is on.
     progress
@@ -227,12 +250,17 @@ def prepare(
     P=None,
     k_ref: int = 0,
     gram: str = "dense",
+    reduce_on: str = "auto",
 ) -> Problem:
     """Validate X and build the device data, the starting factors and the hyperparameters.
 
     This is everything :func:`fit` does before the solver runs; sweeps and custom solvers
     start from it.  ``P`` (peaks x ``k_ref``) enables the scCASER reference block: the first
     ``k_ref`` columns of W start from ``P`` and are pulled towards it with weight ``alpha``.
+    ``reduce_on`` says where ``G = X^T X`` and the Jaccard start are formed: ``"host"``
+    (sparse scipy products, float64 accumulation), ``"device"`` (one dense product each on
+    the device copy of X; needs X dense there) or ``"auto"``: device on a GPU or TPU when X
+    is dense there, host on CPU.
     """
     X = check_input(X, n_components)
     m, n = X.shape
@@ -246,16 +274,25 @@ def prepare(
     if not 0 <= k_ref <= k:
         raise InputError(f"k_ref must be between 0 and n_components = {k}, got {k_ref}")
 
+    if reduce_on not in ("auto", "host", "device"):
+        raise InputError(f"reduce_on must be 'auto', 'host' or 'device', got {reduce_on!r}")
+
     key_mask, key_nmf = jax.random.split(jax.random.PRNGKey(seed))
     try:
         gram = choose_gram(X, gram)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    Xd = device_matrix(X, dtype, "sparse" if gram == "sparse" and x_format == "auto" else x_format)
+    dense_on_device = not isinstance(Xd, jsparse.BCOO)
+    if reduce_on == "auto":
+        reduce_on = "device" if dense_on_device and jax.default_backend() != "cpu" else "host"
+    elif reduce_on == "device" and not dense_on_device:
+        raise InputError("reduce_on='device' needs X dense on device (x_format='dense')")
     if gram == "sparse":  # G is never formed; the solver multiplies through a BCOO X
-        Xd = device_matrix(X, dtype, "sparse" if x_format == "auto" else x_format)
         G = None
+    elif reduce_on == "device":
+        G = gram_matrix_device(Xd)
     else:
-        Xd = device_matrix(X, dtype, x_format)
         G = jnp.asarray(gram_matrix(X, np.dtype(dtype)))
     Pfull = np.zeros((m, k), np.dtype(dtype))
     if k_ref:
@@ -271,7 +308,10 @@ def prepare(
         if k_ref:
             W0 = jnp.concatenate([jnp.asarray(Pfull[:, :k_ref]), W0], axis=1)
             H0 = jnp.concatenate([_nnls_h(Xd, jnp.asarray(Pfull[:, :k_ref]), nmf_iter), H0], axis=0)
-        Z0 = jnp.asarray(jaccard_similarity(X, jaccard_normalize), dtype)
+        if reduce_on == "device":
+            Z0 = jaccard_similarity_device(Xd, jaccard_normalize)
+        else:
+            Z0 = jnp.asarray(jaccard_similarity(X, jaccard_normalize), dtype)
         init = Factors(W0, H0, Z0)
     else:
         init = Factors(*(jnp.asarray(a, dtype) for a in init))
@@ -314,16 +354,18 @@ def to_fit_result(res, params: dict) -> FitResult:
     )
 
 
-def enhanced_matrix(X, Z, block: int = 1024, dtype=np.float32) -> np.ndarray:
+def enhanced_matrix(X, Z, block: int = 1024, dtype=np.float32, device: bool | None = None) -> np.ndarray:
     """The enhanced matrix ``(X Z)^T`` (cells x peaks), computed ``block`` cells at a time.
 
-    ``X`` is peaks x cells (scipy sparse or dense) and stays sparse; only one block of the
-    dense result exists besides the output array.
+    ``X`` is peaks x cells (scipy sparse or dense) and stays sparse on the host; only one
+    block of the dense result exists besides the output array.  ``device`` (default: on a
+    GPU or TPU) runs the block products on device (:func:`sccase_jax.io.block_product`).
     """
-    X = X.tocsr() if sp.issparse(X) else np.asarray(X)
-    Z = np.asarray(Z)
+    from sccase_jax.io import block_product
+
     m, n = X.shape
+    raw = block_product(X, Z, block, dtype, device)
     out = np.empty((n, m), dtype=dtype)
     for j in range(0, n, block):
-        out[j : j + block] = np.asarray(X @ Z[:, j : j + block]).T
+        out[j : j + block] = raw(j)
     return out

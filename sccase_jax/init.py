@@ -2,7 +2,10 @@
 
 Host-side helpers (:func:`gram_matrix`, :func:`jaccard_similarity`) take scipy-sparse or
 dense peaks x cells matrices and reduce them with sparse products, in column blocks, so
-no dense m x n array is built.  :func:`nmf` runs on device (dense or ``BCOO`` X).
+no dense m x n array is built.  Their device twins (:func:`gram_matrix_device`,
+:func:`jaccard_similarity_device`) take the dense X already on device and use one matrix
+product each: on a GPU they replace minutes of single-threaded scipy work at 8k cells by
+milliseconds.  :func:`nmf` runs on device (dense or ``BCOO`` X).
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ import numpy as np
 import scipy.sparse as sp
 from jax import lax
 
-__all__ = ["dropout_mask", "gram_matrix", "jaccard_similarity", "nmf"]
+__all__ = [
+    "dropout_mask",
+    "gram_matrix",
+    "gram_matrix_device",
+    "jaccard_similarity",
+    "jaccard_similarity_device",
+    "nmf",
+]
 
 
 def dropout_mask(key, n: int, keep_prob: float = 0.95):
@@ -66,6 +76,43 @@ def jaccard_similarity(X, normalize: str | None = "column", block: int = 2048) -
     elif normalize is not None:
         raise ValueError(f"normalize must be 'column', 'row' or None, got {normalize!r}")
     return J
+
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@jax.jit
+def gram_matrix_device(X):
+    """``G = X^T X`` of a dense peaks x cells device array (true float32 products)."""
+    return jnp.matmul(X.T, X, precision=_HIGHEST)
+
+
+def _normalise(J, normalize):
+    if normalize is None:
+        return J
+    s = J.sum(axis=0 if normalize == "column" else 1, keepdims=True)
+    return jnp.where(s > 0, J / jnp.where(s > 0, s, 1), 0)
+
+
+@partial(jax.jit, static_argnames=("normalize",))
+def _jaccard_device(X, normalize):
+    B = (X > 0).astype(X.dtype)
+    # 0/1 products accumulate exactly in float32 up to 2**24 peaks; HIGHEST keeps
+    # tensor-core modes out of it.
+    inter = jnp.matmul(B.T, B, precision=_HIGHEST)
+    size = jnp.diagonal(inter)
+    union = size[:, None] + size[None, :] - inter
+    J = jnp.where(union > 0, inter / jnp.where(union > 0, union, 1), 0)
+    return _normalise(J, normalize)
+
+
+def jaccard_similarity_device(X, normalize: str | None = "column"):
+    """:func:`jaccard_similarity` of a dense peaks x cells device array, on device (X's dtype)."""
+    if normalize not in ("column", "row", None):
+        raise ValueError(f"normalize must be 'column', 'row' or None, got {normalize!r}")
+    if X.shape[0] >= 2**24 and X.dtype == jnp.float32:
+        raise ValueError("more than 2**24 peaks: counts are not exact in float32; use the host version")
+    return _jaccard_device(X, normalize)
 
 
 def _nndsvda(X, k, key, n_power: int = 4):
@@ -133,4 +180,5 @@ def nmf(X, k: int, key, n_iter: int = 200):
     m, n = X.shape
     if not 1 <= k <= min(m, n):
         raise ValueError(f"n_components must be between 1 and min(peaks, cells) = {min(m, n)}, got {k}")
-    return _nmf(X, key, k, n_iter)
+    with jax.default_matmul_precision("highest"):  # same start on CPU and on tensor cores
+        return _nmf(X, key, k, n_iter)

@@ -14,22 +14,67 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["enhanced_blocks", "write_enhanced_h5ad"]
+__all__ = ["block_product", "enhanced_blocks", "write_enhanced_h5ad"]
 
 
-def enhanced_blocks(X, Z, block: int = 1024, dtype=np.float32, scale: bool = False):
+def block_product(X, Z, block: int = 1024, dtype=np.float32, device: bool | None = None):
+    """A function ``raw(j)`` giving rows ``j:j+block`` of ``(X Z)^T`` (cells x peaks).
+
+    On the host (``device=False``) X stays scipy sparse and each block is one sparse x dense
+    product.  On device (``device=True``; default on a GPU or TPU) X and Z are copied to the
+    device once (X dense up to :func:`~sccase_jax.api.dense_limit` entries, else ``BCOO``)
+    and each block is one true-float32 product there, so at most one m x ``block`` slab of
+    the result is in device memory.
+    """
+    if device is None:
+        import jax
+
+        device = jax.default_backend() != "cpu"
+    if not device:
+        X = X.tocsr() if sp.issparse(X) else np.asarray(X)
+        Z = np.asarray(Z)
+
+        def raw(j):
+            return np.asarray(X @ Z[:, j : j + block]).T.astype(dtype, copy=False)
+
+        return raw
+    import jax
+    import jax.numpy as jnp
+
+    from sccase_jax.api import device_matrix
+
+    Zd = jnp.asarray(Z)
+    Xd = device_matrix(X, Zd.dtype, "auto")
+
+    @jax.jit
+    def prod(Xd, Zd, j):
+        with jax.default_matmul_precision("highest"):
+            b = min(block, Zd.shape[1])
+            return (Xd @ jax.lax.dynamic_slice_in_dim(Zd, j, b, axis=1)).T
+
+    n = Zd.shape[1]
+
+    def raw(j):
+        # The last block is taken as the final full-width slab and trimmed on the host,
+        # so one program serves every block.
+        start = min(j, max(n - block, 0))
+        E = np.asarray(prod(Xd, Zd, start))
+        return E[j - start : j - start + min(block, n - j)].astype(dtype, copy=False)
+
+    return raw
+
+
+def enhanced_blocks(X, Z, block: int = 1024, dtype=np.float32, scale: bool = False,
+                    device: bool | None = None):
     """Yield ``(start, E_block)``: rows ``start:start+b`` of ``(X Z)^T`` (cells x peaks).
 
     ``X`` is peaks x cells (scipy sparse or dense), ``Z`` cells x cells.  With ``scale``
     each block is min-max scaled per peak (over all cells: a first pass collects the
     per-peak minimum and maximum) and then per cell, as the released code does.
+    ``device``: where the block products run (:func:`block_product`).
     """
-    X = X.tocsr() if sp.issparse(X) else np.asarray(X)
-    Z = np.asarray(Z)
     m, n = X.shape
-
-    def raw(j):
-        return np.asarray(X @ Z[:, j : j + block]).T.astype(dtype, copy=False)
+    raw = block_product(X, Z, block, dtype, device)
 
     if scale:
         lo = np.full(m, np.inf, dtype)
@@ -53,7 +98,7 @@ def enhanced_blocks(X, Z, block: int = 1024, dtype=np.float32, scale: bool = Fal
 
 
 def write_enhanced_h5ad(adata, path: str, X, Z, *, key: str = "sccase", block: int = 1024,
-                        scale: bool = False, dtype=np.float32) -> None:
+                        scale: bool = False, dtype=np.float32, device: bool | None = None) -> None:
     """Write ``adata`` to ``path`` with ``layers[key] = (X Z)^T`` added block by block.
 
     ``adata`` must not already hold ``layers[key]``; its shape must be cells x peaks with
@@ -74,5 +119,5 @@ def write_enhanced_h5ad(adata, path: str, X, Z, *, key: str = "sccase", block: i
         ds = layers.create_dataset(key, shape=(n, m), dtype=dtype, chunks=(rows, m) if n and m else None)
         ds.attrs["encoding-type"] = "array"
         ds.attrs["encoding-version"] = "0.2.0"
-        for j, E in enhanced_blocks(X, Z, block, dtype, scale):
+        for j, E in enhanced_blocks(X, Z, block, dtype, scale, device):
             ds[j : j + E.shape[0]] = E

@@ -91,6 +91,12 @@ class SolverConfig(NamedTuple):
         Step halvings tried by the guard for the Z and W moves.
     progress
         Report iteration, F and relative change through ``jax.debug.callback``.
+    precision
+        Precision of every float32 matrix product in the fit, a value of
+        ``jax.default_matmul_precision``: ``"highest"`` (true float32, the default) or
+        ``"tensorfloat32"`` / ``"bfloat16"`` for the faster, less accurate tensor-core modes
+        of GPUs and TPUs (JAX's own default on those).  ``None`` leaves JAX's setting alone.
+        No effect on CPU, where products are always true float32 (docs/performance.md).
     """
 
     max_iter: int = 100
@@ -104,6 +110,7 @@ class SolverConfig(NamedTuple):
     guard: bool = True
     max_trials: int = 4
     progress: bool = False
+    precision: str | None = "highest"
 
 
 def release_config(**overrides) -> SolverConfig:

@@ -33,6 +33,7 @@ masked sweep members in :mod:`sccase_jax.sweeps`) share them with :func:`update`
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -333,9 +334,17 @@ def to_result(state) -> Result:
     )
 
 
+def matmul_precision(config: SolverConfig):
+    """Context that sets the precision of the products traced inside it (``config.precision``)."""
+    if config.precision is None:
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(config.precision)
+
+
 def _run(data: Data, factors0: Factors, hp: Hyperparams, config: SolverConfig = SolverConfig()):
-    state = init_state(data, factors0, hp, config)
-    return to_result(drive(state, lambda s: update(s, data, hp, config), config))
+    with matmul_precision(config):
+        state = init_state(data, factors0, hp, config)
+        return to_result(drive(state, lambda s: update(s, data, hp, config), config))
 
 
 run = jax.jit(_run, static_argnames=("config",))

@@ -47,7 +47,7 @@ from sccase_jax.api import (
     prepare,
 )
 from sccase_jax.params import Factors, Hyperparams, SolverConfig
-from sccase_jax.solver import drive, init_state, to_result, update
+from sccase_jax.solver import drive, init_state, matmul_precision, to_result, update
 
 __all__ = ["SweepResult", "masked_run", "pad_factors", "sweep"]
 
@@ -150,7 +150,8 @@ def masked_run(data, factors0, hp, mask, config: SolverConfig):
     def step(s):
         return mask_components(update(s, data, hp, config), mask)
 
-    return to_result(drive(init_state(data, factors0, hp, config), step, config))
+    with matmul_precision(config):
+        return to_result(drive(init_state(data, factors0, hp, config), step, config))
 
 
 @lru_cache(maxsize=32)

@@ -48,7 +48,7 @@ import optax
 from sccase_jax.api import prepare, to_fit_result
 from sccase_jax.losses import sccase_loss
 from sccase_jax.params import Data, Factors, SolverConfig
-from sccase_jax.solver import advance, drive, to_result, tracked_fields
+from sccase_jax.solver import advance, drive, matmul_precision, to_result, tracked_fields
 from sccase_jax.steps import project
 
 __all__ = [
@@ -198,9 +198,10 @@ def variant_update(state: VariantState, objective, data: Data, hp, optimizer, co
 
 
 def _run(data, factors0, hp, mask, config, objective, optimizer):
-    state = init_variant_state(objective, data, factors0, hp, optimizer, config)
     step = lambda s: variant_update(s, objective, data, hp, optimizer, config, mask)  # noqa: E731
-    return to_result(drive(state, step, config))
+    with matmul_precision(config):
+        state = init_variant_state(objective, data, factors0, hp, optimizer, config)
+        return to_result(drive(state, step, config))
 
 
 @partial(jax.jit, static_argnames=("objective", "optimizer", "config"))

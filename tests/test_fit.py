@@ -7,7 +7,8 @@ import pytest
 import scipy.sparse as sp
 
 import sccase_jax
-from sccase_jax.init import gram_matrix, jaccard_similarity
+from sccase_jax.api import prepare
+from sccase_jax.init import gram_matrix, jaccard_similarity, jaccard_similarity_device
 
 
 def _data(seed=0, m=60, n=30):
@@ -48,6 +49,48 @@ def test_gram_and_jaccard():
     assert J.min() >= 0 and J.max() <= 1
     np.testing.assert_allclose(jaccard_similarity(X).sum(0), 1.0)
     np.testing.assert_allclose(jaccard_similarity(X, "row").sum(1), 1.0)
+
+
+@pytest.mark.parametrize("normalize", ["column", "row", None])
+def test_device_jaccard_equals_host(normalize):
+    X = _data(4, m=80, n=40)
+    X = sp.csr_matrix(X.toarray() * (np.arange(40) != 5))  # an empty cell: 0 row and column
+    got = jaccard_similarity_device(jnp.asarray(X.toarray()), normalize)
+    np.testing.assert_allclose(got, jaccard_similarity(X, normalize), rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="normalize"):
+        jaccard_similarity_device(jnp.asarray(X.toarray()), "both")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_prepare_reduces_on_device_or_host_alike(dtype):
+    X = _data(5)
+    host = prepare(X, 3, reduce_on="host", dtype=dtype)
+    dev = prepare(X, 3, reduce_on="device", dtype=dtype)
+    rtol = 1e-6 if dtype == jnp.float32 else 1e-12
+    np.testing.assert_allclose(dev.data.G, host.data.G, rtol=rtol)
+    np.testing.assert_allclose(dev.factors.Z, host.factors.Z, rtol=rtol, atol=1e-7 * rtol)
+    assert dev.factors.Z.dtype == dtype
+    np.testing.assert_array_equal(dev.data.R, host.data.R)
+    with pytest.raises(sccase_jax.InputError, match="dense on device"):
+        prepare(X, 3, reduce_on="device", x_format="sparse")
+    with pytest.raises(sccase_jax.InputError, match="reduce_on"):
+        prepare(X, 3, reduce_on="gpu")
+
+
+def test_solver_products_use_the_configured_precision():
+    # Tensor-core modes (JAX's default for float32 on GPUs) are opt-in: the default fit
+    # asks for true float32 in every product, whatever the global setting.
+    prob = prepare(_data(6), 3, dtype=jnp.float32)
+    from sccase_jax.solver import run
+
+    def hlo(config):
+        return run.lower(prob.data, prob.factors, prob.hp, config=config).as_text()
+
+    with jax.default_matmul_precision("bfloat16"):
+        text = hlo(sccase_jax.SolverConfig(max_iter=2))
+    assert "precision = [HIGHEST, HIGHEST]" in text and "DEFAULT" not in text
+    text = hlo(sccase_jax.SolverConfig(max_iter=2, precision="tensorfloat32"))
+    assert "precision = [HIGH, HIGH]" in text and "HIGHEST" not in text
 
 
 def test_jaccard_counts_do_not_overflow():

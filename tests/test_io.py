@@ -28,6 +28,19 @@ def test_blocks_equal_the_in_memory_matrix(scale):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("block", [3, 4, 10, 64])
+def test_device_blocks_equal_host_blocks(block):
+    # The GPU path (X and Z on device, one slab per block) checked on CPU; the last,
+    # shorter block is trimmed from a full-width slab.
+    X, Z = _xz(m=15, n=10)
+    want = enhanced_matrix(X, Z, device=False)
+    got = enhanced_matrix(X, Z, block=block, device=True)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    got = np.concatenate([E for _, E in enhanced_blocks(X, Z, block=block, scale=True, device=True)])
+    minmax_scale(want)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_written_layer_reads_back(tmp_path):
     X, Z = _xz()
     adata = ad.AnnData(X=sp.csr_matrix(X.T))
