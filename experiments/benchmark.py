@@ -330,6 +330,8 @@ def _tags():
 def _fmt(x, unit=""):
     if x is None:
         return "not measured"
+    if isinstance(x, float) and x != x:
+        return "-"
     return f"{x:.3g}{unit}" if x < 100 else f"{x:.0f}{unit}"
 
 
@@ -347,7 +349,9 @@ def _gpu_section(tag, cpu):
          "(`highest`: true float32; `tensorfloat32`: tensor cores).  The release ratio "
          "divides the release's per-iteration time on the 2-core development CPU (above) by "
          "this GPU's: it compares what a user gets on each machine, not the same hardware.", "",
-         "| data | precision | iters | final F | init s | compile s | per iter s | output s | total s "
+         "Init and output are timed cold (their compilation included) and, in brackets, "
+         "again in the same process once compiled.", "",
+         "| data | precision | iters | final F | init s (warm) | compile s | per iter s | output s (warm) | total s "
          "| matmul s | per iter / (2 matmul) | device peak / (4 n^2 B) | release CPU per iter / this |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (case, impl, iters), r in sorted(runs.items()):
@@ -356,8 +360,9 @@ def _gpu_section(tag, cpu):
         ratio = f"{rel['times']['per_iteration'] / t['per_iteration']:.0f}x" if rel else "n/a"
         dp = r.get("device_peak")
         L.append(f"| {case} | {r.get('precision')} | {r['n_iter']}{' (tol)' if iters == 'tol' else ''} | "
-                 f"{r.get('final_loss', float('nan')):.6g} | {_fmt(t['initialisation'])} | {_fmt(t.get('compile'))} | "
-                 f"{_fmt(t['per_iteration'])} | {_fmt(t['output'])} | {_fmt(t['total'])} | {_fmt(r['matmul_s'])} | "
+                 f"{r.get('final_loss', float('nan')):.6g} | {_fmt(t['initialisation'])} ({_fmt(t.get('initialisation_warm'))}) | "
+                 f"{_fmt(t.get('compile'))} | {_fmt(t['per_iteration'])} | {_fmt(t['output'])} ({_fmt(t.get('output_warm'))}) | "
+                 f"{_fmt(t['total'])} | {_fmt(r['matmul_s'])} | "
                  f"{t['per_iteration'] / (2 * r['matmul_s']):.2f} | "
                  f"{(dp / (4 * n * n)) if dp else float('nan'):.1f} | {ratio} |")
     cross = os.path.join(RESULTS, f"crossover_{tag}.json")
@@ -429,7 +434,7 @@ def report(path):
           "n x n float32 array.  `temps` is the working memory of the whole while-loop fit; "
           "`solver` = arguments + temps + outputs - donated, without X (X, G and the boolean "
           "mask R are listed apart; X is the input, kept dense on device by `x_format=\"auto\"` "
-          "up to 1e8 entries).", "",
+          "up to 1e8 entries on CPU).", "",
           "| data | X | G | R | temps | solver without X |", "|---|---|---|---|---|---|"]
     for (case, impl, iters), r in sorted(res.items()):
         if impl != "jax" or "plan" not in r:

@@ -4,7 +4,8 @@
 #   2. the benchmark at every size with true float32 products (tag gpu) and with
 #      tensor-core products (tag gpu-tf32), plus the dense-vs-sparse crossover.
 # Expects wheels for anndata and its pure-Python dependencies in .whl/ (the GPU image has
-# jax, numpy, scipy, h5py, pandas) and the real data in .gpudata/.  Results: $OUT.
+# jax, numpy, scipy, h5py, pandas) and the real data in .gpudata/ (both git-ignored; e.g.
+# `cp ../shared/data/granja2019_D6T1_{2k,10k}.h5ad .gpudata/`).  Results: $OUT.
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}

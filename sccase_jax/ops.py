@@ -36,10 +36,11 @@ __all__ = [
 GRAM_MODES = ("dense", "sparse", "auto")
 
 # Cost of one sparse (BCOO) multiply-add relative to one dense float32 multiply-add, per
-# backend.  Measured 137..222 on an idle 2-core CPU by experiments/benchmark.py (76..110
-# under heavy load, when the dense products slow down more; docs/performance.md); the GPU
-# figure is a conservative guess until measured.
-SPARSE_PENALTY = {"cpu": 150.0, "gpu": 20.0, "tpu": 150.0}
+# backend, measured by ``experiments/benchmark.py crossover`` (docs/performance.md):
+# 137..222 on an idle 2-core CPU (76..110 under heavy load, when the dense products slow
+# down more); 122..214 on an H200 at 4,000 cells (7..90 at 1,000-2,000 cells, where both
+# products take well under a millisecond).  The TPU figure is unmeasured.
+SPARSE_PENALTY = {"cpu": 150.0, "gpu": 150.0, "tpu": 150.0}
 
 
 def gram_flops(n: int, nnz: int) -> dict:
