@@ -4,8 +4,8 @@ Host-side helpers (:func:`gram_matrix`, :func:`jaccard_similarity`) take scipy-s
 dense peaks x cells matrices and reduce them with sparse products, in column blocks, so
 no dense m x n array is built.  Their device twins (:func:`gram_matrix_device`,
 :func:`jaccard_similarity_device`) take the dense X already on device and use one matrix
-product each: on a GPU they replace minutes of single-threaded scipy work at 8k cells by
-milliseconds.  :func:`nmf` runs on device (dense or ``BCOO`` X).
+product each: about twice as fast as the host versions on the 2-core development CPU, and
+on a GPU a matter of milliseconds.  :func:`nmf` runs on device (dense or ``BCOO`` X).
 """
 
 from __future__ import annotations
@@ -154,19 +154,28 @@ def _nmf(X, key, k: int, n_iter: int):
     W, H = _nndsvda(X, k, key)
     eps = jnp.finfo(X.dtype).tiny
 
-    def hals_cols(A, XtB, BtB):
-        # One HALS sweep over the k columns of A for min ||X - A B^T|| with fixed B.
-        def col(j, A):
-            num = XtB[:, j] - A @ BtB[:, j] + A[:, j] * BtB[j, j]
-            return A.at[:, j].set(jnp.maximum(num / jnp.maximum(BtB[j, j], eps), eps))
+    def hals_cols(W, XHt, HHt):
+        # One HALS sweep over the k columns of W for min ||X - W H|| with fixed H.
+        def col(j, W):
+            num = XHt[:, j] - W @ HHt[:, j] + W[:, j] * HHt[j, j]
+            return W.at[:, j].set(jnp.maximum(num / jnp.maximum(HHt[j, j], eps), eps))
 
-        return lax.fori_loop(0, k, col, A)
+        return lax.fori_loop(0, k, col, W)
+
+    def hals_rows(H, WtX, WtW):
+        # The same sweep over the k rows of H with fixed W.  Working on H's rows with
+        # W^T X (k x n) keeps X in its stored layout: X^T W took 2.5x as long on XLA:CPU.
+        def row(j, H):
+            num = WtX[j] - WtW[j] @ H + H[j] * WtW[j, j]
+            return H.at[j].set(jnp.maximum(num / jnp.maximum(WtW[j, j], eps), eps))
+
+        return lax.fori_loop(0, k, row, H)
 
     def sweep(_, WH):
         W, H = WH
         W = hals_cols(W, X @ H.T, H @ H.T)
-        Ht = hals_cols(H.T, X.T @ W, W.T @ W)
-        return W, Ht.T
+        H = hals_rows(H, W.T @ X, W.T @ W)
+        return W, H
 
     return lax.fori_loop(0, n_iter, sweep, (W, H))
 
