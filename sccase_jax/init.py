@@ -18,6 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 from jax import lax
 
+from sccase_jax.ops import wt_x
+
 __all__ = [
     "dropout_mask",
     "gram_matrix",
@@ -164,7 +166,8 @@ def _nmf(X, key, k: int, n_iter: int):
 
     def hals_rows(H, WtX, WtW):
         # The same sweep over the k rows of H with fixed W.  Working on H's rows with
-        # W^T X (k x n) keeps X in its stored layout: X^T W took 2.5x as long on XLA:CPU.
+        # W^T X (k x n) keeps a dense X in its stored layout: X^T W took 2.5x as long on
+        # XLA:CPU.
         def row(j, H):
             num = WtX[j] - WtW[j] @ H + H[j] * WtW[j, j]
             return H.at[j].set(jnp.maximum(num / jnp.maximum(WtW[j, j], eps), eps))
@@ -174,7 +177,7 @@ def _nmf(X, key, k: int, n_iter: int):
     def sweep(_, WH):
         W, H = WH
         W = hals_cols(W, X @ H.T, H @ H.T)
-        H = hals_rows(H, W.T @ X, W.T @ W)
+        H = hals_rows(H, wt_x(X, W), W.T @ W)
         return W, H
 
     return lax.fori_loop(0, n_iter, sweep, (W, H))

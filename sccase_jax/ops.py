@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
+from jax.experimental import sparse as jsparse
 
 __all__ = [
     "GRAM_MODES",
@@ -31,6 +32,7 @@ __all__ = [
     "gram_matmul",
     "inner",
     "masked",
+    "wt_x",
 ]
 
 GRAM_MODES = ("dense", "sparse", "auto")
@@ -108,3 +110,14 @@ def masked(A, R):
     a float copy of the mask: one more n x n array at the solver's peak.
     """
     return jnp.where(R, A, jnp.zeros((), A.dtype))
+
+
+def wt_x(X, W):
+    """``W^T X`` (k x n) for a dense or ``BCOO`` X, without densifying X.
+
+    A dense X is read in its stored layout (``W.T @ X``: ``X.T @ W`` took 2.5x as long on
+    XLA:CPU at 4,000 cells); a ``BCOO`` X is transposed instead, its fast direction.
+    """
+    if isinstance(X, jsparse.BCOO):
+        return (X.T @ W).T
+    return W.T @ X

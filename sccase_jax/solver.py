@@ -43,7 +43,7 @@ from jax import lax
 
 from sccase_jax.gradients import grad_h_gram, grad_w_gram, grad_z_gram
 from sccase_jax.losses import gram_loss
-from sccase_jax.ops import gram_matmul, inner, masked
+from sccase_jax.ops import gram_matmul, inner, masked, wt_x
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.steps import (
     exact_h_step,
@@ -102,11 +102,6 @@ class Result(NamedTuple):
     num_steps: Any
     converged: Any
     status: Any
-
-
-def wt_x(X, W):
-    """``W^T X`` (k x n) for a dense or ``BCOO`` X, without densifying X."""
-    return (X.T @ W).T
 
 
 def _sq(A):
