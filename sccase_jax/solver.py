@@ -223,15 +223,19 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
         F_cur = gram_loss(S0, state.GS, state.B, state.W, H, state.Z, data.P, data.M, hp)
         state = state._replace(H=H, loss=F_cur)
 
-    Z, F_cur, GS = _z_step(state, data, hp, config, F_cur)
+    # Each step returns its exact change of F, computed from differences of the iterates
+    # (see _z_step); their sum is the iteration's change, free of the rounding noise that
+    # the difference of two recomputed F values carries in float32.
+    zero = jnp.zeros((), F_prev.dtype)
+    Z, dF_z, GS = _z_step(state, data, hp, config, zero)
     S = masked(Z, data.R)
-    W, F_cur = _w_step(state.W, state.H, S, data, hp, config, F_cur)
+    W, dF_w = _w_step(state.W, state.H, S, data, hp, config, zero)
     B = wt_x(data.X, W)
-    H, F_cur = _h_step(W, state.H, Z, S, B, hp, config, F_cur)
-    # The H objective skips terms that did not change; recompute F in the shared form so
-    # that the history and the next comparisons use one formula.
+    H, dF_h = _h_step(W, state.H, Z, S, B, hp, config, zero)
+    change = (F_cur - F_prev) + dF_z + dF_w + dF_h
+    # The history records F recomputed in full at the new point.
     F_new = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
-    return advance(state, dict(W=W, H=H, Z=Z, GS=GS, B=B), F_new, config, F_prev)
+    return advance(state, dict(W=W, H=H, Z=Z, GS=GS, B=B), F_new, config, F_prev, change)
 
 
 # -- The generic driver -------------------------------------------------------------------
@@ -256,17 +260,20 @@ def tracked_fields(F0, dtype, config: SolverConfig) -> dict:
     )
 
 
-def advance(state, carry: dict, F_new, config: SolverConfig, F_prev=None):
+def advance(state, carry: dict, F_new, config: SolverConfig, F_prev=None, change=None):
     """Next state from the solver-specific ``carry`` and the new objective value ``F_new``.
 
-    Records ``F_new`` in the history, computes the relative change against ``F_prev``
-    (default ``state.loss``) and the status.  On a non-finite ``F_new`` every field that is
+    Records ``F_new`` in the history, computes the relative change ``|change| / |F_prev|``
+    (``F_prev`` defaults to ``state.loss``, ``change`` to ``F_new - F_prev``; a solver that
+    knows its change of F more accurately passes it) and the status.  On a non-finite ``F_new`` every field that is
     not bookkeeping (the iterate, caches, optimiser state and ``loss``) keeps its previous
     value, so the last finite iterate is what comes back.
     """
     F_prev = state.loss if F_prev is None else F_prev
     finite = jnp.isfinite(F_new)
-    rel = jnp.abs(F_prev - F_new) / jnp.maximum(jnp.abs(F_prev), jnp.finfo(F_new.dtype).tiny)
+    change = F_new - F_prev if change is None else change
+    rel = jnp.abs(change) / jnp.maximum(jnp.abs(F_prev), jnp.finfo(F_new.dtype).tiny)
+    rel = jnp.where(jnp.isfinite(rel), rel, jnp.inf)
     it = state.iteration + 1
     status = jnp.where(
         ~finite,

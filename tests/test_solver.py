@@ -185,3 +185,24 @@ def test_z_step_sees_decreases_below_the_float32_resolution_of_f():
     assert changes[jnp.float64] < 0
     assert abs(changes[jnp.float64]) < spacing  # invisible in F itself
     assert changes[jnp.float32] == pytest.approx(changes[jnp.float64], rel=1e-3)
+
+
+def test_stopping_rule_uses_the_exact_change_of_f():
+    # The relative change that decides convergence is the sum of the steps' exact changes,
+    # not the difference of two recomputed values of F: in float64 they agree; in float32
+    # the recomputed difference carries the Gram form's rounding (here 1e-3 of the change),
+    # the exact sum does not.
+    from sccase_jax.solver import update
+
+    cfg = SolverConfig()
+    rel = {}
+    for dtype in (jnp.float32, jnp.float64):
+        data, f0, hp = tiny_problem(4, dtype=dtype)
+        hp = hp._replace(lam=jnp.asarray(1e6, dtype))
+        st = init_state(data, f0, hp, cfg)
+        for _ in range(6):
+            prev, st = st, update(st, data, hp, cfg)
+        rel[dtype] = float(st.rel_change)
+        if dtype == jnp.float64:
+            assert rel[dtype] == pytest.approx(abs(float(st.loss - prev.loss)) / float(prev.loss), rel=1e-9)
+    assert rel[jnp.float32] == pytest.approx(rel[jnp.float64], rel=2e-4)
