@@ -33,7 +33,7 @@ __all__ = [
     "prepare",
 ]
 
-DEFAULT_MAX_ITER = 100
+DEFAULT_MAX_ITER = 30  # docs/results.md: quality flat from 10 to 100 iterations
 _STATUS_NAMES = {CONVERGED: "converged", MAX_ITER: "max_iter", NONFINITE: "nonfinite"}
 
 
