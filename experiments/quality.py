@@ -199,7 +199,7 @@ def main(argv=None):
 def write_tables():
     """Summary tables (mean over enhancement seeds) of every saved dataset run."""
     lines = []
-    for fn in sorted(os.listdir(RAW_JSON)):
+    for fn in sorted(f for f in os.listdir(RAW_JSON) if f.endswith(".json")):
         res = json.load(open(os.path.join(RAW_JSON, fn)))
         lines.append(f"### {res['dataset']} ({res['cells']} cells x {res['peaks']} peaks, "
                      f"{res['n_types']} types, imbalance I = {res['imbalance']:.3f})\n")
