@@ -434,7 +434,7 @@ def report(path):
           "n x n float32 array.  `temps` is the working memory of the whole while-loop fit; "
           "`solver` = arguments + temps + outputs - donated, without X (X, G and the boolean "
           "mask R are listed apart; X is the input, kept dense on device by `x_format=\"auto\"` "
-          "up to 1e8 entries on CPU).", "",
+          "up to a sixteenth of the RAM on CPU, `api.dense_limit`).", "",
           "| data | X | G | R | temps | solver without X |", "|---|---|---|---|---|---|"]
     for (case, impl, iters), r in sorted(res.items()):
         if impl != "jax" or "plan" not in r:

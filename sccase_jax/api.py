@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -94,15 +95,23 @@ def check_matrix(X, what: str = "X"):
 def dense_limit(dtype) -> int:
     """Most entries of X kept dense on device by ``x_format="auto"``.
 
-    1e8 on CPU (0.4 GB in float32, beside the n x n arrays in the same RAM); on a GPU or
-    TPU one eighth of the device memory, where dense products are far faster than sparse.
+    One sixteenth of the host memory on CPU (the dense X shares the RAM with the n x n
+    arrays of the fit; 1.5 GB of X on a 24 GB machine), one eighth of the device memory on
+    a GPU or TPU.  Dense X makes the start and the thin products faster than ``BCOO``
+    (2x at 8,000 cells on the 2-core CPU, docs/performance.md).  1e8 if the memory size
+    cannot be read.
     """
+    itemsize = np.dtype(dtype).itemsize
     dev = jax.devices()[0]
     if dev.platform == "cpu":
-        return 100_000_000
+        try:
+            mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return 100_000_000
+        return int(mem // (16 * itemsize))
     stats = dev.memory_stats() or {}
     limit = stats.get("bytes_limit")
-    return 100_000_000 if not limit else int(limit // (8 * np.dtype(dtype).itemsize))
+    return 100_000_000 if not limit else int(limit // (8 * itemsize))
 
 
 def device_matrix(X, dtype, fmt: str = "auto"):
@@ -112,7 +121,8 @@ def device_matrix(X, dtype, fmt: str = "auto"):
     if fmt == "auto":
         fmt = "dense" if m * n <= dense_limit(dtype) or not sp.issparse(X) else "sparse"
     if fmt == "dense":
-        return jnp.asarray(X.toarray() if sp.issparse(X) else np.asarray(X), dtype)
+        # Cast while still sparse: no float64 dense copy of X on the host.
+        return jnp.asarray(X.astype(np.dtype(dtype)).toarray() if sp.issparse(X) else np.asarray(X), dtype)
     if fmt == "sparse":
         return jsparse.BCOO.from_scipy_sparse(sp.coo_matrix(X, dtype=np.dtype(dtype)))
     raise InputError(f"x_format must be 'auto', 'dense' or 'sparse', got {fmt!r}")
@@ -169,8 +179,8 @@ def fit(
         Optional starting :class:`~sccase_jax.params.Factors` (skips NMF and Jaccard).
     x_format
         How X is kept on device for the m x k products: ``"dense"``, ``"sparse"`` (BCOO)
-        or ``"auto"`` (dense up to 1e8 entries on CPU, an eighth of the memory on a GPU:
-        :func:`dense_limit`).
+        or ``"auto"`` (dense up to a sixteenth of the host memory on CPU, an eighth of the
+        device memory on a GPU: :func:`dense_limit`).
     dtype
         Computation dtype; default float32, or float64 when ``jax_enable_x64`` is on.
     progress
