@@ -87,8 +87,15 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                         "(default 0: only empty peaks; 0.01 with --preset release)")
     p.add_argument("--tfidf", choices=["paper", "l2"], default="l2",
                    help="TF-IDF variant (default l2; 'paper' is Eq. 1)")
+    p.add_argument("--output-type", dest="output_type", choices=["blend", "xz"], default=None,
+                   help="enhanced matrix: 'blend' = (1 - w) X + w X Zc (default), 'xz' = the "
+                        "paper's X Z (default with --preset release)")
+    p.add_argument("--blend", type=float, default=0.8,
+                   help="weight w of the Z-weighted cell average in --output-type blend (default 0.8)")
+    p.add_argument("--scale-output", dest="scale_output", action="store_true", default=None,
+                   help="min-max scale the output per peak then per cell (default for xz)")
     p.add_argument("--no-scale-output", dest="scale_output", action="store_false",
-                   help="return X Z itself instead of min-max scaling it per peak and cell")
+                   help="return the output unscaled (default for blend)")
     p.add_argument("--binarize", action="store_true", help="binarise counts before TF-IDF")
     p.add_argument("--drop-empty-cells", action="store_true",
                    help="remove cells with no counts after peak filtering")
@@ -123,6 +130,8 @@ def _fit_kwargs(args) -> dict:
         binarize=args.binarize,
         drop_empty_cells=args.drop_empty_cells,
         preset=args.preset,
+        output=args.output_type,
+        blend=args.blend,
         scale_output=args.scale_output,
         progress=not args.quiet,
         k_ref=args.k_ref,

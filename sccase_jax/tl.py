@@ -20,7 +20,7 @@ from sccase_jax.api import (
 from sccase_jax.params import SolverConfig, release_config
 from sccase_jax.preprocessing import preprocess
 
-__all__ = ["enhance", "get_counts", "minmax_scale"]
+__all__ = ["OUTPUTS", "enhance", "get_counts", "minmax_scale", "output_weights"]
 
 
 def get_counts(adata, layer: str | None = None):
@@ -48,6 +48,32 @@ def minmax_scale(E: np.ndarray) -> np.ndarray:
         E -= lo
         E /= np.where(span > 0, span, 1)
     return E
+
+
+OUTPUTS = ("blend", "xz")
+
+
+def output_weights(Z, output: str = "blend", blend: float = 0.8) -> np.ndarray:
+    """The n x n matrix ``B`` whose product ``X B`` is the enhanced matrix.
+
+    ``"xz"``: ``B = Z``, the paper's ``X Z``.  ``"blend"``: ``B = (1 - blend) I + blend Zc``
+    with ``Zc`` the columns of ``Z`` scaled to sum 1, so that each enhanced cell is
+    ``(1 - blend) x_j + blend sum_i x_i Zc_ij``: its own TF-IDF profile blended with the
+    ``Z``-weighted average of the cells (a column of ``Z`` without weight keeps the cell's
+    own profile).  Either way the product runs through the same dense or blocked code.
+    """
+    if output not in OUTPUTS:
+        raise InputError(f"output must be one of {OUTPUTS}, got {output!r}")
+    Z = np.asarray(Z)
+    if output == "xz":
+        return Z
+    if not (isinstance(blend, (int, float, np.floating)) and 0.0 <= float(blend) <= 1.0):
+        raise InputError(f"blend must be a number in [0, 1], got {blend!r}")
+    s = Z.sum(axis=0)
+    empty = ~(s > 0)
+    B = Z * (float(blend) / np.where(empty, 1, s)).astype(Z.dtype)
+    B[np.diag_indices_from(B)] += np.where(empty, 1.0, 1.0 - float(blend)).astype(Z.dtype)
+    return B
 
 
 def _plain(v: Any):
@@ -85,7 +111,9 @@ def enhance(
     drop_empty_cells: bool = False,
     preset: str = "paper",
     config: SolverConfig | None = None,
-    scale_output: bool = True,
+    output: str | None = None,
+    blend: float = 0.8,
+    scale_output: bool | None = None,
     key_added: str = "sccase",
     progress: bool = False,
     out_file: str | None = None,
@@ -143,10 +171,19 @@ def enhance(
         step, unguarded moves, row-normalised Jaccard).  Explicit ``config`` still wins.
     config
         Full solver configuration (its ``max_iter``/``tol`` are taken from the arguments).
+    output, blend
+        What the enhanced matrix is (:func:`output_weights`).  ``"blend"`` (default):
+        ``(1 - blend) X + blend X Zc``, each cell's TF-IDF profile blended with the
+        ``Z``-weighted average of the cells (``Zc``: columns of ``Z`` summing to 1),
+        ``blend = 0.8``.  ``"xz"``: the paper's ``X Z`` (the default with
+        ``preset="release"``).  Chosen by measured clustering quality (docs/results.md):
+        against ``X Z`` min-max scaled (the previous default) the blend was tied on the
+        Granja data and better on simulated sorted populations and on the chromVAR cells
+        (ARI 0.77 -> 1.00); 0.7-0.9 gave the same within seed noise.
     scale_output
         Min-max scale the enhanced matrix per peak then per cell (as the released code
-        does).  Default True: with the L2 TF-IDF it raised ARI/AMI on the Granja data
-        (docs/results.md).  ``False`` returns ``X Z`` itself.
+        does).  Default ``None``: True for ``output="xz"`` (with the L2 TF-IDF it raised
+        ARI/AMI of ``X Z`` on the Granja data), False for ``"blend"`` (scaling lowered it).
     key_added
         Prefix of the written keys.
     out_file, block
@@ -160,7 +197,8 @@ def enhance(
     Returns
     -------
     A new AnnData (kept cells x kept peaks) with ``obs`` and ``var`` copied, ``X`` the raw
-    counts, and ``layers[key_added]`` the enhanced matrix ``(X Z)^T``,
+    counts, and ``layers[key_added]`` the enhanced matrix ``(X B)^T`` (``B`` from
+    :func:`output_weights`: the blend by default, ``Z`` with ``output="xz"``),
     ``obsm[f"X_{key_added}"] = H^T``, ``varm[f"{key_added}_W"] = W``,
     ``obsp[f"{key_added}_Z"] = Z``, ``uns[key_added] = {"loss", "initial_loss", "n_iter",
     "converged", "status", "params", "time_s"}`` and, with a reference,
@@ -178,6 +216,11 @@ def enhance(
             max_iter = config.max_iter
         tol = config.tol if tol == 1e-6 else tol
         fit_options.setdefault("jaccard_normalize", "row")
+    if output is None:
+        output = "xz" if release else "blend"
+    if scale_output is None:
+        scale_output = output == "xz"
+    output_weights(np.zeros((1, 1), np.float32), output, blend)  # validate before the fit
     if lam is None:
         lam = 1e6 if reference is None else 1e5
     if min_cells_frac is None:
@@ -233,8 +276,9 @@ def enhance(
             RuntimeWarning,
             stacklevel=2,
         )
+    B = output_weights(res.Z, output, blend)
     if out_file is None:
-        E = enhanced_matrix(X, res.Z)
+        E = enhanced_matrix(X, B)
         if scale_output:
             minmax_scale(E)
 
@@ -249,7 +293,8 @@ def enhance(
     out.varm[f"{key_added}_W"] = res.W
     out.obsp[f"{key_added}_Z"] = res.Z
     params = dict(res.params, min_cells_frac=min_cells_frac, tfidf=tfidf, binarize=binarize,
-                  drop_empty_cells=drop_empty_cells, preset=preset, scale_output=scale_output,
+                  drop_empty_cells=drop_empty_cells, preset=preset, output=output,
+                  blend=float(blend) if output == "blend" else None, scale_output=scale_output,
                   layer=layer, n_components_estimated=n_components_estimated)
     record = {
         "loss": res.loss,
@@ -266,7 +311,7 @@ def enhance(
     if out_file is not None:
         from sccase_jax.io import write_enhanced_h5ad
 
-        write_enhanced_h5ad(out, out_file, X, res.Z, key=key_added, block=block, scale=scale_output)
+        write_enhanced_h5ad(out, out_file, X, B, key=key_added, block=block, scale=scale_output)
     return out
 
 

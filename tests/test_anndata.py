@@ -43,21 +43,56 @@ def test_keys_and_shapes(small, enhanced):
 
 @pytest.mark.parametrize("variant", ["paper", "l2"])
 def test_enhanced_matrix_is_x_times_z(small, variant):
-    out = sccase_jax.enhance(small, 3, max_iter=2, tfidf=variant, scale_output=False)
+    out = sccase_jax.enhance(small, 3, max_iter=2, tfidf=variant, output="xz",
+                             scale_output=False)
     X, _, _ = preprocess(small.X.T, min_cells_frac=0.0, tfidf_variant=variant)
     Z = out.obsp["sccase_Z"]
     np.testing.assert_allclose(out.layers["sccase"], (X @ Z).T, rtol=1e-4, atol=1e-7)
 
 
-def test_default_output_is_minmax_scaled_x_times_z(small, enhanced):
+def test_default_output_blends_each_cell_with_its_z_average(small, enhanced):
+    X, _, _ = preprocess(small.X.T, min_cells_frac=0.0, tfidf_variant="l2")
+    X = X.toarray()
+    Z = enhanced.obsp["sccase_Z"].astype(np.float64)
+    avg = X @ (Z / Z.sum(axis=0, keepdims=True))  # each column a weighted mean of cells
+    expect = 0.2 * X + 0.8 * avg
+    np.testing.assert_allclose(enhanced.layers["sccase"], expect.T, rtol=1e-4, atol=1e-6)
+    params = enhanced.uns["sccase"]["params"]
+    assert params["output"] == "blend" and params["blend"] == 0.8
+    assert not params["scale_output"]
+
+
+def test_xz_output_is_minmax_scaled_by_default(small):
     from sccase_jax.tl import minmax_scale
 
+    out = sccase_jax.enhance(small, 4, max_iter=3, seed=1, output="xz")
     X, _, _ = preprocess(small.X.T, min_cells_frac=0.0, tfidf_variant="l2")
-    expect = minmax_scale((X @ enhanced.obsp["sccase_Z"]).T.astype(np.float32))
-    np.testing.assert_allclose(enhanced.layers["sccase"], expect, rtol=1e-3, atol=1e-5)
-    E = enhanced.layers["sccase"]
+    expect = minmax_scale((X @ out.obsp["sccase_Z"]).T.astype(np.float32))
+    np.testing.assert_allclose(out.layers["sccase"], expect, rtol=1e-3, atol=1e-5)
+    E = out.layers["sccase"]
     np.testing.assert_allclose(E.max(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(E.min(axis=1), 0.0, atol=1e-6)
+    rel = sccase_jax.enhance(small, 4, max_iter=1, preset="release")
+    assert rel.uns["sccase"]["params"]["output"] == "xz"
+    assert rel.uns["sccase"]["params"]["scale_output"]
+
+
+def test_output_weights():
+    from sccase_jax.tl import output_weights
+
+    Z = np.array([[2.0, 0.0, 1.0], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0]], np.float32)
+    np.testing.assert_array_equal(output_weights(Z, "xz"), Z)
+    B = output_weights(Z, "blend", 0.8)
+    # columns of the blend sum to 1; an all-zero column keeps the cell's own profile
+    np.testing.assert_allclose(B.sum(axis=0), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(B[:, 1], [0.0, 1.0, 0.0])
+    np.testing.assert_allclose(B[:, 0], [0.2 + 0.4, 0.4, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(output_weights(Z, "blend", 0.0), np.eye(3))
+    for bad in (-0.1, 1.5, float("nan"), "a"):
+        with pytest.raises(sccase_jax.InputError, match="blend"):
+            output_weights(Z, "blend", bad)
+    with pytest.raises(sccase_jax.InputError, match="output must be"):
+        output_weights(Z, "wz")
 
 
 def test_input_untouched(small):
@@ -107,6 +142,8 @@ def test_layer_input(small):
         (None, {"keep_prob": 0.0}, "keep_prob"),
         (None, {"max_iter": -1}, "max_iter"),
         (None, {"tfidf": "bm25"}, "tfidf variant"),
+        (None, {"output": "xzz"}, "output must be"),
+        (None, {"blend": 2.0}, "blend must be"),
     ],
 )
 def test_bad_input_is_one_clear_error(small, mutate, kwargs, match):

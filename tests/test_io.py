@@ -74,9 +74,10 @@ def _counts(seed=0, cells=30, peaks=60):
     return ad.AnnData(X=sp.csr_matrix(C.astype(np.float32)))
 
 
-def test_enhance_out_file_and_cli_out_of_core_match_in_memory(tmp_path):
+@pytest.mark.parametrize("output", ["blend", "xz"])
+def test_enhance_out_file_and_cli_out_of_core_match_in_memory(tmp_path, output):
     adata = _counts()
-    kw = dict(n_components=3, max_iter=3, nmf_iter=5)
+    kw = dict(n_components=3, max_iter=3, nmf_iter=5, output=output)
     mem = enhance(adata, **kw)
     path = str(tmp_path / "ooc.h5ad")
     lean = enhance(adata, out_file=path, block=7, **kw)
@@ -87,7 +88,9 @@ def test_enhance_out_file_and_cli_out_of_core_match_in_memory(tmp_path):
 
     inp, out = str(tmp_path / "in.h5ad"), str(tmp_path / "cli.h5ad")
     adata.write_h5ad(inp)
-    assert cli.main(["enhance", inp, out, "--k", "3", "--max-iter", "3", "--out-of-core", "--quiet"]) == 0
+    assert cli.main(["enhance", inp, out, "--k", "3", "--max-iter", "3", "--output-type", output,
+                     "--out-of-core", "--quiet"]) == 0
     got = ad.read_h5ad(out)
     assert got.layers["sccase"].shape == (30, got.n_vars)
+    assert got.uns["sccase"]["params"]["output"] == output
     assert not list(tmp_path.glob("*.part"))
