@@ -32,6 +32,7 @@ __all__ = [
     "gram_matmul",
     "inner",
     "masked",
+    "select_sum",
     "wt_x",
 ]
 
@@ -110,6 +111,20 @@ def masked(A, R):
     a float copy of the mask: one more n x n array at the solver's peak.
     """
     return jnp.where(R, A, jnp.zeros((), A.dtype))
+
+
+def select_sum(R, A, B):
+    """``sum(where(R, A, B))``: the sum of ``A`` on the mask and of ``B`` off it.
+
+    Written this way for memory (the change of F of a Z trial): XLA:CPU fuses neither a
+    select nor a maximum into a reduction (nor into a product), so the whole elementwise
+    expression becomes one pass that writes one n x n array, into a buffer that is free by
+    then (the operand of the product just taken), and the reduction reads it.  Separate
+    inner products of masked or projected operands materialised each of those operands
+    instead (one n x n array each).  The select also keeps the reduction off the product
+    it follows (see :func:`inner`).
+    """
+    return jnp.sum(jnp.where(R, A, B))
 
 
 def wt_x(X, W):

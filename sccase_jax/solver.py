@@ -43,7 +43,7 @@ from jax import lax
 
 from sccase_jax.gradients import grad_h_gram, grad_w_gram, grad_z_gram
 from sccase_jax.losses import gram_loss
-from sccase_jax.ops import gram_matmul, inner, masked, wt_x
+from sccase_jax.ops import gram_matmul, masked, select_sum, wt_x
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.steps import (
     exact_h_step,
@@ -121,23 +121,24 @@ def init_state(data: Data, factors: Factors, hp: Hyperparams, config: SolverConf
 
 def _z_step(state, data, hp, config, F_cur):
     W, H, Z, GS, B = state.W, state.H, state.Z, state.GS, state.B
-    Q = Z - H.T @ H
-    D = grad_z_gram(GS, B, H, Q, data.R, hp.lam)
+    D = grad_z_gram(GS, B, H, Z - H.T @ H, data.R, hp.lam)
     DR = masked(D, data.R)
     d = exact_z_step(D, DR, gram_matmul(data, DR), hp.lam)
 
     def change(Zc):
-        # F(Zc) - F(Z) from differences (G symmetric):
-        #   <Sc, G Sc> - <S, G S> = <Sc - S, G Sc + G S>,
-        #   ||Zc - H^T H||^2 - ||Z - H^T H||^2 = <Zc - Z, (Zc - Z) + 2 Q>.
+        # F(Zc) - F(Z) from differences.  F is quadratic in Z, so with dZ = Zc - Z,
+        # dS = dZ o R and G dS = G Sc - G S it is exactly its second-order expansion
+        #   <D, dZ> + <dS, G dS> + lam ||dZ||^2
+        # (the terms in B^T H and H^T H of the expanded objective cancel against D).
         # Near convergence the decrease is far below the float resolution of F itself; a
         # comparison of two rounded F values then rejects good steps (each rejected trial
-        # costs one more n x n x n product) and freezes Z.
+        # costs one more n x n x n product) and freezes Z.  Every term here is of the size
+        # of the change itself, and a trial needs only the gradient D besides Z and the two
+        # products: neither Q = Z - H^T H nor dS has to live through the line search.
         dZ = Zc - Z
-        dS = masked(dZ, data.R)
         GSc = gram_matmul(data, masked(Zc, data.R))
-        rec = inner(dS, GSc) + inner(dS, GS) - 2.0 * jnp.vdot(B @ dS, H)
-        return rec + hp.lam * inner(dZ, dZ + 2.0 * Q), GSc
+        g = D + hp.lam * dZ
+        return select_sum(data.R, dZ * (g + (GSc - GS)), dZ * g), GSc
 
     zero = jnp.zeros((), F_cur.dtype)
     Z_new, dF, GS_new = line_search(
