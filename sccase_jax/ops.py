@@ -116,13 +116,15 @@ def masked(A, R):
 def select_sum(R, A, B):
     """``sum(where(R, A, B))``: the sum of ``A`` on the mask and of ``B`` off it.
 
-    Written this way for memory (the change of F of a Z trial): XLA:CPU fuses neither a
-    select nor a maximum into a reduction (nor into a product), so the whole elementwise
-    expression becomes one pass that writes one n x n array, into a buffer that is free by
-    then (the operand of the product just taken), and the reduction reads it.  Separate
+    The masked reductions of the Z step (``<D o R, G (D o R)>`` and the change of F of a
+    trial) are written this way for memory: XLA:CPU fuses neither a select nor a maximum
+    into a reduction (nor into a product), so the whole elementwise expression becomes one
+    pass that writes one n x n array, into a buffer that is free by then (the operand of
+    the product just taken, or the product itself), and the reduction reads it.  Separate
     inner products of masked or projected operands materialised each of those operands
-    instead (one n x n array each).  The select also keeps the reduction off the product
-    it follows (see :func:`inner`).
+    instead (one n x n array each), and :func:`inner` of a product's output needs a
+    transposed copy of its other operand.  The select also keeps the reduction off the
+    product it follows (see :func:`inner`).
     """
     return jnp.sum(jnp.where(R, A, B))
 

@@ -122,8 +122,7 @@ def init_state(data: Data, factors: Factors, hp: Hyperparams, config: SolverConf
 def _z_step(state, data, hp, config, F_cur):
     W, H, Z, GS, B = state.W, state.H, state.Z, state.GS, state.B
     D = grad_z_gram(GS, B, H, Z - H.T @ H, data.R, hp.lam)
-    DR = masked(D, data.R)
-    d = exact_z_step(D, DR, gram_matmul(data, DR), hp.lam)
+    d = exact_z_step(D, data.R, gram_matmul(data, masked(D, data.R)), hp.lam)
 
     def change(Zc):
         # F(Zc) - F(Z) from differences.  F is quadratic in Z, so with dZ = Zc - Z,
