@@ -28,6 +28,7 @@ __all__ = [
     "GRAM_MODES",
     "SPARSE_PENALTY",
     "choose_gram",
+    "gap",
     "gram_flops",
     "gram_matmul",
     "inner",
@@ -102,6 +103,20 @@ def inner(A, B):
     up to float rounding.
     """
     return jnp.sum(jnp.einsum("ij,ij->j", A, B))
+
+
+def gap(Z, H):
+    """``Q = Z - H^T H`` (n x n) for a thin ``H`` (k x n), as one elementwise pass.
+
+    ``H^T H`` is summed over the k rows inside the pass (k multiply-adds per entry, as in
+    the product) instead of being formed first as an n x n product.  The H step uses it:
+    its ``Z - H.T @ H`` shared the product ``H^T H`` with the Z step's gradient (XLA's
+    CSE), and the product, which depends on ``H`` alone, was then scheduled at the start
+    of the iteration and lived as one more n x n array through the Z step's peak.  Here
+    the sum depends on the new Z, so it cannot run before the Z step, and it is not the
+    same computation as the gradient's product.
+    """
+    return Z - jnp.sum(H[:, :, None] * H[:, None, :], axis=0)
 
 
 def masked(A, R):

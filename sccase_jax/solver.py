@@ -43,7 +43,7 @@ from jax import lax
 
 from sccase_jax.gradients import grad_h_gram, grad_w_gram, grad_z_gram
 from sccase_jax.losses import gram_loss
-from sccase_jax.ops import gram_matmul, masked, select_sum, wt_x
+from sccase_jax.ops import gap, gram_matmul, masked, select_sum, wt_x
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.steps import (
     exact_h_step,
@@ -180,7 +180,7 @@ def _h_step(W, H, Z, S, B, hp, config, F_cur):
     BS = B @ S
     WtW = W.T @ W
 
-    Q = Z - H.T @ H
+    Q = gap(Z, H)  # not Z - H.T @ H: see ops.gap
     HQ = H @ Q
 
     def change(Hc):
