@@ -235,7 +235,8 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
     change = (F_cur - F_prev) + dF_z + dF_w + dF_h
     # The history records F recomputed in full at the new point.
     F_new = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
-    return advance(state, dict(W=W, H=H, Z=Z, GS=GS, B=B), F_new, config, F_prev, change)
+    carry = dict(W=W, H=H, Z=Z, GS=GS, B=B)
+    return advance(state, carry, F_new, config, F_prev, change, caches=("GS", "B"))
 
 
 # -- The generic driver -------------------------------------------------------------------
@@ -260,14 +261,19 @@ def tracked_fields(F0, dtype, config: SolverConfig) -> dict:
     )
 
 
-def advance(state, carry: dict, F_new, config: SolverConfig, F_prev=None, change=None):
+def advance(
+    state, carry: dict, F_new, config: SolverConfig, F_prev=None, change=None, caches=()
+):
     """Next state from the solver-specific ``carry`` and the new objective value ``F_new``.
 
     Records ``F_new`` in the history, computes the relative change ``|change| / |F_prev|``
     (``F_prev`` defaults to ``state.loss``, ``change`` to ``F_new - F_prev``; a solver that
     knows its change of F more accurately passes it) and the status.  On a non-finite ``F_new`` every field that is
-    not bookkeeping (the iterate, caches, optimiser state and ``loss``) keeps its previous
-    value, so the last finite iterate is what comes back.
+    not bookkeeping (the iterate, optimiser state and ``loss``) keeps its previous
+    value, so the last finite iterate is what comes back.  The fields named in ``caches``
+    are exempt: a non-finite F ends the fit, whose result never reads a cache, and
+    restoring one would keep the previous value alive beside the new one to the end of the
+    iteration (for ``G S`` one more n x n array at the solver's peak).
     """
     F_prev = state.loss if F_prev is None else F_prev
     finite = jnp.isfinite(F_new)
@@ -293,7 +299,7 @@ def advance(state, carry: dict, F_new, config: SolverConfig, F_prev=None, change
         **{
             f: jax.tree.map(keep, getattr(new, f), getattr(state, f))
             for f in new._fields
-            if f not in _TRACKED
+            if f not in _TRACKED and f not in caches
         }
     )
     if config.progress:
