@@ -10,18 +10,24 @@ One iteration, in Gram form (``G = X^T X`` fixed, nothing m x n is formed):
    step; trials cost k x n^2 each.
 
 Every guarded move is accepted on ``F(new) - F(old)`` computed from differences of the
-iterates (``<Sc - S, G Sc + G S>`` and the like), never by comparing two rounded values of
-F: near convergence a step changes F far below its float32 resolution, and comparing
-rounded values rejected good Z steps (each rejected trial costs one more n x n x n product:
-2.4x slower iterations measured at 4,000 cells) and froze Z.
+iterates (for Z the exact expansion ``<D, dZ> + <dS, G Sc - G S> + lam ||dZ||^2``, and the
+like), never by comparing two rounded values of F: near convergence a step changes F far
+below its float32 resolution, and comparing rounded values rejected good Z steps (each
+rejected trial costs one more n x n x n product: 2.4x slower iterations measured at 4,000
+cells) and froze Z.
 
 So an iteration costs two n x n x n products plus O(n^2 k + nnz(X) k).  Memory: besides
-the data (X, G and the boolean mask R) the whole fit needs about seven n x n arrays of
-working memory in XLA's buffer plan (iterate Z, cache G S, gradient D, Q = Z - H^T H, the
-line search's trial S, its G S and the change of S), measured by
-``experiments/benchmark.py``; the mask is applied as
-a select (:func:`~sccase_jax.ops.masked`) so no float copy of R is kept, and
-:data:`run_donated` lets the fit reuse the buffer of Z0.  ``run`` executes
+the data (X, G and the boolean mask R) and the iterate Z (in the buffer of Z0 with
+:data:`run_donated`), XLA's buffer plan of the whole fit holds at most four n x n arrays
+of working memory at once (XLA:CPU, ``experiments/memory_plan.py``): in the Z step the cache
+``G S``, the gradient D, and a product's operand and result (``D o R`` and ``G (D o R)``,
+then a trial's ``S`` and ``G S``); in the W and H steps the new Z (the previous one is kept
+for the non-finite guard), its ``G S``, ``S`` and ``Q = Z - H^T H``.  What keeps it there:
+the mask is applied as a select (:func:`~sccase_jax.ops.masked`, no float copy of R); a Z
+trial needs neither Q nor its change of S (:func:`_z_step`); masked reductions are one
+elementwise pass into a dead buffer (:func:`~sccase_jax.ops.select_sum`); the H step's Q
+does not share ``H^T H`` with the Z step (:func:`~sccase_jax.ops.gap`); the non-finite
+guard does not keep the previous ``G S`` (:func:`advance`).  ``run`` executes
 the whole fit as one :func:`jax.lax.while_loop`, stopping on ``|dF| / |F| < tol``, at
 ``max_iter``, or on a non-finite F (the last finite iterate is kept and reported).
 
@@ -131,9 +137,11 @@ def _z_step(state, data, hp, config, F_cur):
         # (the terms in B^T H and H^T H of the expanded objective cancel against D).
         # Near convergence the decrease is far below the float resolution of F itself; a
         # comparison of two rounded F values then rejects good steps (each rejected trial
-        # costs one more n x n x n product) and freezes Z.  Every term here is of the size
-        # of the change itself, and a trial needs only the gradient D besides Z and the two
-        # products: neither Q = Z - H^T H nor dS has to live through the line search.
+        # costs one more n x n x n product) and freezes Z.  The terms here are of the order
+        # of the change itself (no large terms such as <dS, G S> that cancel), and a trial
+        # needs only the gradient D besides Z and the two products: neither Q = Z - H^T H
+        # nor dS has to live through the line search.  One masked pass (ops.select_sum),
+        # and no k x n x n product B dS.
         dZ = Zc - Z
         GSc = gram_matmul(data, masked(Zc, data.R))
         g = D + hp.lam * dZ
