@@ -28,10 +28,12 @@ __all__ = [
     "GRAM_MODES",
     "SPARSE_PENALTY",
     "choose_gram",
+    "gap",
     "gram_flops",
     "gram_matmul",
     "inner",
     "masked",
+    "select_sum",
     "wt_x",
 ]
 
@@ -103,6 +105,20 @@ def inner(A, B):
     return jnp.sum(jnp.einsum("ij,ij->j", A, B))
 
 
+def gap(Z, H):
+    """``Q = Z - H^T H`` (n x n) for a thin ``H`` (k x n), as one elementwise pass.
+
+    ``H^T H`` is summed over the k rows inside the pass (k multiply-adds per entry, as in
+    the product) instead of being formed first as an n x n product.  The H step uses it:
+    its ``Z - H.T @ H`` shared the product ``H^T H`` with the Z step's gradient (XLA's
+    CSE), and the product, which depends on ``H`` alone, was then scheduled at the start
+    of the iteration and lived as one more n x n array through the Z step's peak.  Here
+    the sum depends on the new Z, so it cannot run before the Z step, and it is not the
+    same computation as the gradient's product.
+    """
+    return Z - jnp.sum(H[:, :, None] * H[:, None, :], axis=0)
+
+
 def masked(A, R):
     """``A o R`` for a boolean (or 0/1) mask ``R``, as a select.
 
@@ -110,6 +126,22 @@ def masked(A, R):
     a float copy of the mask: one more n x n array at the solver's peak.
     """
     return jnp.where(R, A, jnp.zeros((), A.dtype))
+
+
+def select_sum(R, A, B):
+    """``sum(where(R, A, B))``: the sum of ``A`` on the mask and of ``B`` off it.
+
+    The masked reductions of the Z step (``<D o R, G (D o R)>`` and the change of F of a
+    trial) are written this way for memory: XLA:CPU fuses neither a select nor a maximum
+    into a reduction (nor into a product), so the whole elementwise expression becomes one
+    pass that writes one n x n array, into a buffer that is free by then (the operand of
+    the product just taken, or the product itself), and the reduction reads it.  Separate
+    inner products of masked or projected operands materialised each of those operands
+    instead (one n x n array each), and :func:`inner` of a product's output needs a
+    transposed copy of its other operand.  The select also keeps the reduction off the
+    product it follows (see :func:`inner`).
+    """
+    return jnp.sum(jnp.where(R, A, B))
 
 
 def wt_x(X, W):

@@ -10,18 +10,24 @@ One iteration, in Gram form (``G = X^T X`` fixed, nothing m x n is formed):
    step; trials cost k x n^2 each.
 
 Every guarded move is accepted on ``F(new) - F(old)`` computed from differences of the
-iterates (``<Sc - S, G Sc + G S>`` and the like), never by comparing two rounded values of
-F: near convergence a step changes F far below its float32 resolution, and comparing
-rounded values rejected good Z steps (each rejected trial costs one more n x n x n product:
-2.4x slower iterations measured at 4,000 cells) and froze Z.
+iterates (for Z the exact expansion ``<D, dZ> + <dS, G Sc - G S> + lam ||dZ||^2``, and the
+like), never by comparing two rounded values of F: near convergence a step changes F far
+below its float32 resolution, and comparing rounded values rejected good Z steps (each
+rejected trial costs one more n x n x n product: 2.4x slower iterations measured at 4,000
+cells) and froze Z.
 
 So an iteration costs two n x n x n products plus O(n^2 k + nnz(X) k).  Memory: besides
-the data (X, G and the boolean mask R) the whole fit needs about seven n x n arrays of
-working memory in XLA's buffer plan (iterate Z, cache G S, gradient D, Q = Z - H^T H, the
-line search's trial S, its G S and the change of S), measured by
-``experiments/benchmark.py``; the mask is applied as
-a select (:func:`~sccase_jax.ops.masked`) so no float copy of R is kept, and
-:data:`run_donated` lets the fit reuse the buffer of Z0.  ``run`` executes
+the data (X, G and the boolean mask R) and the iterate Z (in the buffer of Z0 with
+:data:`run_donated`), XLA's buffer plan of the whole fit holds at most four n x n arrays
+of working memory at once (XLA:CPU, ``experiments/memory_plan.py``): in the Z step the cache
+``G S``, the gradient D, and a product's operand and result (``D o R`` and ``G (D o R)``,
+then a trial's ``S`` and ``G S``); in the W and H steps the new Z (the previous one is kept
+for the non-finite guard), its ``G S``, ``S`` and ``Q = Z - H^T H``.  What keeps it there:
+the mask is applied as a select (:func:`~sccase_jax.ops.masked`, no float copy of R); a Z
+trial needs neither Q nor its change of S (:func:`_z_step`); masked reductions are one
+elementwise pass into a dead buffer (:func:`~sccase_jax.ops.select_sum`); the H step's Q
+does not share ``H^T H`` with the Z step (:func:`~sccase_jax.ops.gap`); the non-finite
+guard does not keep the previous ``G S`` (:func:`advance`).  ``run`` executes
 the whole fit as one :func:`jax.lax.while_loop`, stopping on ``|dF| / |F| < tol``, at
 ``max_iter``, or on a non-finite F (the last finite iterate is kept and reported).
 
@@ -43,7 +49,7 @@ from jax import lax
 
 from sccase_jax.gradients import grad_h_gram, grad_w_gram, grad_z_gram
 from sccase_jax.losses import gram_loss
-from sccase_jax.ops import gram_matmul, inner, masked, wt_x
+from sccase_jax.ops import gap, gram_matmul, masked, select_sum, wt_x
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.steps import (
     exact_h_step,
@@ -121,23 +127,25 @@ def init_state(data: Data, factors: Factors, hp: Hyperparams, config: SolverConf
 
 def _z_step(state, data, hp, config, F_cur):
     W, H, Z, GS, B = state.W, state.H, state.Z, state.GS, state.B
-    Q = Z - H.T @ H
-    D = grad_z_gram(GS, B, H, Q, data.R, hp.lam)
-    DR = masked(D, data.R)
-    d = exact_z_step(D, DR, gram_matmul(data, DR), hp.lam)
+    D = grad_z_gram(GS, B, H, Z - H.T @ H, data.R, hp.lam)
+    d = exact_z_step(D, data.R, gram_matmul(data, masked(D, data.R)), hp.lam)
 
     def change(Zc):
-        # F(Zc) - F(Z) from differences (G symmetric):
-        #   <Sc, G Sc> - <S, G S> = <Sc - S, G Sc + G S>,
-        #   ||Zc - H^T H||^2 - ||Z - H^T H||^2 = <Zc - Z, (Zc - Z) + 2 Q>.
+        # F(Zc) - F(Z) from differences.  F is quadratic in Z, so with dZ = Zc - Z,
+        # dS = dZ o R and G dS = G Sc - G S it is exactly its second-order expansion
+        #   <D, dZ> + <dS, G dS> + lam ||dZ||^2
+        # (the terms in B^T H and H^T H of the expanded objective cancel against D).
         # Near convergence the decrease is far below the float resolution of F itself; a
         # comparison of two rounded F values then rejects good steps (each rejected trial
-        # costs one more n x n x n product) and freezes Z.
+        # costs one more n x n x n product) and freezes Z.  The terms here are of the order
+        # of the change itself (no large terms such as <dS, G S> that cancel), and a trial
+        # needs only the gradient D besides Z and the two products: neither Q = Z - H^T H
+        # nor dS has to live through the line search.  One masked pass (ops.select_sum),
+        # and no k x n x n product B dS.
         dZ = Zc - Z
-        dS = masked(dZ, data.R)
         GSc = gram_matmul(data, masked(Zc, data.R))
-        rec = inner(dS, GSc) + inner(dS, GS) - 2.0 * jnp.vdot(B @ dS, H)
-        return rec + hp.lam * inner(dZ, dZ + 2.0 * Q), GSc
+        g = D + hp.lam * dZ
+        return select_sum(data.R, dZ * (g + (GSc - GS)), dZ * g), GSc
 
     zero = jnp.zeros((), F_cur.dtype)
     Z_new, dF, GS_new = line_search(
@@ -180,7 +188,7 @@ def _h_step(W, H, Z, S, B, hp, config, F_cur):
     BS = B @ S
     WtW = W.T @ W
 
-    Q = Z - H.T @ H
+    Q = gap(Z, H)  # not Z - H.T @ H: see ops.gap
     HQ = H @ Q
 
     def change(Hc):
@@ -235,7 +243,8 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
     change = (F_cur - F_prev) + dF_z + dF_w + dF_h
     # The history records F recomputed in full at the new point.
     F_new = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
-    return advance(state, dict(W=W, H=H, Z=Z, GS=GS, B=B), F_new, config, F_prev, change)
+    carry = dict(W=W, H=H, Z=Z, GS=GS, B=B)
+    return advance(state, carry, F_new, config, F_prev, change, caches=("GS", "B"))
 
 
 # -- The generic driver -------------------------------------------------------------------
@@ -260,14 +269,19 @@ def tracked_fields(F0, dtype, config: SolverConfig) -> dict:
     )
 
 
-def advance(state, carry: dict, F_new, config: SolverConfig, F_prev=None, change=None):
+def advance(
+    state, carry: dict, F_new, config: SolverConfig, F_prev=None, change=None, caches=()
+):
     """Next state from the solver-specific ``carry`` and the new objective value ``F_new``.
 
     Records ``F_new`` in the history, computes the relative change ``|change| / |F_prev|``
     (``F_prev`` defaults to ``state.loss``, ``change`` to ``F_new - F_prev``; a solver that
     knows its change of F more accurately passes it) and the status.  On a non-finite ``F_new`` every field that is
-    not bookkeeping (the iterate, caches, optimiser state and ``loss``) keeps its previous
-    value, so the last finite iterate is what comes back.
+    not bookkeeping (the iterate, optimiser state and ``loss``) keeps its previous
+    value, so the last finite iterate is what comes back.  The fields named in ``caches``
+    are exempt: a non-finite F ends the fit, whose result never reads a cache, and
+    restoring one would keep the previous value alive beside the new one to the end of the
+    iteration (for ``G S`` one more n x n array at the solver's peak).
     """
     F_prev = state.loss if F_prev is None else F_prev
     finite = jnp.isfinite(F_new)
@@ -293,7 +307,7 @@ def advance(state, carry: dict, F_new, config: SolverConfig, F_prev=None, change
         **{
             f: jax.tree.map(keep, getattr(new, f), getattr(state, f))
             for f in new._fields
-            if f not in _TRACKED
+            if f not in _TRACKED and f not in caches
         }
     )
     if config.progress:

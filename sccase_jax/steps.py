@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sccase_jax.ops import inner
+from sccase_jax.ops import select_sum
 
 __all__ = [
     "exact_h_step",
@@ -55,10 +55,11 @@ def safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
 
 
-def exact_z_step(D, DR, GDR, lam):
-    """Exact line minimiser for Z; ``DR = D o R`` and ``GDR = G @ DR``."""
+def exact_z_step(D, R, GDR, lam):
+    """Exact line minimiser for Z; ``R`` the mask and ``GDR = G @ (D o R)``."""
     dd = jnp.vdot(D, D)
-    return safe_div(dd, 2.0 * (inner(DR, GDR) + lam * dd))
+    # <D o R, G (D o R)> as one masked pass over D and the product (see select_sum).
+    return safe_div(dd, 2.0 * (select_sum(R, D * GDR, jnp.zeros((), D.dtype)) + lam * dd))
 
 
 def exact_w_step(D, HHt, gamma):

@@ -16,12 +16,12 @@ well, which keeps the inactive components exactly zero even for objectives of
 :mod:`sccase_jax.variants` that lack the fixed point.
 
 Memory.  Each member carries its own n x n Z.  While a batch runs, one member holds about
-a dozen n x n arrays at once (Z and its cache ``G S``, the gradient, its masked product,
-``H^T H``, the trial point of the guarded line search and its cache, and the loop's copy),
-so plan on roughly ``12 n^2`` floats per member plus the shared ``G`` and X (XLA's
-compiled memory analysis on CPU reports 8 n^2 of temporaries for one member and 9.6 n^2
-per member in a batch of 4, plus the n^2 of its output Z); at float32
-that is about 48 n^2 bytes (n = 2,000 cells: ~190 MB per member; n = 10,000: ~4.8 GB).
+six n x n arrays at once (Z and its cache ``G S``, the gradient, a product's operand and
+result; in the W and H steps the new Z beside the previous one, ``S`` and ``Q``), so plan
+on roughly ``7 n^2`` floats per member plus the shared ``G`` and X (XLA's compiled memory
+analysis on CPU, n = 800: 5.3 n^2 of temporaries per member in a batch of 1 and of 4,
+plus the n^2 of its output Z); at float32 that is about 28 n^2 bytes (n = 2,000 cells:
+~110 MB per member; n = 10,000: ~2.8 GB).
 The returned factors hold another ``n^2`` per member on the host (``keep_factors=False``
 drops them).  ``batch_size`` bounds how many members are on the device at once; batches
 run one after another, each padded to the same size so that they share one compilation.

@@ -38,6 +38,17 @@ def test_block_width_bounds_the_temporary():
     assert ops._block_cols(m=400, n=100) == 25
 
 
+def test_gap_and_select_sum_equal_their_plain_forms():
+    # The memory-motivated forms of the solver compute the same values as the plain ones.
+    rng = np.random.default_rng(2)
+    Z, H = jnp.asarray(rng.random((7, 7))), jnp.asarray(rng.random((3, 7)))
+    np.testing.assert_allclose(ops.gap(Z, H), Z - H.T @ H, rtol=1e-12)
+    R = jnp.asarray(rng.random((7, 7)) < 0.6)
+    A, B = jnp.asarray(rng.random((7, 7))), jnp.asarray(rng.random((7, 7)))
+    ref = float(np.sum(np.where(np.asarray(R), np.asarray(A), np.asarray(B))))
+    assert float(ops.select_sum(R, A, B)) == pytest.approx(ref, rel=1e-12)
+
+
 def test_choose_gram_follows_flop_estimate():
     very_sparse = _sparse(20, 4000, density=0.001)
     dense_ish = _sparse(2000, 50, density=0.5)

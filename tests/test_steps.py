@@ -48,7 +48,7 @@ def test_exact_z_step_is_line_minimiser(seed, shape, lam):
     F = _loss_fn(data, hp)
     D = jax.grad(F, argnums=2)(W, H, Z)
     Rf = data.R.astype(Z.dtype)
-    d = exact_z_step(D, D * Rf, data.G @ (D * Rf), hp.lam)
+    d = exact_z_step(D, data.R, data.G @ (D * Rf), hp.lam)
     _assert_line_minimum(lambda t: F(W, H, Z - t * D), d)
 
 
