@@ -58,17 +58,14 @@ def output_variant(X, Z, kind: str, beta: float = 0.5):
     (the default output is this with beta = 0.8).  ``colnorm``: ``X Zc``.
     """
     from sccase_jax.api import enhanced_matrix
-    from sccase_jax.tl import minmax_scale
+    from sccase_jax.tl import minmax_scale, output_weights
 
     if kind == "xz_minmax":
         return minmax_scale(enhanced_matrix(X, Z))
-    Zc = Z / np.maximum(Z.sum(axis=0, keepdims=True), 1e-30)
-    XZ = enhanced_matrix(X, Zc)
-    if kind == "colnorm":
-        return XZ
-    if kind == "mix":
-        return (1 - beta) * X.T.toarray().astype(np.float32) + beta * XZ
-    raise ValueError(kind)
+    weights = {"colnorm": 1.0, "mix": beta}
+    if kind not in weights:
+        raise ValueError(kind)
+    return enhanced_matrix(X, output_weights(Z, "blend", weights[kind]))
 
 
 def score(M, labels, transform, seeds=(0, 1, 2)):
@@ -108,13 +105,12 @@ def truth_scores(E, truth):
 
 
 def run_dataset(name: str, seeds, variants, recovery: bool, figures: bool) -> dict:
-    import anndata as ad
-
+    from sccase_jax.api import enhanced_matrix
     from sccase_jax.metrics import imbalance_index
     from sccase_jax.plotting import plot_embeddings, plot_loss
     from sccase_jax.preprocessing import tfidf
     from sccase_jax.recovery import knn_average, run_recovery
-    from sccase_jax.tl import enhance
+    from sccase_jax.tl import enhance, minmax_scale
 
     a = load(name)
     a.X = sp.csr_matrix(a.X)
@@ -162,16 +158,12 @@ def run_dataset(name: str, seeds, variants, recovery: bool, figures: bool) -> di
         r, emb_enh = score(out.layers["sccase"], lab, None)
         add("scCASE default", s, r, k=k, n_iter=int(info["n_iter"]), time_s=t_fit)
         if has_truth:
-            from sccase_jax.api import enhanced_matrix
-
             if s == seeds[0]:
                 add_truth("observed counts", None, out.X, out.obs_names, out.var_names)
                 add_truth("raw TF-IDF (l2)", None, X.T, out.obs_names, out.var_names)
             add_truth("scCASE default", s, out.layers["sccase"], out.obs_names, out.var_names)
             XZ = enhanced_matrix(X, out.obsp["sccase_Z"])
             add_truth("scCASE default fit, X Z unscaled", s, XZ, out.obs_names, out.var_names)
-            from sccase_jax.tl import minmax_scale
-
             add_truth("scCASE default fit, X Z min-max", s, minmax_scale(XZ), out.obs_names,
                       out.var_names)
         t1 = time.perf_counter()

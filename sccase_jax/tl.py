@@ -53,6 +53,15 @@ def minmax_scale(E: np.ndarray) -> np.ndarray:
 OUTPUTS = ("blend", "xz")
 
 
+def _check_output(output: str, blend) -> None:
+    if output not in OUTPUTS:
+        raise InputError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if output == "blend" and not (
+        isinstance(blend, (int, float, np.floating)) and 0.0 <= float(blend) <= 1.0
+    ):
+        raise InputError(f"blend must be a number in [0, 1], got {blend!r}")
+
+
 def output_weights(Z, output: str = "blend", blend: float = 0.8) -> np.ndarray:
     """The n x n matrix ``B`` whose product ``X B`` is the enhanced matrix.
 
@@ -62,13 +71,10 @@ def output_weights(Z, output: str = "blend", blend: float = 0.8) -> np.ndarray:
     ``Z``-weighted average of the cells (a column of ``Z`` without weight keeps the cell's
     own profile).  Either way the product runs through the same dense or blocked code.
     """
-    if output not in OUTPUTS:
-        raise InputError(f"output must be one of {OUTPUTS}, got {output!r}")
+    _check_output(output, blend)
     Z = np.asarray(Z)
     if output == "xz":
         return Z
-    if not (isinstance(blend, (int, float, np.floating)) and 0.0 <= float(blend) <= 1.0):
-        raise InputError(f"blend must be a number in [0, 1], got {blend!r}")
     s = Z.sum(axis=0)
     empty = ~(s > 0)
     B = Z * (float(blend) / np.where(empty, 1, s)).astype(Z.dtype)
@@ -220,7 +226,7 @@ def enhance(
         output = "xz" if release else "blend"
     if scale_output is None:
         scale_output = output == "xz"
-    output_weights(np.zeros((1, 1), np.float32), output, blend)  # validate before the fit
+    _check_output(output, blend)  # before the fit, not after it
     if lam is None:
         lam = 1e6 if reference is None else 1e5
     if min_cells_frac is None:
