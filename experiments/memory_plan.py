@@ -3,10 +3,12 @@
 Compiles ``solver.run_donated`` (nothing is run or timed) on the synthetic data of
 ``benchmark.py`` and prints ``compiled.memory_analysis()`` as ``experiments/benchmark.py``
 reports it: ``temps`` (the working memory of the while-loop fit) and ``solver`` =
-arguments + temps + outputs - donated, without X and without G (the input in Gram form).
+arguments + temps + outputs - donated, without X and without G (the input in Gram form;
+not formed with ``--gram sparse``).
 
     python experiments/memory_plan.py                       # n = 1000 and 2000, defaults
     python experiments/memory_plan.py 4000 --config rescale_h=True --config guard=False
+    python experiments/memory_plan.py 1000 --gram sparse    # X kept as BCOO, G never formed
 
 Each ``--config key=value`` adds a row per size with that ``SolverConfig`` field changed.
 """
@@ -21,7 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def plan(n: int, config: dict) -> dict:
+def plan(n: int, config: dict, gram: str = "dense") -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -34,13 +36,13 @@ def plan(n: int, config: dict) -> dict:
 
     C, _ = synthetic_counts(n, 10 * n)
     X, _, _ = preprocess(C.T.tocsr().astype(np.float64))
-    prob = prepare(X, 9, gram="dense", dtype=jnp.float32, nmf_iter=5)
+    prob = prepare(X, 9, gram=gram, dtype=jnp.float32, nmf_iter=5)
     ma = (
         run_donated.lower(prob.data, prob.factors, prob.hp, config=SolverConfig(**config))
         .compile()
         .memory_analysis()
     )
-    nbytes = lambda a: sum(x.nbytes for x in jax.tree.leaves(a))  # noqa: E731
+    nbytes = lambda a: sum(x.nbytes for x in jax.tree.leaves(a)) if a is not None else 0  # noqa: E731
     u = 4.0 * X.shape[1] ** 2
     total = (
         ma.argument_size_in_bytes + ma.temp_size_in_bytes + ma.output_size_in_bytes
@@ -59,6 +61,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sizes", nargs="*", type=int, default=[1000, 2000])
     ap.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--gram", choices=("dense", "sparse"), default="dense",
+                    help="products through the formed G (default) or through sparse X")
     args = ap.parse_args()
     configs = [{}] + [
         {k: ast.literal_eval(v)} for k, v in (c.split("=", 1) for c in args.config)
@@ -67,8 +71,9 @@ def main():
     print("|---|---|---|---|---|---|")
     for n in args.sizes:
         for cfg in configs:
-            p = plan(n, cfg)
+            p = plan(n, cfg, args.gram)
             name = ", ".join(f"{k}={v}" for k, v in cfg.items()) or "defaults"
+            name += ", gram=sparse" if args.gram == "sparse" else ""
             print(f"| {p['cells']} | {name} | {p['X']:.2f} | {p['R']:.2f} | "
                   f"{p['temps']:.2f} | {p['solver']:.2f} |")
 

@@ -5,7 +5,8 @@ One solver iteration multiplies by G twice (``G S`` and ``G (D o R)``).  Two way
 - ``"dense"``: ``G @ A`` with G formed once (n x n); :math:`n^3` multiply-adds.
 - ``"sparse"``: ``X^T (X A)`` with X kept as a ``BCOO`` matrix; :math:`2\,nnz(X)\,n`
   multiply-adds, G is never formed (``Data.G is None``).  ``X A`` is computed in column
-  blocks of A so the m x b temporary stays no larger than an n x n array.
+  blocks of A, one block at a time, so its temporaries (m x b, and nnz x b inside the
+  ``BCOO`` product) stay within a few n x n arrays.
 
 Which one runs is decided by the *structure* of :class:`~sccase_jax.params.Data` (``G`` is
 ``None`` or not), so it is static under ``jit`` and needs no config field.
@@ -68,24 +69,48 @@ def choose_gram(X, mode: str = "auto", backend: str | None = None) -> str:
     return "sparse" if SPARSE_PENALTY.get(backend, 100.0) * f["sparse"] < f["dense"] else "dense"
 
 
-def _block_cols(m: int, n: int) -> int:
-    return int(max(1, min(n, (n * n) // max(m, 1))))
+# Size of one block's temporaries in the sparse path, in n x n arrays.  1 instead of 4
+# saved 1.4 n^2 of XLA's plan but made the product 1.8x slower at 1,000 cells (five times
+# the sequential blocks); 16 added 12 n^2 for 10 % speed.
+SPARSE_BLOCK_BUDGET = 4
+
+
+def _block_cols(m: int, n: int, nnz: int = 0) -> int:
+    """Columns of A per block of the sparse path, so its temporaries stay within a few n x n.
+
+    ``X @ A_b`` is m x b, and a ``BCOO`` product with a dense right-hand side gathers one
+    row of ``A_b`` per stored entry of X (an nnz x b temporary), so
+    b = budget n^2 / max(m, nnz), at least 1.
+    """
+    return int(max(1, min(n, (n * n * SPARSE_BLOCK_BUDGET) // max(m, nnz, 1))))
 
 
 def gram_matmul(data, A):
-    """``G @ A`` for ``data`` with a formed ``G``, else ``X^T (X A)`` in column blocks."""
+    """``G @ A`` for ``data`` with a formed ``G``, else ``X^T (X A)`` in column blocks.
+
+    The blocks run one after another in a ``lax.fori_loop``, so one block's temporaries
+    are alive at a time.  An unrolled Python loop let XLA schedule all of them at once,
+    and the block width ignored nnz: XLA's plan of a whole fit held about 380 n x n arrays
+    of temporaries at 1,000 cells of 3.7 % density (nnz = 0.37 n^2), now 10.6
+    (``experiments/memory_plan.py --gram sparse``; the dense-G path: 4.5).  The last block is
+    shifted left to end at column p (``dynamic_slice`` clamps its start), recomputing a
+    few columns with the same values instead of padding A.
+    """
     if data.G is not None:
         return data.G @ A
     X = data.X
     m, n = X.shape
     p = A.shape[1]
-    b = _block_cols(m, n)
+    b = _block_cols(m, n, getattr(X, "nse", 0))
     if b >= p:
         return _xtx(X, A)
-    out = jnp.empty((n, p), A.dtype)
-    for j in range(0, p, b):  # static, unrolled: ceil(p / b) <= m / n + 1 blocks
-        out = jax.lax.dynamic_update_slice(out, _xtx(X, A[:, j : j + b]), (0, j))
-    return out
+
+    def body(i, out):
+        j = jnp.minimum(i * b, p - b)
+        blk = _xtx(X, jax.lax.dynamic_slice_in_dim(A, j, b, axis=1))
+        return jax.lax.dynamic_update_slice_in_dim(out, blk.astype(out.dtype), j, axis=1)
+
+    return jax.lax.fori_loop(0, -(-p // b), body, jnp.zeros((n, p), A.dtype))
 
 
 def _xtx(X, A):

@@ -19,7 +19,7 @@ def _sparse(m, n, density=0.2, seed=0):
     return sp.random(m, n, density=density, random_state=rng, format="csr") * 3.0
 
 
-@pytest.mark.parametrize(("m", "n", "p"), [(8, 12, 5), (60, 10, 10), (45, 7, 3)])
+@pytest.mark.parametrize(("m", "n", "p"), [(8, 12, 5), (60, 10, 10), (45, 7, 3), (400, 10, 7)])
 def test_sparse_path_equals_dense_g(m, n, p):
     X = _sparse(m, n)
     A = jnp.asarray(np.random.default_rng(1).random((n, p)))
@@ -28,14 +28,33 @@ def test_sparse_path_equals_dense_g(m, n, p):
     bcoo = Data(X=jsparse.BCOO.from_scipy_sparse(X.tocoo()), G=None, R=None, P=None, M=None)
     ref = X.toarray().T @ (X.toarray() @ np.asarray(A))
     np.testing.assert_allclose(ops.gram_matmul(dense, A), ref, rtol=1e-10)
-    # (60, 10) splits A into column blocks of n^2 / m = 1 column: exercises the block loop.
+    # (60, 10) and (400, 10) split A into column blocks (of 6 and 1 columns): the block
+    # loop, with a last block shifted to end at column p in the first case.
     np.testing.assert_allclose(ops.gram_matmul(bcoo, A), ref, rtol=1e-10)
 
 
 def test_block_width_bounds_the_temporary():
-    assert ops._block_cols(m=100, n=10) == 1
+    budget = ops.SPARSE_BLOCK_BUDGET
+    assert ops._block_cols(m=100 * budget, n=10) == 1
     assert ops._block_cols(m=10, n=100) == 100
-    assert ops._block_cols(m=400, n=100) == 25
+    assert ops._block_cols(m=400, n=100) == 25 * budget
+    # The gather inside a BCOO product is nnz x b: nnz bounds the width when nnz > m.
+    assert ops._block_cols(m=400, n=100, nnz=4000) == 100 * 100 * budget // 4000
+    assert ops._block_cols(m=400, n=100, nnz=100 * 100 * budget) == 1
+
+
+def test_sparse_path_fit_plan_stays_within_a_few_n2():
+    # XLA's buffer plan of a whole fit through sparse X.  With the blocks unrolled (and
+    # their width blind to nnz) it held ~ nnz x n floats: ~400 n^2 here.
+    from sccase_jax.params import SolverConfig
+    from sccase_jax.solver import run_donated
+
+    n = 120
+    X = _sparse(10 * n, n, density=0.2, seed=4)
+    prob = api.prepare(X, 3, gram="sparse", dtype=jnp.float32, nmf_iter=2)
+    ma = run_donated.lower(prob.data, prob.factors, prob.hp, config=SolverConfig()).compile()
+    temps = ma.memory_analysis().temp_size_in_bytes / (4.0 * n * n)
+    assert temps < 40.0, temps  # 274 with the unrolled blocks; 20 now (O(m k) terms at this small n)
 
 
 def test_gap_and_select_sum_equal_their_plain_forms():
