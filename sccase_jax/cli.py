@@ -72,7 +72,9 @@ def write_h5ad_atomic(adata, out: str) -> None:
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     from sccase_jax.api import DEFAULT_MAX_ITER
 
-    p.add_argument("--k", type=int, default=None, help="number of components (default: estimated + 1)")
+    p.add_argument("--k", type=int, default=None,
+                   help="number of components (default: estimated number of types + 1; with "
+                        "--reference round(1.3 c), c at least the number of profiles)")
     p.add_argument("--lam", type=float, default=None,
                    help="weight of ||Z - H^T H||^2 (default 1e6; 1e5 with --reference)")
     p.add_argument("--gamma1", type=float, default=1.0, help="ridge weight on W (default 1)")
@@ -96,6 +98,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="min-max scale the output per peak then per cell (default for xz)")
     p.add_argument("--no-scale-output", dest="scale_output", action="store_false",
                    help="return the output unscaled (default for blend)")
+    p.add_argument("--neighbors", type=int, default=None, metavar="N",
+                   help="keep only each cell's N largest weights in Z for the output "
+                        "(default: all; docs/results.md, item 9)")
     p.add_argument("--binarize", action="store_true", help="binarise counts before TF-IDF")
     p.add_argument("--drop-empty-cells", action="store_true",
                    help="remove cells with no counts after peak filtering")
@@ -133,6 +138,7 @@ def _fit_kwargs(args) -> dict:
         output=args.output_type,
         blend=args.blend,
         scale_output=args.scale_output,
+        neighbors=args.neighbors,
         progress=not args.quiet,
         k_ref=args.k_ref,
         alpha=args.alpha,

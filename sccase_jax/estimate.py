@@ -14,7 +14,8 @@ preprocessed cells:
 
 The estimate is the mean of the three, rounded up, clipped to the range.  The released
 code then fits with k + 1 components (scCASE) or round(1.3 k) + k // 2500 (scCASER); that
-rule belongs to the caller (:func:`sccase_jax.tl.enhance` adds 1).
+rule belongs to the caller (:func:`sccase_jax.tl.enhance` adds 1, and with a reference
+takes k at least its number of profiles).
 
 Cost: one PCA, ``k_max - k_min + 1`` k-means fits (``n_init=1``) and a dozen Leiden runs on
 at most ``max_cells`` cells (a seeded subsample beyond that): about 2-5 s for 2,000 cells.

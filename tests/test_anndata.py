@@ -95,6 +95,42 @@ def test_output_weights():
         output_weights(Z, "wz")
 
 
+def test_output_weights_keep_each_cells_largest_weights():
+    from sccase_jax.tl import keep_largest, output_weights
+
+    rng = np.random.default_rng(5)
+    Z = rng.random((6, 6)).astype(np.float32)
+    K = keep_largest(Z, 2)
+    assert ((K != 0).sum(axis=0) == 2).all()
+    # the kept entries are each column's two largest, unchanged
+    top2 = np.sort(Z, axis=0)[-2:]
+    np.testing.assert_array_equal(np.sort(K, axis=0)[-2:], top2)
+    np.testing.assert_array_equal(keep_largest(Z, 6), Z)
+    np.testing.assert_array_equal(keep_largest(Z, 60), Z)
+    B = output_weights(Z, "blend", 0.8, neighbors=2)
+    np.testing.assert_allclose(B.sum(axis=0), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(B, output_weights(K, "blend", 0.8), rtol=1e-6)
+    np.testing.assert_array_equal(output_weights(Z, "xz", neighbors=2), K)
+    np.testing.assert_allclose(output_weights(Z, "blend", 0.8, neighbors=6),
+                               output_weights(Z, "blend", 0.8))
+    for bad in (0, -3, 2.5, True, "3"):
+        with pytest.raises(sccase_jax.InputError, match="neighbors"):
+            output_weights(Z, "blend", 0.8, neighbors=bad)
+
+
+def test_enhance_with_neighbors(small):
+    X, _, _ = preprocess(small.X.T, min_cells_frac=0.0, tfidf_variant="l2")
+    out = sccase_jax.enhance(small, 3, max_iter=2, seed=2, neighbors=5)
+    Z = out.obsp["sccase_Z"].astype(np.float64)
+    Zk = np.where(Z >= np.sort(Z, axis=0)[-5][None, :], Z, 0)  # no ties in a fitted Z
+    expect = 0.2 * X.toarray() + 0.8 * X.toarray() @ (Zk / Zk.sum(axis=0, keepdims=True))
+    np.testing.assert_allclose(out.layers["sccase"], expect.T, rtol=1e-4, atol=1e-6)
+    assert out.uns["sccase"]["params"]["neighbors"] == 5
+    assert sccase_jax.enhance(small, 3, max_iter=1).uns["sccase"]["params"]["neighbors"] == "none"
+    with pytest.raises(sccase_jax.InputError, match="neighbors"):
+        sccase_jax.enhance(small, 3, max_iter=1, neighbors=0)
+
+
 def test_input_untouched(small):
     before = small.copy()
     sccase_jax.enhance(small, 2, max_iter=1)

@@ -55,6 +55,7 @@ def test_quiet_prints_nothing(small_file, tmp_path):
         (None, ["--k", "0"], "n_components must be >= 1"),
         (None, ["--k", "1000"], "exceeds"),
         (None, ["--layer", "counts"], "layer 'counts' not found"),
+        (None, ["--neighbors", "0"], "neighbors must be a positive integer"),
     ],
 )
 def test_bad_input_one_line_error(small_file, tmp_path, make_input, extra, match):

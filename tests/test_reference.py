@@ -304,6 +304,22 @@ def test_enhance_with_reference_records_match_and_ignores_peak_order(bm):
         enhance(small, k_ref=2, **kw)
 
 
+def test_default_k_with_reference_keeps_a_column_per_profile(bm, monkeypatch):
+    import sccase_jax.estimate as est
+
+    full, small = bm
+    ref = pseudobulk_reference(full.X, full.obs["cell_type"].values, var=full.var)  # 6 profiles
+    monkeypatch.setattr(est, "estimate_n_components", lambda X, seed=0: 2)
+    out = enhance(small, reference=ref, max_iter=1)
+    # c = max(estimate 2, 6 profiles) = 6, then the scCASER rule round(1.3 c) = 8; k_ref 6
+    assert out.uns["sccase"]["params"]["n_components"] == 8
+    assert out.uns["sccase"]["reference"]["k_ref"] == 6
+    monkeypatch.setattr(est, "estimate_n_components", lambda X, seed=0: 9)
+    out = enhance(small, reference=ref, max_iter=1)
+    assert out.uns["sccase"]["params"]["n_components"] == 12  # the estimate wins: round(11.7)
+    assert out.uns["sccase"]["reference"]["k_ref"] == 6
+
+
 def test_enhance_refuses_unusable_reference(bm):
     _, small = bm
     bad = ad.AnnData(np.ones((2, 3), np.float32), var=var_of(["chrZ:1-2", "chrZ:5-9", "chrZ:20-30"]))
