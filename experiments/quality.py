@@ -6,6 +6,7 @@ Usage (one dataset per call keeps each run under ~15 minutes on 2 cores)::
     python experiments/quality.py --dataset granja2019_bm600 --seeds 0 1 2
     python experiments/quality.py --dataset chromvar_example_counts --seeds 0 1 2
     python experiments/quality.py --dataset sim_corces2016 --seeds 0 1 2   # simulated
+    python experiments/quality.py --dataset granja2019_D6T1_2k_types3pct   # paper: types >= 3 %
     python experiments/quality.py --report          # docs/results_tables.md from the saved JSONs
 
 Per dataset and enhancement seed it fits scCASE with the package defaults
@@ -86,9 +87,21 @@ def score(M, labels, transform, seeds=(0, 1, 2)):
 SIMULATED = {"sim_corces2016": dict(n_cells=100, depth=100.0, depth_sd=0.5, noise=0.7, seed=0)}
 
 
+# The paper's protocol drops cell types below 3 % of the cells ("to ensure evaluation
+# credibility", methods text); the issue's D6T1 target keeps all 16.  Both are reported.
+MIN_TYPE_FRAC = {"granja2019_D6T1_2k_types3pct": ("granja2019_D6T1_2k", 0.03)}
+
+
 def load(name: str):
     import anndata as ad
 
+    if name in MIN_TYPE_FRAC:
+        base, frac = MIN_TYPE_FRAC[name]
+        a = load(base)
+        share = a.obs["cell_type"].astype(str).map(a.obs["cell_type"].astype(str).value_counts(normalize=True))
+        a = a[share.to_numpy() >= frac].copy()
+        a.obs["cell_type"] = a.obs["cell_type"].astype(str).astype("category")
+        return a
     if name in SIMULATED:
         from sccase_jax.datasets import simulate_from_bulk
 
