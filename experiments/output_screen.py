@@ -40,10 +40,6 @@ def colnorm(Z):
     return Z / np.where(c > 0, c, 1)
 
 
-def keep(Z, mask):
-    return np.where(mask, np.maximum(Z, 0), 0)
-
-
 def weights(v: str, Z, H):
     """The n x n weight matrix of variant ``v`` (Z n x n, H cells x k)."""
     from sccase_jax.tl import output_weights
@@ -68,12 +64,11 @@ def weights(v: str, Z, H):
         return 0.2 * eye + 0.8 * colnorm(Zp / np.where(r > 0, r, 1)[:, None])
     if v.startswith("top"):
         N = {"topk": n // k, "top2k": 2 * n // k, "toph": n // (2 * k)}.get(v) or int(v[3:])
-        N = max(1, min(N, n - 1))
-        thr = -np.partition(-np.asarray(Z), N - 1, axis=0)[N - 1]
-        return 0.2 * eye + 0.8 * colnorm(keep(Z, Z >= thr[None, :]))
+        return output_weights(Z, "blend", 0.8, neighbors=max(1, min(N, n - 1)))
     if v.startswith("rel"):
         Zp = np.maximum(Z, 0)
-        return 0.2 * eye + 0.8 * colnorm(keep(Z, Zp >= float(v[3:]) * Zp.max(0, keepdims=True)))
+        return output_weights(np.where(Zp >= float(v[3:]) * Zp.max(0, keepdims=True), Zp, 0),
+                              "blend", 0.8)
     raise ValueError(f"unknown variant {v!r}")
 
 

@@ -44,8 +44,10 @@ GRAM_MODES = ("dense", "sparse", "auto")
 # backend, measured by ``experiments/benchmark.py crossover`` (docs/performance.md):
 # 137..222 on an idle 2-core CPU (76..110 under heavy load, when the dense products slow
 # down more); 56..166 with the sequential blocks of :func:`gram_matmul` (2026-11-27:
-# faster at 0.1-0.5 % density, 1.5x slower at 3.7 %, where dense wins by 100x anyway); 122..214 on an H200 at 4,000 cells (7..90 at 1,000-2,000 cells, where both
-# products take well under a millisecond).  The TPU figure is unmeasured.
+# faster at 0.1-0.5 % density, 1.5x slower at 3.7 %, where dense wins by 100x anyway);
+# 122..214 on an H200 at 4,000 cells (7..90 at 1,000-2,000 cells, where both products
+# take well under a millisecond; measured before the sequential blocks).  The TPU figure
+# is unmeasured.
 SPARSE_PENALTY = {"cpu": 150.0, "gpu": 150.0, "tpu": 150.0}
 
 
