@@ -91,6 +91,7 @@ from sccase_jax.preprocessing import preprocess
 from sccase_jax.solver import run_donated as run
 path, k, max_iter, tol, gram = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 precision = None if sys.argv[6] == "none" else sys.argv[6]
+z_step = sys.argv[7]
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 counts = sp.load_npz(path).T.tocsr().astype(np.float64)
 rss_input = rss()
@@ -102,7 +103,7 @@ t0 = time.perf_counter()
 prob = prepare(X, k, gram=gram, dtype=jnp.float32)
 jax.block_until_ready(prob)
 t["initialisation"] = time.perf_counter() - t0
-cfg = SolverConfig(max_iter=max_iter, tol=tol, precision=precision)
+cfg = SolverConfig(max_iter=max_iter, tol=tol, precision=precision, z_step=z_step)
 t0 = time.perf_counter()
 compiled = run.lower(prob.data, prob.factors, prob.hp, config=cfg).compile()
 t["compile"] = time.perf_counter() - t0
@@ -152,6 +153,7 @@ best = matmul_time(precision)
 print(json.dumps(dict(times=t, n_iter=n_iter, peak_rss=peak, input_rss=rss_input, matmul_s=best, plan=plan,
                       cells=int(n), peaks=int(X.shape[0]), nnz=int(X.nnz), gram=gram_used,
                       final_loss=final_F, status=status, precision=precision, device_peak=device_peak,
+                      z_step=z_step, products=1 if z_step == "free" else 2,
                       device_kind=jax.devices()[0].device_kind,
                       backend=jax.default_backend(), devices=len(jax.devices()))))
 """
@@ -264,7 +266,7 @@ def install_release():
     subprocess.run([os.path.join(RELEASE_VENV, "bin", "pip"), "install", "-q", *RELEASE_PINS], check=True)
 
 
-def run_specs(specs, gram="auto", precision="highest", tag=""):
+def run_specs(specs, gram="auto", precision="highest", tag="", z_step="free"):
     os.makedirs(RESULTS, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs:
@@ -277,8 +279,8 @@ def run_specs(specs, gram="auto", precision="highest", tag=""):
             if impl == "jax":
                 max_iter, tol = (100, 1e-6) if iters == "tol" else (int(iters), 0.0)
                 env = dict(os.environ, PYTHONPATH=ROOT)
-                res, wall = _child(sys.executable, JAX_CHILD, [path, k, max_iter, tol, gram, precision or "none"],
-                                   ROOT, env)
+                res, wall = _child(sys.executable, JAX_CHILD,
+                                   [path, k, max_iter, tol, gram, precision or "none", z_step], ROOT, env)
             elif impl == "release":
                 py = os.path.join(RELEASE_VENV, "bin", "python")
                 if not os.path.exists(py):
@@ -342,7 +344,8 @@ def _gpu_section(tag, cpu):
         return []
     m = next(iter(runs.values())).get("machine", {})
     kind = next(iter(runs.values())).get("device_kind", "?")
-    L = ["", f"## On a GPU (runs tagged `{tag}`)", "",
+    where = "this CPU" if m.get("backend") == "cpu" else "a GPU"
+    L = ["", f"## On {where} (runs tagged `{tag}`)", "",
          f"Device: {kind} ({m.get('backend', '?')}); host {m.get('cpu', '?')}, {m.get('cores', '?')} cores; "
          f"JAX {m.get('jax', '?')}; measured {min(r['when'] for r in runs.values())}.  "
          "`precision` is `SolverConfig.precision` of the fit and of its reference product "
@@ -352,8 +355,8 @@ def _gpu_section(tag, cpu):
          "Init and output are timed cold (their compilation included) and, in brackets, "
          "again in the same process once compiled.", "",
          "| data | precision | iters | final F | init s (warm) | compile s | per iter s | output s (warm) | total s "
-         "| matmul s | per iter / (2 matmul) | device peak / (4 n^2 B) | release CPU per iter / this |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| matmul s | Z step | per iter / (p matmul) | device peak / (4 n^2 B) | release CPU per iter / this |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (case, impl, iters), r in sorted(runs.items()):
         t, n = r["times"], r["cells"]
         rel = cpu.get((case, "release", "3"))
@@ -363,7 +366,8 @@ def _gpu_section(tag, cpu):
                  f"{r.get('final_loss', float('nan')):.6g} | {_fmt(t['initialisation'])} ({_fmt(t.get('initialisation_warm'))}) | "
                  f"{_fmt(t.get('compile'))} | {_fmt(t['per_iteration'])} | {_fmt(t['output'])} ({_fmt(t.get('output_warm'))}) | "
                  f"{_fmt(t['total'])} | {_fmt(r['matmul_s'])} | "
-                 f"{t['per_iteration'] / (2 * r['matmul_s']):.2f} | "
+                 f"{r.get('z_step', 'gradient')} (p = {r.get('products', 2)}) | "
+                 f"{t['per_iteration'] / (r.get('products', 2) * r['matmul_s']):.2f} | "
                  f"{(dp / (4 * n * n)) if dp else float('nan'):.1f} | {ratio} |")
     cross = os.path.join(RESULTS, f"crossover_{tag}.json")
     if os.path.exists(cross):
@@ -389,7 +393,8 @@ def report(path):
          "before each run: " + ", ".join(f"{c}:{i}:{it} {r['load_before'][0]:.1f}" for (c, i, it), r in sorted(res.items()))
          + ".  The ratio of a JAX iteration to the matmul measured in the same subprocess is the "
          "figure least sensitive to load.", "",
-         ("GPU figures: see the section *On a GPU* below." if _tags() else
+         ("GPU figures: see the sections *On a GPU* below." if any(
+             next(iter(_load(t).values()), {}).get("backend") != "cpu" for t in _tags()) else
           "**GPU figures: not yet measured** (no device was lent to this task)."), "",
          "## Stages: sccase_jax vs the release (sccase 0.2.5)", "",
          "| data | cells x peaks | impl | iters | preprocess s | init s | compile s | per iter s | output s | total s | peak RSS GB | n^2 floats in GB |",
@@ -417,17 +422,23 @@ def report(path):
                  f"{r['times']['initialisation'] / j['times']['initialisation']:.1f}x | {tot} | "
                  f"{r['peak_rss'] / j['peak_rss']:.2f}x |")
     L += ["", "## How close to the hardware", "",
-          "An iteration needs at least two dense n x n x n products (`G S` for the gradient cache, "
-          "`G (D o R)` for the exact Z step).  `matmul` is the best of 3 jitted float32 n x n "
-          "products measured in the same subprocess right after the fit.", "",
-          "| data | per iter s | matmul s | per iter / (2 matmul) | (peak RSS - input) / (4 n^2 bytes) |",
-          "|---|---|---|---|---|"]
+          "An iteration cannot avoid p dense n x n x n products: p = 1 with the default Z step "
+          "(`z_step=\"free\"`: `G (P o R)`, whose multiple updates the cache `G S`), p = 2 with "
+          "the paper's (`z_step=\"gradient\"`: `G (D o R)` for the exact step and the trial's "
+          "`G S`; runs before 2026-11-27 all used it).  `matmul` is the best of 5 jitted float32 "
+          "n x n products measured in the same subprocess right after the fit.", "",
+          "| data | Z step | per iter s | matmul s | per iter / matmul | per iter / (p matmul) "
+          "| (peak RSS - input) / (4 n^2 bytes) |",
+          "|---|---|---|---|---|---|---|"]
     for (case, impl, iters), r in sorted(res.items()):
         if impl != "jax":
             continue
         n = r["cells"]
-        L.append(f"| {case} ({r['n_iter']} it) | {_fmt(r['times']['per_iteration'])} | {_fmt(r['matmul_s'])} | "
-                 f"{r['times']['per_iteration'] / (2 * r['matmul_s']):.2f} | "
+        p = r.get("products", 2)
+        L.append(f"| {case} ({r['n_iter']} it) | {r.get('z_step', 'gradient')} (p = {p}) | "
+                 f"{_fmt(r['times']['per_iteration'])} | {_fmt(r['matmul_s'])} | "
+                 f"{r['times']['per_iteration'] / r['matmul_s']:.2f} | "
+                 f"{r['times']['per_iteration'] / (p * r['matmul_s']):.2f} | "
                  f"{(r['peak_rss'] - r['input_rss']) / (4 * n * n):.1f} |")
     L += ["", "## Device memory of the fit (XLA's buffer plan)", "",
           "From `compiled.memory_analysis()` of the jitted fit (`run_donated`), in units of one "
@@ -479,6 +490,8 @@ def main(argv=None):
     p.add_argument("--precision", default="highest",
                    help="SolverConfig.precision of the fit (none: JAX's default)")
     p.add_argument("--tag", default="", help="suffix of the result files, e.g. gpu")
+    p.add_argument("--z-step", default="free", choices=("free", "gradient"),
+                   help="SolverConfig.z_step of the fit (gradient: the paper's two-product Z step)")
     p = sub.add_parser("crossover")
     p.add_argument("--tag", default="")
     p = sub.add_parser("report")
@@ -487,7 +500,7 @@ def main(argv=None):
     if a.cmd == "install-release":
         install_release()
     elif a.cmd == "run":
-        run_specs(a.specs, a.gram, None if a.precision == "none" else a.precision, a.tag)
+        run_specs(a.specs, a.gram, None if a.precision == "none" else a.precision, a.tag, a.z_step)
     elif a.cmd == "crossover":
         crossover(a.tag)
     else:

@@ -81,6 +81,12 @@ class SolverConfig(NamedTuple):
     w_step
         ``"exact"``: the exact line minimiser including the ``gamma1``/``alpha`` terms;
         ``"printed"``: the paper's printed Eq. 8 (and the released code), without ``gamma1``.
+    z_step
+        ``"free"``: the exact step along the gradient without the entries held at the bound
+        (``Z = 0`` where the gradient is positive), one n x n x n product per step, the
+        trial's ``G S`` updated from it (docs/model.md); ``"gradient"``: the paper's Eq.
+        9-11, the exact step along the full gradient, then projected (two products, the
+        released code).
     h_step
         ``"backtrack"`` (paper): try ``h_step_init`` and shrink by ``h_step_shrink`` until F
         does not increase, at most ``h_max_trials`` trials; ``"exact"``: the minimiser of the
@@ -105,6 +111,7 @@ class SolverConfig(NamedTuple):
     max_iter: int = 30
     tol: float = 1e-6
     w_step: str = "exact"
+    z_step: str = "free"
     h_step: str = "backtrack"
     h_step_init: float = 0.2
     h_step_shrink: float = 0.2
@@ -119,7 +126,8 @@ class SolverConfig(NamedTuple):
 def release_config(**overrides) -> SolverConfig:
     """Settings that reproduce the authors' release (sccase 0.2.5).
 
-    Three fixed iterations, H rows rescaled to sum 1 each iteration, the printed W step,
+    Three fixed iterations, H rows rescaled to sum 1 each iteration, the Z step along the
+    full gradient, the printed W step,
     H trial steps ``0.2**i`` for ``i = 0..9`` and no monotonicity guard.  Combine with the
     row-normalised Jaccard start and the L2 TF-IDF to compare with the original.
     """
@@ -127,6 +135,7 @@ def release_config(**overrides) -> SolverConfig:
         max_iter=3,
         tol=0.0,
         w_step="printed",
+        z_step="gradient",
         h_step="backtrack",
         h_step_init=1.0,
         h_step_shrink=0.2,

@@ -140,8 +140,9 @@ def line_search(x, D, d0, shrink, max_trials, objective, F_cur, aux0, accept_any
 
     Tries ``d0, d0 * shrink, ...`` (at most ``max_trials`` trials) and keeps the first
     candidate whose ``objective`` value is ``<= F_cur`` (a NaN never passes).  If none
-    passes, ``x`` is kept.  ``objective(candidate)`` returns ``(F, aux)``; ``aux`` (e.g.
-    ``G S``) is returned with the accepted point, ``aux0`` belongs to ``x``.  With
+    passes, ``x`` is kept.  ``objective(candidate, d)`` (``d`` the trial's step) returns
+    ``(F, aux)``; ``aux`` (e.g. ``G S``) is returned with the accepted point, ``aux0``
+    belongs to ``x``.  With
     ``accept_any`` the first trial is taken unconditionally (the released code's
     unguarded steps).
 
@@ -159,7 +160,7 @@ def line_search(x, D, d0, shrink, max_trials, objective, F_cur, aux0, accept_any
     d0 = jnp.asarray(d0, dtype)
 
     def trial(d):
-        F, aux = objective(project(x - d * D))
+        F, aux = objective(project(x - d * D), d)
         return F, aux, accept_any | (F <= F_cur)
 
     def cond(c):

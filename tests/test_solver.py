@@ -140,8 +140,9 @@ def test_donated_run_equals_run_and_consumes_its_factors():
     assert own.Z.is_deleted()
 
 
+@pytest.mark.parametrize("z_step", ["free", "gradient"])
 @pytest.mark.parametrize("k_ref", [0, 1])
-def test_each_step_reports_the_exact_change_of_f(k_ref):
+def test_each_step_reports_the_exact_change_of_f(k_ref, z_step):
     # The Z, W and H steps accept on F(new) - F(old) computed from differences (not by
     # comparing two rounded values of F); in float64 that must equal the full objective.
     from sccase_jax import solver as S
@@ -149,10 +150,10 @@ def test_each_step_reports_the_exact_change_of_f(k_ref):
     from sccase_jax.ops import masked
 
     data, f0, hp = tiny_problem(3, k_ref=k_ref)
-    cfg = SolverConfig()
+    cfg = SolverConfig(z_step=z_step)
     st = init_state(data, f0, hp, cfg)
     full = lambda Sm, GS, B, W, H, Z: float(gram_loss(Sm, GS, B, W, H, Z, data.P, data.M, hp))  # noqa: E731
-    Z, F1, GS = S._z_step(st, data, hp, cfg, st.loss)
+    Z, F1, GS, _, _ = S._z_step(st, data, hp, cfg, st.loss)
     Sm = masked(Z, data.R)
     np.testing.assert_allclose(np.asarray(GS), np.asarray(data.G @ Sm), rtol=1e-12, atol=1e-14)
     assert float(F1) == pytest.approx(full(Sm, GS, st.B, st.W, st.H, Z), rel=1e-12)
@@ -177,7 +178,7 @@ def test_z_step_sees_decreases_below_the_float32_resolution_of_f():
         data, f0, hp = tiny_problem(4, dtype=dtype)
         hp = hp._replace(gamma1=jnp.asarray(1e9, dtype))
         st = init_state(data, f0, hp, cfg)
-        Z, dF, _ = S._z_step(st, data, hp, cfg, jnp.zeros((), dtype))  # the change alone
+        Z, dF, _, _, _ = S._z_step(st, data, hp, cfg, jnp.zeros((), dtype))  # the change alone
         changes[dtype] = float(dF)
         if dtype == jnp.float32:
             spacing = float(np.spacing(np.float32(st.loss)))
@@ -206,3 +207,93 @@ def test_stopping_rule_uses_the_exact_change_of_f():
         if dtype == jnp.float64:
             assert rel[dtype] == pytest.approx(abs(float(st.loss - prev.loss)) / float(prev.loss), rel=1e-9)
     assert rel[jnp.float32] == pytest.approx(rel[jnp.float64], rel=2e-4)
+
+
+def crossing_problem(seed=0, n=14, lam=50.0):
+    """A start where one Z step cuts positive entries of Z to 0 in every column.
+
+    Each cell loads on one component, so ``H^T H`` is zero between cells of different
+    components; Z is ``H^T H`` there plus small positive entries, which the step (about
+    ``1 / (2 lam)`` times a gradient of about ``2 lam Z`` there) pushes below zero.
+    """
+    data, f0, hp = tiny_problem(seed, n=n, lam=lam)
+    rng = np.random.default_rng(seed)
+    H = np.zeros((3, n))
+    H[rng.integers(0, 3, n), np.arange(n)] = rng.random(n) + 0.5
+    HtH = H.T @ H
+    Z = np.where(HtH > 0, HtH, 1e-3 * rng.random((n, n)))
+    return data, f0._replace(H=jnp.asarray(H), Z=jnp.asarray(Z)), hp
+
+
+@pytest.mark.parametrize("block", [128, 4])
+def test_free_z_step_keeps_gs_exact_through_crossings(monkeypatch, block):
+    # The "free" Z step multiplies G once (by the direction) and adds the projection's
+    # correction on the columns where an entry of Z is cut to 0: in one block when they fit
+    # (block 128), else block by block in the line search and G S formed again after the
+    # iteration (block 4: 14 columns cross).  Either way the change of F it reports is
+    # exact and the state's G S is G (Z o R).
+    from sccase_jax import solver as S
+    from sccase_jax.losses import gram_loss
+    from sccase_jax.ops import masked
+
+    monkeypatch.setattr(S, "Z_CLIP_BLOCK", block)
+    data, f0, hp = crossing_problem()
+    cfg = SolverConfig()
+    st = init_state(data, f0, hp, cfg)
+    Z, dF, GS, _, stale = S._z_step(st, data, hp, cfg, jnp.zeros(()))
+    R = np.asarray(data.R)
+    cut = (np.asarray(st.Z) > 0) & (np.asarray(Z) == 0) & R
+    assert cut.any(axis=0).sum() == 14 and cut.sum() > 50
+    assert bool(stale) == (block < 14)
+    Sm = masked(Z, data.R)
+    F_new = gram_loss(Sm, data.G @ Sm, st.B, st.W, st.H, Z, data.P, data.M, hp)
+    assert float(dF) == pytest.approx(float(F_new - st.loss), rel=1e-10)
+    if not stale:
+        np.testing.assert_allclose(np.asarray(GS), np.asarray(data.G @ Sm), rtol=1e-12, atol=1e-13)
+    new = S.update(st, data, hp, cfg)
+    np.testing.assert_allclose(
+        np.asarray(new.GS), np.asarray(data.G @ masked(new.Z, data.R)), rtol=1e-12, atol=1e-13
+    )
+    assert float(new.GS_drift) == 0.0 if stale else float(new.GS_drift) > 0.0
+
+
+def test_free_z_step_is_exact_along_the_free_direction():
+    # Without crossings the free step is the minimiser of F along the gradient with the
+    # entries held at the bound removed: F at the new Z is below F at 0.9 and 1.1 times
+    # the step, and the move leaves Z = 0 entries with a positive gradient at 0.
+    from sccase_jax import solver as S
+    from sccase_jax.gradients import grad_z_gram
+    from sccase_jax.losses import gram_loss
+    from sccase_jax.ops import masked
+
+    data, f0, hp = crossing_problem(1)
+    # Z = H^T H exactly: 0 between cells of different components, where the gradient is
+    # the data term alone and positive on some entries, which stay held at 0.
+    f0 = f0._replace(Z=f0.H.T @ f0.H)
+    cfg = SolverConfig()
+    st = init_state(data, f0, hp, cfg)
+    D = grad_z_gram(st.GS, st.B, st.H, st.Z - st.H.T @ st.H, data.R, hp.lam)
+    held = (st.Z <= 0) & (D > 0)
+    assert int(held.sum()) > 0
+    P = jnp.where(held, 0.0, D)
+    Z, dF, _, _, _ = S._z_step(st, data, hp, cfg, jnp.zeros(()))
+    np.testing.assert_array_equal(np.asarray(Z)[np.asarray(held)], 0.0)
+    moved = np.abs(np.asarray(P)) > 1e-8
+    d = np.median((np.asarray(st.Z) - np.asarray(Z))[moved] / np.asarray(P)[moved])
+    np.testing.assert_allclose(np.asarray(Z), np.asarray(st.Z - d * P), rtol=1e-10, atol=1e-14)
+
+    def F(t):
+        Zt = jnp.maximum(st.Z - t * P, 0)
+        Sm = masked(Zt, data.R)
+        return float(gram_loss(Sm, data.G @ Sm, st.B, st.W, st.H, Zt, data.P, data.M, hp))
+
+    assert F(d) < F(0.9 * d) and F(d) < F(1.1 * d)
+    assert float(dF) == pytest.approx(F(d) - F(0.0), rel=1e-10)
+
+
+def test_z_step_setting_is_checked_and_release_uses_the_paper_step():
+    assert release_config().z_step == "gradient"
+    assert SolverConfig().z_step == "free"
+    data, f0, hp = tiny_problem(0)
+    with pytest.raises(ValueError, match="z_step"):
+        run(data, f0, hp, SolverConfig(z_step="fast"))

@@ -117,7 +117,7 @@ def test_exact_h_step_picks_lower_of_two_minima():
 
 
 def test_line_search_backtracks_and_never_increases():
-    f = lambda x: (jnp.sum((x - 1.0) ** 2), None)  # noqa: E731
+    f = lambda x, d=None: (jnp.sum((x - 1.0) ** 2), None)  # noqa: E731
     x = jnp.zeros(3)
     D = -2.0 * jnp.ones(3)  # gradient at 0
     F0 = f(x)[0]
@@ -137,7 +137,7 @@ def test_line_search_backtracks_and_never_increases():
 def test_line_search_returns_first_passing_trial_and_its_aux():
     # F(x) = (x - 1)^2 from x = 0 along -D = +1: trials 8, 4, 2, 1, ... ; 8 and 4 overshoot
     # (F = 49, 9 > F0 = 1); 2 gives F = 1 = F0 and is the first to pass.
-    f = lambda x: (jnp.sum((x - 1.0) ** 2), {"cand": x, "twice": 2.0 * x})  # noqa: E731
+    f = lambda x, d=None: (jnp.sum((x - 1.0) ** 2), {"cand": x, "twice": 2.0 * x})  # noqa: E731
     x = jnp.zeros(1)
     D = -jnp.ones(1)
     F0 = f(x)[0]
@@ -152,3 +152,14 @@ def test_line_search_returns_first_passing_trial_and_its_aux():
     np.testing.assert_array_equal(x2, x)
     np.testing.assert_array_equal(aux2["twice"], aux0["twice"])
     assert float(F2) == float(F0)
+
+
+def test_line_search_passes_each_trial_its_step():
+    # objective(candidate, d): the free Z step rebuilds G S of a trial from d.
+    x = jnp.zeros(1)
+    D = -jnp.ones(1)
+    f = lambda c, d: (jnp.sum((c - 1.0) ** 2), {"d": d, "cand": c})  # noqa: E731
+    aux0 = {"d": jnp.zeros(()), "cand": x}
+    x1, _, aux1 = line_search(x, D, 8.0, 0.5, 10, f, f(x, 0.0)[0], aux0)
+    assert float(aux1["d"]) == 2.0  # trials 8, 4 overshoot; 2 is the first to pass
+    np.testing.assert_array_equal(aux1["cand"], x1)
