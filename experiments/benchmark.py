@@ -153,7 +153,7 @@ best = matmul_time(precision)
 print(json.dumps(dict(times=t, n_iter=n_iter, peak_rss=peak, input_rss=rss_input, matmul_s=best, plan=plan,
                       cells=int(n), peaks=int(X.shape[0]), nnz=int(X.nnz), gram=gram_used,
                       final_loss=final_F, status=status, precision=precision, device_peak=device_peak,
-                      z_step=z_step, products=1 if z_step == "free" else 2,
+                      z_step=z_step, products=2 if z_step == "gradient" else 1,
                       device_kind=jax.devices()[0].device_kind,
                       backend=jax.default_backend(), devices=len(jax.devices()))))
 """
@@ -266,7 +266,7 @@ def install_release():
     subprocess.run([os.path.join(RELEASE_VENV, "bin", "pip"), "install", "-q", *RELEASE_PINS], check=True)
 
 
-def run_specs(specs, gram="auto", precision="highest", tag="", z_step="free"):
+def run_specs(specs, gram="auto", precision="highest", tag="", z_step="auto"):
     os.makedirs(RESULTS, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs:
@@ -490,7 +490,7 @@ def main(argv=None):
     p.add_argument("--precision", default="highest",
                    help="SolverConfig.precision of the fit (none: JAX's default)")
     p.add_argument("--tag", default="", help="suffix of the result files, e.g. gpu")
-    p.add_argument("--z-step", default="free", choices=("free", "gradient"),
+    p.add_argument("--z-step", default="auto", choices=("auto", "free", "gradient"),
                    help="SolverConfig.z_step of the fit (gradient: the paper's two-product Z step)")
     p = sub.add_parser("crossover")
     p.add_argument("--tag", default="")

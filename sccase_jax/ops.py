@@ -1,6 +1,8 @@
 r"""Products with the cell Gram matrix :math:`G = X^\top X`, dense or through sparse X.
 
-One solver iteration multiplies by G twice (``G S`` and ``G (D o R)``).  Two ways:
+One solver iteration multiplies by G once (``G (P o R)`` of the free Z step; twice with the
+paper's step, ``G (D o R)`` and ``G S``), plus the few columns of a projection's
+correction.  Two ways:
 
 - ``"dense"``: ``G @ A`` with G formed once (n x n); :math:`n^3` multiply-adds.
 - ``"sparse"``: ``X^T (X A)`` with X kept as a ``BCOO`` matrix; :math:`2\,nnz(X)\,n`

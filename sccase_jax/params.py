@@ -86,7 +86,10 @@ class SolverConfig(NamedTuple):
         (``Z = 0`` where the gradient is positive), one n x n x n product per step, the
         trial's ``G S`` updated from it (docs/model.md); ``"gradient"``: the paper's Eq.
         9-11, the exact step along the full gradient, then projected (two products, the
-        released code).
+        released code); ``"auto"`` (default): the paper's step from the start and after
+        any large move (most entries of Z moving, many cut to 0), the free step otherwise.
+        :func:`sccase_jax.sweep` runs ``"auto"`` as ``"gradient"`` (under ``vmap`` a
+        branch between the two would run both).
     h_step
         ``"backtrack"`` (paper): try ``h_step_init`` and shrink by ``h_step_shrink`` until F
         does not increase, at most ``h_max_trials`` trials; ``"exact"``: the minimiser of the
@@ -111,7 +114,7 @@ class SolverConfig(NamedTuple):
     max_iter: int = 30
     tol: float = 1e-6
     w_step: str = "exact"
-    z_step: str = "free"
+    z_step: str = "auto"
     h_step: str = "backtrack"
     h_step_init: float = 0.2
     h_step_shrink: float = 0.2

@@ -2,8 +2,11 @@
 
 One iteration, in Gram form (``G = X^T X`` fixed, nothing m x n is formed):
 
-1. Z: gradient from the cached ``G S``; exact quadratic step (one ``G (D o R)`` product);
-   projected, guarded move, whose trial ``G S`` becomes the new cache.
+1. Z: gradient D from the cached ``G S``; exact quadratic step along D without the entries
+   held at the bound (one ``G (P o R)`` product); projected, guarded move; the cache is
+   updated from that product plus the projection's correction on the few columns where an
+   entry is cut to 0 (``z_step="free"``, docs/model.md).  ``z_step="gradient"``: the
+   paper's step along D, whose trial forms ``G S`` by a second product.
 2. W: gradient from ``E = X S H^T`` (m x k); exact step for the reference block (if any),
    then for the free block; each projected and guarded.  Then ``B = W^T X`` (k x n).
 3. H: gradient from ``B S``; backtracking from ``h_step_init`` (paper) or the exact quartic
@@ -16,13 +19,15 @@ below its float32 resolution, and comparing rounded values rejected good Z steps
 rejected trial costs one more n x n x n product: 2.4x slower iterations measured at 4,000
 cells) and froze Z.
 
-So an iteration costs two n x n x n products plus O(n^2 k + nnz(X) k).  Memory: besides
-the data (X, G and the boolean mask R) and the iterate Z (in the buffer of Z0 with
-:data:`run_donated`), XLA's buffer plan of the whole fit holds at most four n x n arrays
-of working memory at once (XLA:CPU, ``experiments/memory_plan.py``): in the Z step the cache
-``G S``, the gradient D, and a product's operand and result (``D o R`` and ``G (D o R)``,
-then a trial's ``S`` and ``G S``); in the W and H steps the new Z (the previous one is kept
-for the non-finite guard), its ``G S``, ``S`` and ``Q = Z - H^T H``.  What keeps it there:
+So an iteration costs one n x n x n product (two with ``z_step="gradient"`` and in the
+iterations that form ``G S`` afresh) plus O(n^2 k + nnz(X) k).  Memory: besides the data
+(X, G and the boolean mask R) and the iterate Z (in the buffer of Z0 with
+:data:`run_donated`), XLA's buffer plan of the whole fit holds about five n x n arrays of
+working memory at once with the free Z step and four with the paper's
+(XLA:CPU, ``experiments/memory_plan.py``): in the Z step the cache ``G S``, the gradient D,
+and a product's operand and result (``P o R`` and ``G (P o R)``, which lives through the
+line search); in the W and H steps the new Z (the previous one is kept for the non-finite
+guard), its ``G S``, ``S`` and ``Q = Z - H^T H``.  What keeps it there:
 the mask is applied as a select (:func:`~sccase_jax.ops.masked`, no float copy of R); a Z
 trial needs neither Q nor its change of S (:func:`_z_step`); masked reductions are one
 elementwise pass into a dead buffer (:func:`~sccase_jax.ops.select_sum`); the H step's Q
@@ -89,6 +94,7 @@ class SolverState(NamedTuple):
     GS: Any
     B: Any
     GS_drift: Any  # sum of |d| ||P|| of the Z moves since G S was last formed by a product
+    rough: Any  # the last Z move was large: the next one takes the paper's step (z_step="auto")
     loss: Any
     initial_loss: Any
     rel_change: Any
@@ -125,7 +131,8 @@ def init_state(data: Data, factors: Factors, hp: Hyperparams, config: SolverConf
     B = wt_x(data.X, W)
     F = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
     return SolverState(
-        W=W, H=H, Z=Z, GS=GS, B=B, GS_drift=jnp.zeros((), dtype), **tracked_fields(F, dtype, config)
+        W=W, H=H, Z=Z, GS=GS, B=B, GS_drift=jnp.zeros((), dtype), rough=jnp.asarray(True),
+        **tracked_fields(F, dtype, config),
     )
 
 
@@ -195,19 +202,40 @@ def _clip_correction(data, Z, D, d):
 
 
 def _z_step(state, data, hp, config, F_cur):
-    """One Z move; returns ``(Z, F_cur + change, G S, drift, stale)``.
+    """One Z move; returns ``(Z, F_cur + change, G S, drift, stale, rough)``.
 
     ``stale`` says that the returned ``G S`` lacks part of the projection's correction and
     must be formed again by a product (:func:`update` does it after the H step, where few
-    n x n arrays are alive); ``drift`` is the state's ``GS_drift``.
+    n x n arrays are alive); ``drift`` and ``rough`` are the state's ``GS_drift`` and
+    ``rough``.  ``z_step="auto"`` takes the paper's step (:func:`_z_step_gradient`) while
+    ``state.rough`` (from the start, and after a move of more than ``Z_REFRESH x ||Z||`` or
+    with crossings in more than one block of columns), else the free step
+    (:func:`_z_step_free`): from a rough start most entries of Z move and many cross zero,
+    and the free step would need both its block loop over most columns and a fresh ``G S``.
     """
-    W, H, Z, GS, B = state.W, state.H, state.Z, state.GS, state.B
+    H, Z, GS, B = state.H, state.Z, state.GS, state.B
     D = grad_z_gram(GS, B, H, Z - H.T @ H, data.R, hp.lam)
+    if config.z_step not in ("auto", "free", "gradient"):
+        raise ValueError(f"z_step must be 'auto', 'free' or 'gradient', got {config.z_step!r}")
+    paper = lambda: _z_step_gradient(state, D, data, hp, config, F_cur, config.z_step == "auto")  # noqa: E731
+    free = lambda: _z_step_free(state, D, data, hp, config, F_cur)  # noqa: E731
     if config.z_step == "gradient":
-        Z_new, dF, GS_new = _z_step_gradient(Z, D, GS, data, hp, config, F_cur)
-        return Z_new, dF, GS_new, jnp.zeros((), D.dtype), jnp.asarray(False)
-    if config.z_step != "free":
-        raise ValueError(f"z_step must be 'free' or 'gradient', got {config.z_step!r}")
+        return paper()
+    if config.z_step == "free":
+        return free()
+    return lax.cond(state.rough, paper, free)
+
+
+def _rough(Z, Z_new, R, moved2, c):
+    """Whether a move was large: ``||dZ||^2 = moved2 > (Z_REFRESH ||Z||)^2``, or it cut
+    positive entries of Z to 0 in more than ``c`` columns."""
+    cut = jnp.sum(jnp.any((Z > 0) & (Z_new <= 0) & R, axis=0), dtype=jnp.int32)
+    return (cut > c) | (moved2 > Z_REFRESH**2 * jnp.vdot(Z, Z))
+
+
+def _z_step_free(state, D, data, hp, config, F_cur):
+    """The free Z step: one n x n x n product (see :func:`_z_step`)."""
+    Z, GS = state.Z, state.GS
     # The move is along P: the gradient without the entries that sit at the bound and that
     # it pushes outward (Z = 0, D > 0), which the projection would hold at 0 anyway.  The
     # exact step along P is then the minimiser of the move actually taken unless a positive
@@ -258,14 +286,16 @@ def _z_step(state, data, hp, config, F_cur):
     # (||dZ|| <= d ||P||).
     drift = state.GS_drift + d_taken * jnp.sqrt(pp)
     stale = (count > c) | (drift > Z_REFRESH * jnp.sqrt(zz))
-    return Z_new, F_cur + dF, GS_new, jnp.where(stale, zero, drift), stale
+    rough = (count > c) | (d_taken**2 * pp > Z_REFRESH**2 * zz)
+    return Z_new, F_cur + dF, GS_new, jnp.where(stale, zero, drift), stale, rough
 
 
-def _z_step_gradient(Z, D, GS, data, hp, config, F_cur):
+def _z_step_gradient(state, D, data, hp, config, F_cur, track_rough=False):
     """The paper's Z step (Eq. 9-11): exact step along the full gradient, then projected.
 
     Two n x n x n products: ``G (D o R)`` for the step and ``G Sc`` of the trial.
     """
+    Z, GS = state.Z, state.GS
     d = exact_z_step(D, data.R, gram_matmul(data, masked(D, data.R)), hp.lam)
 
     def change(Zc, _d):
@@ -289,7 +319,11 @@ def _z_step_gradient(Z, D, GS, data, hp, config, F_cur):
     Z_new, dF, GS_new = line_search(
         Z, D, d, 0.5, config.max_trials, change, zero, GS, accept_any=not config.guard
     )
-    return Z_new, F_cur + dF, GS_new
+    rough = jnp.asarray(False)
+    if track_rough:
+        c = min(Z.shape[1], Z_CLIP_BLOCK)
+        rough = _rough(Z, Z_new, data.R, jnp.vdot(Z_new - Z, Z_new - Z), c)
+    return Z_new, F_cur + dF, GS_new, zero, jnp.asarray(False), rough
 
 
 def _w_step(W, H, S, data, hp, config, F_cur):
@@ -373,7 +407,7 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
     # (see _z_step); their sum is the iteration's change, free of the rounding noise that
     # the difference of two recomputed F values carries in float32.
     zero = jnp.zeros((), F_prev.dtype)
-    Z, dF_z, GS, GS_drift, stale = _z_step(state, data, hp, config, zero)
+    Z, dF_z, GS, GS_drift, stale, rough = _z_step(state, data, hp, config, zero)
     S = masked(Z, data.R)
     W, dF_w = _w_step(state.W, state.H, S, data, hp, config, zero)
     B = wt_x(data.X, W)
@@ -383,8 +417,10 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
     change = (F_cur - F_prev) + dF_z + dF_w + dF_h
     # The history records F recomputed in full at the new point.
     F_new = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
-    carry = dict(W=W, H=H, Z=Z, GS=GS, B=B, GS_drift=GS_drift)
-    return advance(state, carry, F_new, config, F_prev, change, caches=("GS", "B", "GS_drift"))
+    carry = dict(W=W, H=H, Z=Z, GS=GS, B=B, GS_drift=GS_drift, rough=rough)
+    return advance(
+        state, carry, F_new, config, F_prev, change, caches=("GS", "B", "GS_drift", "rough")
+    )
 
 
 # -- The generic driver -------------------------------------------------------------------

@@ -225,6 +225,11 @@ def sweep(
     progress = bool(fit_options.pop("progress", False))
     config = fit_options.pop("config", None) or SolverConfig()
     config = config._replace(max_iter=max_iter, tol=tol, progress=progress)
+    if config.z_step == "auto":
+        # Under vmap a branch between the paper's and the free Z step runs both (three
+        # products an iteration); the free step alone would form G S afresh in every
+        # iteration (its refresh is a branch too).  The paper's step costs two.
+        config = config._replace(z_step="gradient")
     if max_iter < 0 or not np.isfinite(tol) or tol < 0:
         raise InputError(f"need max_iter >= 0 and a finite tol >= 0, got {max_iter}, {tol}")
 
