@@ -344,14 +344,15 @@ def _gpu_section(tag, cpu):
         return []
     m = next(iter(runs.values())).get("machine", {})
     kind = next(iter(runs.values())).get("device_kind", "?")
-    where = "this CPU" if m.get("backend") == "cpu" else "a GPU"
-    L = ["", f"## On {where} (runs tagged `{tag}`)", "",
+    cpu_tag = m.get("backend") == "cpu"
+    L = ["", f"## On {'this CPU' if cpu_tag else 'a GPU'} (runs tagged `{tag}`)", "",
          f"Device: {kind} ({m.get('backend', '?')}); host {m.get('cpu', '?')}, {m.get('cores', '?')} cores; "
          f"JAX {m.get('jax', '?')}; measured {min(r['when'] for r in runs.values())}.  "
          "`precision` is `SolverConfig.precision` of the fit and of its reference product "
          "(`highest`: true float32; `tensorfloat32`: tensor cores).  The release ratio "
          "divides the release's per-iteration time on the 2-core development CPU (above) by "
-         "this GPU's: it compares what a user gets on each machine, not the same hardware.", "",
+         + ("this run's (same machine)." if cpu_tag else
+            "this GPU's: it compares what a user gets on each machine, not the same hardware."), "",
          "Init and output are timed cold (their compilation included) and, in brackets, "
          "again in the same process once compiled.", "",
          "| data | precision | iters | final F | init s (warm) | compile s | per iter s | output s (warm) | total s "
@@ -422,9 +423,11 @@ def report(path):
                  f"{r['times']['initialisation'] / j['times']['initialisation']:.1f}x | {tot} | "
                  f"{r['peak_rss'] / j['peak_rss']:.2f}x |")
     L += ["", "## How close to the hardware", "",
-          "An iteration cannot avoid p dense n x n x n products: p = 1 with the default Z step "
-          "(`z_step=\"free\"`: `G (P o R)`, whose multiple updates the cache `G S`), p = 2 with "
-          "the paper's (`z_step=\"gradient\"`: `G (D o R)` for the exact step and the trial's "
+          "An iteration cannot avoid p dense n x n x n products: p = 1 with the free Z step "
+          "(`G (P o R)`, whose multiple updates the cache `G S`), which the default "
+          "`z_step=\"auto\"` takes once the moves are small (its first, rough iterations take "
+          "the paper's step, two products, and count in the averages below), p = 2 with the "
+          "paper's step (`z_step=\"gradient\"`: `G (D o R)` for the exact step and the trial's "
           "`G S`; runs before 2026-11-27 all used it).  `matmul` is the best of 5 jitted float32 "
           "n x n products measured in the same subprocess right after the fit.", "",
           "| data | Z step | per iter s | matmul s | per iter / matmul | per iter / (p matmul) "
@@ -447,13 +450,15 @@ def report(path):
           "mask R are listed apart; X is the input, kept dense on device by `x_format=\"auto\"` "
           "up to a sixteenth of the RAM on CPU, `api.dense_limit`).", "",
           "| data | X | G | R | temps | solver without X |", "|---|---|---|---|---|---|"]
+    seen = set()
     for (case, impl, iters), r in sorted(res.items()):
-        if impl != "jax" or "plan" not in r:
+        if impl != "jax" or "plan" not in r or case in seen:  # the plan does not depend on iters
             continue
+        seen.add(case)
         p, u = r["plan"], 4.0 * r["cells"] ** 2
         solver = p["arguments"] + p["temps"] + p["outputs"] - p["aliased"] - p["X"]
-        L.append(f"| {case} | {p['X'] / u:.2f} | {p['G'] / u:.2f} | {p['R'] / u:.2f} | "
-                 f"{p['temps'] / u:.2f} | {solver / u:.2f} |")
+        L.append(f"| {case} ({r.get('z_step', 'gradient')}) | {p['X'] / u:.2f} | {p['G'] / u:.2f} | "
+                 f"{p['R'] / u:.2f} | {p['temps'] / u:.2f} | {solver / u:.2f} |")
     for tag in _tags():
         L += _gpu_section(tag, res)
     cross = os.path.join(RESULTS, "crossover.json")

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One device session on a lent GPU (see docs/performance.md, "On a GPU"):
 #   1. the GPU-relevant tests (float64 gradients, solver, device reductions, block output);
-#   2. the benchmark at every size with true float32 products (tag gpu) and with
-#      tensor-core products (tag gpu-tf32), plus the dense-vs-sparse crossover.
+#   2. the benchmark at every size with true float32 products (tag gpu; default
+#      z_step="auto"), with the paper's two-product Z step at 8k and 10k (tag
+#      gpu-zgradient), with tensor-core products (tag gpu-tf32), plus the dense-vs-sparse
+#      crossover.
 # Expects wheels for anndata and its pure-Python dependencies in .whl/ (the GPU image has
 # jax, numpy, scipy, h5py, pandas) and the real data in .gpudata/ (both git-ignored; e.g.
 # `cp ../shared/data/granja2019_D6T1_{2k,10k}.h5ad .gpudata/`).  Results: $OUT.
@@ -27,6 +29,8 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false  # so the device peak of each run is 
 B="python3 experiments/benchmark.py"
 timeout "${BENCH_S:-210}" $B run synth2k:jax:tol synth4k:jax:tol synth8k:jax:tol real2k:jax:tol real10k:jax:tol \
   --tag gpu 2>&1 | grep -v '^{' | tee "$OUT/bench.txt"
+timeout "${ZGRAD_S:-60}" $B run synth8k:jax:tol real10k:jax:tol --tag gpu-zgradient \
+  --z-step gradient 2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt"
 timeout "${TF32_S:-80}" $B run synth4k:jax:tol synth8k:jax:tol real10k:jax:tol --tag gpu-tf32 \
   --precision tensorfloat32 2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt"
 timeout "${CROSS_S:-50}" $B crossover --tag gpu 2>&1 | tail -8 | tee -a "$OUT/bench.txt"

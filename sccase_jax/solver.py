@@ -6,7 +6,8 @@ One iteration, in Gram form (``G = X^T X`` fixed, nothing m x n is formed):
    held at the bound (one ``G (P o R)`` product); projected, guarded move; the cache is
    updated from that product plus the projection's correction on the few columns where an
    entry is cut to 0 (``z_step="free"``, docs/model.md).  ``z_step="gradient"``: the
-   paper's step along D, whose trial forms ``G S`` by a second product.
+   paper's step along D, whose trial forms ``G S`` by a second product; ``"auto"``
+   (default): the paper's step while the moves are large (from the start), then free.
 2. W: gradient from ``E = X S H^T`` (m x k); exact step for the reference block (if any),
    then for the free block; each projected and guarded.  Then ``B = W^T X`` (k x n).
 3. H: gradient from ``B S``; backtracking from ``h_step_init`` (paper) or the exact quartic
@@ -19,8 +20,8 @@ below its float32 resolution, and comparing rounded values rejected good Z steps
 rejected trial costs one more n x n x n product: 2.4x slower iterations measured at 4,000
 cells) and froze Z.
 
-So an iteration costs one n x n x n product (two with ``z_step="gradient"`` and in the
-iterations that form ``G S`` afresh) plus O(n^2 k + nnz(X) k).  Memory: besides the data
+So an iteration costs one n x n x n product (two with ``z_step="gradient"``, in the rough
+first iterations and in those that form ``G S`` afresh) plus O(n^2 k + nnz(X) k).  Memory: besides the data
 (X, G and the boolean mask R) and the iterate Z (in the buffer of Z0 with
 :data:`run_donated`), XLA's buffer plan of the whole fit holds about five n x n arrays of
 working memory at once with the free Z step and four with the paper's
