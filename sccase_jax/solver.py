@@ -21,9 +21,9 @@ rejected trial costs one more n x n x n product: 2.4x slower iterations measured
 cells) and froze Z.
 
 So an iteration costs one n x n x n product (two with ``z_step="gradient"``, in the rough
-first iterations and in those that form ``G S`` afresh) plus O(n^2 k + nnz(X) k).  Memory: besides the data
-(X, G and the boolean mask R) and the iterate Z (in the buffer of Z0 with
-:data:`run_donated`), XLA's buffer plan of the whole fit holds about five n x n arrays of
+first iterations and in those that form ``G S`` afresh) plus O(n^2 k + nnz(X) k).
+Memory: besides the data (X, G and the boolean mask R) and the iterate Z (in the buffer of
+Z0 with :data:`run_donated`), XLA's buffer plan of the whole fit holds about five n x n arrays of
 working memory at once with the free Z step and four with the paper's
 (XLA:CPU, ``experiments/memory_plan.py``): in the Z step the cache ``G S``, the gradient D,
 and a product's operand and result (``P o R`` and ``G (P o R)``, which lives through the
@@ -150,7 +150,7 @@ Z_REFRESH = 0.1
 
 
 def _crossing_columns(R, Z, D, d, c):
-    """Indices of the columns where ``max(Z - d D, 0)`` cuts a positive entry (padded), and their count."""
+    """Columns where ``max(Z - d D, 0)`` cuts a positive entry (padded indices), and their count."""
     n = Z.shape[1]
     # 0 < Z < d D, written so that no part of it is independent of d (XLA would hoist such a
     # part out of the line search and keep it as one more n x n mask).
@@ -218,7 +218,8 @@ def _z_step(state, data, hp, config, F_cur):
     D = grad_z_gram(GS, B, H, Z - H.T @ H, data.R, hp.lam)
     if config.z_step not in ("auto", "free", "gradient"):
         raise ValueError(f"z_step must be 'auto', 'free' or 'gradient', got {config.z_step!r}")
-    paper = lambda: _z_step_gradient(state, D, data, hp, config, F_cur, config.z_step == "auto")  # noqa: E731
+    auto = config.z_step == "auto"
+    paper = lambda: _z_step_gradient(state, D, data, hp, config, F_cur, auto)  # noqa: E731
     free = lambda: _z_step_free(state, D, data, hp, config, F_cur)  # noqa: E731
     if config.z_step == "gradient":
         return paper()
@@ -270,7 +271,8 @@ def _z_step_free(state, D, data, hp, config, F_cur):
     # max(Z - d P, 0) = max(Z - d D, 0): the search moves along D, so only D lives through it.
     n = Z.shape[1]
     c = min(n, Z_CLIP_BLOCK)
-    none = (zero, jnp.zeros(n + c, jnp.int32), jnp.asarray(0, jnp.int32), jnp.zeros((n, c), D.dtype))
+    none = (zero, jnp.zeros(n + c, jnp.int32), jnp.asarray(0, jnp.int32),
+            jnp.zeros((n, c), D.dtype))
     Z_new, dF, (d_taken, cols, count, GC) = line_search(
         Z, D, d, 0.5, config.max_trials, change, zero, none, accept_any=not config.guard
     )
