@@ -63,7 +63,6 @@ from sccase_jax.steps import (
     exact_z_step,
     line_search,
     quartic_h_coefficients,
-    safe_div,
 )
 
 __all__ = [
@@ -257,7 +256,7 @@ def _z_step_free(state, D, data, hp, config, F_cur):
     # D = 0) but is not the same expression, so XLA does not keep `free` as a mask across
     # the product for it.
     pp = select_sum(jnp.maximum(Z, -D) > 0, D * D, zero * GP)
-    d = safe_div(pp, 2.0 * (select_sum(data.R, PR * GP, zero) + hp.lam * pp))
+    d = exact_z_step(PR, data.R, GP, hp.lam, dd=pp)
 
     def change(Zc, dt):
         # F(Zc) - F(Z) = <D, dZ> + <dS, G dS> + lam ||dZ||^2 (see _z_step_gradient) with

@@ -55,9 +55,13 @@ def safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
 
 
-def exact_z_step(D, R, GDR, lam):
-    """Exact line minimiser for Z; ``R`` the mask and ``GDR = G @ (D o R)``."""
-    dd = jnp.vdot(D, D)
+def exact_z_step(D, R, GDR, lam, dd=None):
+    """Exact line minimiser for Z; ``R`` the mask and ``GDR = G @ (D o R)``.
+
+    ``dd`` is ``<D, D>`` when the caller has it (the free Z step passes ``D`` already masked
+    by R and ``<P, P>`` over all entries); by default ``jnp.vdot(D, D)``.
+    """
+    dd = jnp.vdot(D, D) if dd is None else dd
     # <D o R, G (D o R)> as one masked pass over D and the product (see select_sum).
     return safe_div(dd, 2.0 * (select_sum(R, D * GDR, jnp.zeros((), D.dtype)) + lam * dd))
 
