@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from sccase_jax.ops import masked
+from sccase_jax.ops import masked, minus_outer
 
 __all__ = [
     "grad_h_gram",
@@ -55,7 +55,7 @@ def sccaser_grads(X, Z, R, W1, W2, H, P, M, N, *, lam, gamma1, gamma2, alpha):
 
 def grad_z_gram(GS, B, H, Q, R, lam):
     """``dF/dZ = 2 (G S - B^T H) o R + 2 lam Q``; ``R`` a boolean (or 0/1) mask."""
-    return 2.0 * masked(GS - B.T @ H, R) + 2.0 * lam * Q
+    return 2.0 * masked(minus_outer(GS, B, H), R) + 2.0 * lam * Q
 
 
 def grad_w_gram(W, E, HHt, P, M, gamma1, alpha):

@@ -214,7 +214,7 @@ def _z_step(state, data, hp, config, F_cur):
     and the free step would need both its block loop over most columns and a fresh ``G S``.
     """
     H, Z, GS, B = state.H, state.Z, state.GS, state.B
-    D = grad_z_gram(GS, B, H, Z - H.T @ H, data.R, hp.lam)
+    D = grad_z_gram(GS, B, H, gap(Z, H), data.R, hp.lam)
     if config.z_step not in ("auto", "free", "gradient"):
         raise ValueError(f"z_step must be 'auto', 'free' or 'gradient', got {config.z_step!r}")
     auto = config.z_step == "auto"

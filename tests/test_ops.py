@@ -68,6 +68,17 @@ def test_gap_and_select_sum_equal_their_plain_forms():
     assert float(ops.select_sum(R, A, B)) == pytest.approx(ref, rel=1e-12)
 
 
+@pytest.mark.parametrize("unroll", [64, 2])
+def test_minus_outer_equals_product_form(monkeypatch, unroll):
+    # Unrolled rank-one terms (k <= OUTER_UNROLL) and the broadcast-and-sum fallback.
+    monkeypatch.setattr(ops, "OUTER_UNROLL", unroll)
+    rng = np.random.default_rng(3)
+    C = jnp.asarray(rng.random((9, 9)))
+    A, B = jnp.asarray(rng.random((4, 9))), jnp.asarray(rng.random((4, 9)))
+    np.testing.assert_allclose(ops.minus_outer(C, A, B), C - A.T @ B, rtol=1e-12)
+    np.testing.assert_allclose(ops.minus_outer(C, A[:1], B[:1]), C - A[:1].T @ B[:1], rtol=1e-12)
+
+
 def test_choose_gram_follows_flop_estimate():
     very_sparse = _sparse(20, 4000, density=0.001)
     dense_ish = _sparse(2000, 50, density=0.5)
