@@ -13,7 +13,9 @@ found.
     python experiments/iteration_profile.py real2k synth2k synth4k
     python experiments/iteration_profile.py real2k --profile --top 25
 
-Data names as in ``z_step_ab.py`` (``real2k``; ``synthN`` for N thousand synthetic cells).
+Data: ``real2k`` as in ``z_step_ab.py`` (Granja D6T1 2k, package preprocessing, k = 6);
+``synth1k`` ... ``synth8k`` with the cells x peaks of ``benchmark.py`` (``benchmark.SYNTH``:
+8,000 x 40,000 before the peak filter at 8k, where ``z_step_ab.py`` takes 10 n peaks).
 """
 
 from __future__ import annotations
@@ -37,12 +39,15 @@ sys.path.insert(0, os.path.dirname(HERE))
 def _top_ops(trace_dir, hlo, calls, top):
     files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
     events = json.load(gzip.open(max(files, key=os.path.getmtime)))["traceEvents"]
-    skip = ("Execute", "Slinky", "Pjit", "Common", "cond", "while", "$")
+    # Compiled operations only: not the executor, thread-pool and Python events, nor the
+    # control-flow ops (cond, while), whose time includes the operations inside them.
+    skip = ("Execute", "Slinky", "Pjit", "Common")
     total = collections.Counter()
     count = collections.Counter()
     for e in events:
         name = e.get("name", "")
-        if e.get("ph") != "X" or any(name.startswith(s) or s in name[:14] for s in skip):
+        if (e.get("ph") != "X" or any(s in name for s in skip)
+                or name.startswith(("cond", "while", "$"))):
             continue
         total[name] += e.get("dur", 0)
         count[name] += 1
@@ -56,13 +61,27 @@ def _top_ops(trace_dir, hlo, calls, top):
     return rows, listed
 
 
+def problem(name):
+    import numpy as np
+
+    from benchmark import SYNTH, synthetic_counts
+    from sccase_jax.api import prepare
+    from sccase_jax.preprocessing import preprocess
+    from z_step_ab import problem as ab_problem
+
+    if name not in SYNTH:
+        return ab_problem(name)
+    C, _ = synthetic_counts(*SYNTH[name])
+    X, _, _ = preprocess(C.T.tocsr().astype(np.float64))
+    return prepare(X, 9, seed=0)
+
+
 def measure(name, warm, reps, profile, top):
     import jax
     import jax.numpy as jnp
 
     from sccase_jax.params import SolverConfig
     from sccase_jax.solver import init_state, run, update
-    from z_step_ab import problem
 
     prob = problem(name)
     out = run(prob.data, prob.factors, prob.hp, config=SolverConfig(max_iter=warm, tol=0.0))
