@@ -4,7 +4,8 @@
 #   2. the benchmark at every size with true float32 products (tag gpu; default
 #      z_step="auto"), with the paper's two-product Z step at 8k and 10k (tag
 #      gpu-zgradient), with tensor-core products (tag gpu-tf32), plus the dense-vs-sparse
-#      crossover.
+#      crossover;
+#   3. the steady-state iteration against its one product (experiments/iteration_profile.py).
 # Expects wheels for anndata and its pure-Python dependencies in .whl/ (the GPU image has
 # jax, numpy, scipy, h5py, pandas) and the real data in .gpudata/ (both git-ignored; e.g.
 # `cp ../shared/data/granja2019_D6T1_{2k,10k}.h5ad .gpudata/`).  Results: $OUT.
@@ -34,6 +35,9 @@ timeout "${ZGRAD_S:-60}" $B run synth8k:jax:tol real10k:jax:tol --tag gpu-zgradi
 timeout "${TF32_S:-80}" $B run synth4k:jax:tol synth8k:jax:tol real10k:jax:tol --tag gpu-tf32 \
   --precision tensorfloat32 2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt"
 timeout "${CROSS_S:-50}" $B crossover --tag gpu 2>&1 | tail -8 | tee -a "$OUT/bench.txt"
+# 3. the steady-state iteration (free Z step) against its one product (no trace).
+timeout "${ITER_S:-90}" python3 experiments/iteration_profile.py synth4k synth8k --warm 8 --reps 5 \
+  2>&1 | grep -v '^E' | tee "$OUT/iteration.txt"
 python3 - <<'EOF'
 import glob, json, os
 for f in sorted(glob.glob("experiments/results/*gpu*.json")):

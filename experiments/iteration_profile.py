@@ -81,15 +81,17 @@ def measure(name, warm, reps, profile, top):
     import jax.numpy as jnp
 
     from sccase_jax.params import SolverConfig
-    from sccase_jax.solver import init_state, run, update
+    from sccase_jax.solver import init_state, matmul_precision, run, update
 
     prob = problem(name)
     out = run(prob.data, prob.factors, prob.hp, config=SolverConfig(max_iter=warm, tol=0.0))
     cfg = SolverConfig(max_iter=warm + 1, tol=0.0)
-    state = init_state(prob.data, out.factors, prob.hp, cfg)._replace(rough=jnp.asarray(False))
-    step = jax.jit(lambda s: update(s, prob.data, prob.hp, cfg)).lower(state).compile()
     G = prob.data.G
-    mm = jax.jit(lambda A: G @ A).lower(G).compile()
+    with matmul_precision(cfg):  # the products' precision as in a fit (true float32 by default)
+        state = init_state(prob.data, out.factors, prob.hp, cfg)
+        state = state._replace(rough=jnp.asarray(False))
+        step = jax.jit(lambda s: update(s, prob.data, prob.hp, cfg)).lower(state).compile()
+        mm = jax.jit(lambda A: G @ A).lower(G).compile()
     best_it = best_mm = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
