@@ -17,6 +17,10 @@ import scipy.sparse as sp
 __all__ = ["block_product", "enhanced_blocks", "write_enhanced_h5ad"]
 
 
+# Most entries of the nse x block temporary of one BCOO slab product (block_product).
+BCOO_SLAB_ENTRIES = 1 << 26
+
+
 def block_product(X, Z, block: int = 1024, dtype=np.float32, device: bool | None = None):
     """A function ``raw(j)`` giving rows ``j:j+block`` of ``(X Z)^T`` (cells x peaks).
 
@@ -45,21 +49,32 @@ def block_product(X, Z, block: int = 1024, dtype=np.float32, device: bool | None
 
     Zd = jnp.asarray(Z)
     Xd = device_matrix(X, Zd.dtype, "auto")
+    n = Zd.shape[1]
+    width = block
+    nse = getattr(Xd, "nse", 0)
+    if nse:
+        # A BCOO X times a dense slab gathers one slab row per stored entry (an nse x width
+        # temporary): a block is then computed in slabs narrow enough to keep that within
+        # BCOO_SLAB_ENTRIES.
+        width = max(1, min(block, BCOO_SLAB_ENTRIES // nse))
 
     @jax.jit
     def prod(Xd, Zd, j):
         with jax.default_matmul_precision("highest"):
-            b = min(block, Zd.shape[1])
+            b = min(width, Zd.shape[1])
             return (Xd @ jax.lax.dynamic_slice_in_dim(Zd, j, b, axis=1)).T
 
-    n = Zd.shape[1]
-
     def raw(j):
-        # The last block is taken as the final full-width slab and trimmed on the host,
-        # so one program serves every block.
-        start = min(j, max(n - block, 0))
-        E = np.asarray(prod(Xd, Zd, start))
-        return E[j - start : j - start + min(block, n - j)].astype(dtype, copy=False)
+        # A slab that would run past the last cell is taken as the final full-width slab and
+        # trimmed on the host, so one program serves every slab.
+        stop = min(j + block, n)
+        parts = []
+        for i in range(j, stop, width):
+            start = min(i, max(n - width, 0))
+            E = np.asarray(prod(Xd, Zd, start))
+            parts.append(E[i - start : i - start + min(width, stop - i)])
+        E = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return E.astype(dtype, copy=False)
 
     return raw
 

@@ -41,6 +41,21 @@ def test_device_blocks_equal_host_blocks(block):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("slab_entries", [1 << 26, 100, 1])
+def test_device_blocks_with_bcoo_x_in_narrow_slabs(monkeypatch, slab_entries):
+    # X over the dense limit goes to the device as BCOO; each block is then computed in
+    # slabs whose gather temporary (stored entries x slab width) stays within the budget.
+    from sccase_jax import api, io
+
+    monkeypatch.setattr(api, "dense_limit", lambda dtype: 0)
+    monkeypatch.setattr(io, "BCOO_SLAB_ENTRIES", slab_entries)
+    X, Z = _xz(m=15, n=10)
+    want = enhanced_matrix(X, Z, device=False)
+    for block in (3, 4, 10):
+        got = enhanced_matrix(X, Z, block=block, device=True)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_written_layer_reads_back(tmp_path):
     X, Z = _xz()
     adata = ad.AnnData(X=sp.csr_matrix(X.T))
