@@ -16,7 +16,9 @@ types, mean of Leiden seeds 0-2).  Variants, all with ``Zc`` = columns summing t
   Z scaled to sum 1 before the columns;
 - ``topN`` / ``topk`` / ``top2k`` / ``toph``: each column of Z keeps its N largest entries
   (N = n / k, 2 n / k, n / 2k for the last three), then the 0.8 blend;
-- ``relT``: each column keeps the entries >= T times its largest one, then the 0.8 blend.
+- ``relT``: each column keeps the entries >= T times its largest one, then the 0.8 blend;
+- ``powP``: the entries of Z raised to the power P (sharper weights, none dropped), then
+  the 0.8 blend.
 
 Recorded in ``docs/results_raw/output_screen.txt``; summarised in docs/results.md (item 9).
 """
@@ -65,6 +67,8 @@ def weights(v: str, Z, H):
     if v.startswith("top"):
         N = {"topk": n // k, "top2k": 2 * n // k, "toph": n // (2 * k)}.get(v) or int(v[3:])
         return output_weights(Z, "blend", 0.8, neighbors=max(1, min(N, n - 1)))
+    if v.startswith("pow"):
+        return output_weights(np.maximum(Z, 0) ** float(v[3:]), "blend", 0.8)
     if v.startswith("rel"):
         Zp = np.maximum(Z, 0)
         return output_weights(np.where(Zp >= float(v[3:]) * Zp.max(0, keepdims=True), Zp, 0),
