@@ -23,17 +23,21 @@ cells) and froze Z.
 So an iteration costs one n x n x n product (two with ``z_step="gradient"``, in the rough
 first iterations and in those that form ``G S`` afresh) plus O(n^2 k + nnz(X) k).
 Memory: besides the data (X, G and the boolean mask R) and the iterate Z (in the buffer of
-Z0 with :data:`run_donated`), XLA's buffer plan of the whole fit holds about five n x n arrays of
-working memory at once with the free Z step and four with the paper's
+Z0 with :data:`run_donated`), XLA's buffer plan of the whole fit holds about four and a
+half n x n arrays of working memory with the default Z step and four with the paper's
 (XLA:CPU, ``experiments/memory_plan.py``): in the Z step the cache ``G S``, the gradient D,
 and a product's operand and result (``P o R`` and ``G (P o R)``, which lives through the
 line search); in the W and H steps the new Z (the previous one is kept for the non-finite
-guard), its ``G S``, ``S`` and ``Q = Z - H^T H``.  What keeps it there:
+guard), its ``G S``, and ``S`` or ``Q = Z - H^T H``.  What keeps it there:
 the mask is applied as a select (:func:`~sccase_jax.ops.masked`, no float copy of R); a Z
 trial needs neither Q nor its change of S (:func:`_z_step`); masked reductions are one
 elementwise pass into a dead buffer (:func:`~sccase_jax.ops.select_sum`); the H step's Q
 does not share ``H^T H`` with the Z step (:func:`~sccase_jax.ops.gap`); the non-finite
-guard does not keep the previous ``G S`` (:func:`advance`).  ``run`` executes
+guard does not keep the previous ``G S`` (:func:`advance`); three orderings that XLA
+would otherwise choose differently: the gradient is formed inside each branch of the
+``"auto"`` cond (:func:`_z_step`), the free step's two masked reductions run one after the
+other (:func:`_z_step_free`), and Q is formed only once S is no longer needed
+(:func:`_h_step`).  ``run`` executes
 the whole fit as one :func:`jax.lax.while_loop`, stopping on ``|dF| / |F| < tol``, at
 ``max_iter``, or on a non-finite F (the last finite iterate is kept and reported).
 
@@ -214,12 +218,14 @@ def _z_step(state, data, hp, config, F_cur):
     and the free step would need both its block loop over most columns and a fresh ``G S``.
     """
     H, Z, GS, B = state.H, state.Z, state.GS, state.B
-    D = grad_z_gram(GS, B, H, gap(Z, H), data.R, hp.lam)
+    # The gradient is formed inside each branch of the "auto" cond: an operand of a cond
+    # lives through the whole branch, a branch's own array only as long as it is used.
+    grad = lambda: grad_z_gram(GS, B, H, gap(Z, H), data.R, hp.lam)  # noqa: E731
     if config.z_step not in ("auto", "free", "gradient"):
         raise ValueError(f"z_step must be 'auto', 'free' or 'gradient', got {config.z_step!r}")
     auto = config.z_step == "auto"
-    paper = lambda: _z_step_gradient(state, D, data, hp, config, F_cur, auto)  # noqa: E731
-    free = lambda: _z_step_free(state, D, data, hp, config, F_cur)  # noqa: E731
+    paper = lambda: _z_step_gradient(state, grad(), data, hp, config, F_cur, auto)  # noqa: E731
+    free = lambda: _z_step_free(state, grad(), data, hp, config, F_cur)  # noqa: E731
     if config.z_step == "gradient":
         return paper()
     if config.z_step == "free":
@@ -249,14 +255,16 @@ def _z_step_free(state, D, data, hp, config, F_cur):
     zz = jnp.vdot(Z, Z)  # ||Z|| before the move: the scale for the drift of G S
     PR = jnp.where(data.R & free, D, zero)
     GP = gram_matmul(data, PR)
-    # <P, P> is a masked reduction, which XLA:CPU writes out as one n x n pass first; tied
-    # to the product (0 x GP, zero unless GP is not finite, when the fit stops anyway) it
-    # runs after it, into the operand's dead buffer, instead of beside GS, D and P o R.
+    # <P o R, G (P o R)> and <P, P> are masked reductions, which XLA:CPU writes out as one
+    # n x n pass each first.  The second is tied to the first's value (0 x pgp, zero unless
+    # pgp is not finite, when the step is rejected anyway), so it runs after that reduction,
+    # into the first pass's dead buffer, and after the product, not beside GS, D and P o R.
     # Its condition max(Z, -D) > 0 selects the same D^2 as `free` (they differ only where
     # D = 0) but is not the same expression, so XLA does not keep `free` as a mask across
     # the product for it.
-    pp = select_sum(jnp.maximum(Z, -D) > 0, D * D, zero * GP)
-    d = exact_z_step(PR, data.R, GP, hp.lam, dd=pp)
+    pgp = select_sum(data.R, PR * GP, zero)
+    pp = select_sum(jnp.maximum(Z, -D) > 0, D * D, zero * pgp)
+    d = exact_z_step(PR, data.R, GP, hp.lam, dd=pp, dgd=pgp)
 
     def change(Zc, dt):
         # F(Zc) - F(Z) = <D, dZ> + <dS, G dS> + lam ||dZ||^2 (see _z_step_gradient) with
@@ -362,7 +370,11 @@ def _h_step(W, H, Z, S, B, hp, config, F_cur):
     BS = B @ S
     WtW = W.T @ W
 
-    Q = gap(Z, H)  # not Z - H.T @ H: see ops.gap
+    # Q is formed from a Z tied to B S (0 x an entry of it, zero unless B S is not finite,
+    # when F is not finite either), so that XLA cannot form it during the W step, while S
+    # is still alive: 0.7 n x n arrays less in the plan of the default fit at 1,000-4,000
+    # cells (with the orderings in _z_step and _z_step_free).
+    Q = gap(Z + 0.0 * BS[0, 0], H)  # not Z - H.T @ H: see ops.gap
     HQ = H @ Q
 
     def change(Hc, _d):

@@ -55,15 +55,18 @@ def safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
 
 
-def exact_z_step(D, R, GDR, lam, dd=None):
+def exact_z_step(D, R, GDR, lam, dd=None, dgd=None):
     """Exact line minimiser for Z; ``R`` the mask and ``GDR = G @ (D o R)``.
 
-    ``dd`` is ``<D, D>`` when the caller has it (the free Z step passes ``D`` already masked
-    by R and ``<P, P>`` over all entries); by default ``jnp.vdot(D, D)``.
+    ``dd`` is ``<D, D>`` and ``dgd`` is ``<D o R, G (D o R)>`` when the caller has them (the
+    free Z step passes ``D`` already masked by R and ``<P, P>`` over all entries); by
+    default they are computed here.
     """
     dd = jnp.vdot(D, D) if dd is None else dd
-    # <D o R, G (D o R)> as one masked pass over D and the product (see select_sum).
-    return safe_div(dd, 2.0 * (select_sum(R, D * GDR, jnp.zeros((), D.dtype)) + lam * dd))
+    if dgd is None:
+        # One masked pass over D and the product (see select_sum).
+        dgd = select_sum(R, D * GDR, jnp.zeros((), D.dtype))
+    return safe_div(dd, 2.0 * (dgd + lam * dd))
 
 
 def exact_w_step(D, HHt, gamma):
