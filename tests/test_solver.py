@@ -327,3 +327,24 @@ def test_z_step_setting_is_checked_and_release_uses_the_paper_step():
     data, f0, hp = tiny_problem(0)
     with pytest.raises(ValueError, match="z_step"):
         run(data, f0, hp, SolverConfig(z_step="fast"))
+
+
+@pytest.mark.parametrize(("z_step", "bound"), [("auto", 5.5), ("gradient", 5.0)])
+def test_fit_plan_working_memory(z_step, bound):
+    # XLA's buffer plan of the whole fit (float32, dense G), in n x n arrays: 5.05 of
+    # temporaries here with the default Z step (6.0 with the H step's Q formed beside S,
+    # before session 7's orderings, docs/performance.md), 4.64 with the paper's.
+    import scipy.sparse as sp
+
+    from sccase_jax import api
+    from sccase_jax.solver import run_donated
+
+    n = 500
+    rng = np.random.default_rng(0)
+    X = sp.random(10 * n, n, density=0.05, random_state=rng, format="csr")
+    X.data[:] = 1.0
+    prob = api.prepare(X, 9, gram="dense", dtype=jnp.float32, nmf_iter=2)
+    cfg = SolverConfig(z_step=z_step)
+    ma = run_donated.lower(prob.data, prob.factors, prob.hp, config=cfg).compile()
+    temps = ma.memory_analysis().temp_size_in_bytes / (4.0 * n * n)
+    assert temps < bound, temps
