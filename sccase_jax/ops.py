@@ -97,7 +97,7 @@ def gram_matmul(data, A):
     The blocks run one after another in a ``lax.fori_loop``, so one block's temporaries
     are alive at a time.  An unrolled Python loop let XLA schedule all of them at once,
     and the block width ignored nnz: XLA's plan of a whole fit held about 380 n x n arrays
-    of temporaries at 1,000 cells of 3.7 % density (nnz = 0.37 n^2), now 10.6
+    of temporaries at 1,000 cells of 3.7 % density (nnz = 0.37 n^2), now 12.2
     (``experiments/memory_plan.py --gram sparse``; the dense-G path: 4.5).  The last block is
     shifted left to end at column p (``dynamic_slice`` clamps its start), recomputing a
     few columns with the same values instead of padding A.
