@@ -67,6 +67,7 @@ from sccase_jax.steps import (
     exact_z_step,
     line_search,
     quartic_h_coefficients,
+    z_step_length,
 )
 
 __all__ = [
@@ -264,7 +265,7 @@ def _z_step_free(state, D, data, hp, config, F_cur):
     # the product for it.
     pgp = select_sum(data.R, PR * GP, zero)
     pp = select_sum(jnp.maximum(Z, -D) > 0, D * D, zero * pgp)
-    d = exact_z_step(PR, data.R, GP, hp.lam, dd=pp, dgd=pgp)
+    d = z_step_length(pp, pgp, hp.lam)
 
     def change(Zc, dt):
         # F(Zc) - F(Z) = <D, dZ> + <dS, G dS> + lam ||dZ||^2 (see _z_step_gradient) with

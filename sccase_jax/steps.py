@@ -41,6 +41,7 @@ __all__ = [
     "project",
     "quartic_h_coefficients",
     "safe_div",
+    "z_step_length",
 ]
 
 
@@ -55,17 +56,17 @@ def safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
 
 
-def exact_z_step(D, R, GDR, lam, dd=None, dgd=None):
-    """Exact line minimiser for Z; ``R`` the mask and ``GDR = G @ (D o R)``.
+def exact_z_step(D, R, GDR, lam):
+    """Exact line minimiser for Z; ``R`` the mask and ``GDR = G @ (D o R)``."""
+    # <D o R, G (D o R)> as one masked pass over D and the product (see select_sum).
+    dgd = select_sum(R, D * GDR, jnp.zeros((), D.dtype))
+    return z_step_length(jnp.vdot(D, D), dgd, lam)
 
-    ``dd`` is ``<D, D>`` and ``dgd`` is ``<D o R, G (D o R)>`` when the caller has them (the
-    free Z step passes ``D`` already masked by R and ``<P, P>`` over all entries); by
-    default they are computed here.
-    """
-    dd = jnp.vdot(D, D) if dd is None else dd
-    if dgd is None:
-        # One masked pass over D and the product (see select_sum).
-        dgd = select_sum(R, D * GDR, jnp.zeros((), D.dtype))
+
+def z_step_length(dd, dgd, lam):
+    """The minimiser ``dd / (2 (dgd + lam dd))`` of F along a Z direction P from its two
+    reductions ``dd = <P, P>`` and ``dgd = <P o R, G (P o R)>`` (0 when not finite or not
+    positive); :func:`exact_z_step` forms them for the full gradient."""
     return safe_div(dd, 2.0 * (dgd + lam * dd))
 
 
