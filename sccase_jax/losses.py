@@ -71,11 +71,17 @@ def similarity_term(Z, H):
     return inner(Q, Q)
 
 
-def gram_loss(S, GS, B, W, H, Z, P, M, hp):
-    """The objective in Gram form; ``M`` is the length-k reference column mask."""
+def gram_loss(S, GS, B, W, H, Z, P, M, hp, similarity=None):
+    """The objective in Gram form; ``M`` is the length-k reference column mask.
+
+    ``similarity``, when given, is ``||Z - H^T H||^2`` already known to the caller
+    (the solver has it from its H step) and replaces :func:`similarity_term`.
+    """
+    if similarity is None:
+        similarity = similarity_term(Z, H)
     return (
         reconstruction_gram(S, GS, B, W, H)
-        + hp.lam * similarity_term(Z, H)
+        + hp.lam * similarity
         + hp.gamma1 * _sq(W)
         + hp.gamma2 * _sq(H)
         + hp.alpha * _sq(P - W * M[None, :])

@@ -39,6 +39,8 @@ __all__ = [
     "minus_outer",
     "select_sum",
     "wt_x",
+    "x_matmul",
+    "xt_matmul",
 ]
 
 GRAM_MODES = ("dense", "sparse", "auto")
@@ -97,7 +99,7 @@ def gram_matmul(data, A):
     The blocks run one after another in a ``lax.fori_loop``, so one block's temporaries
     are alive at a time.  An unrolled Python loop let XLA schedule all of them at once,
     and the block width ignored nnz: XLA's plan of a whole fit held about 380 n x n arrays
-    of temporaries at 1,000 cells of 3.7 % density (nnz = 0.37 n^2), now 12.2
+    of temporaries at 1,000 cells of 3.7 % density (nnz = 0.37 n^2), now 10.4
     (``experiments/memory_plan.py --gram sparse``; the dense-G path: 4.5).  The last block is
     shifted left to end at column p (``dynamic_slice`` clamps its start), recomputing a
     few columns with the same values instead of padding A.
@@ -120,7 +122,35 @@ def gram_matmul(data, A):
 
 
 def _xtx(X, A):
-    return X.T @ (X @ A)
+    return xt_matmul(X, x_matmul(X, A))
+
+
+def _take_rows(A, idx):
+    # The stored indices of a BCOO matrix are in bounds: no wrapping of negative indices,
+    # which jnp indexing (and BCOO's own products) computes as one more nnz-long index
+    # array per product, kept alive through the whole fit once XLA hoists it out of the
+    # solver's loop (0.9 n^2 of the sparse path's plan at 1,000 cells).
+    return A.at[idx].get(mode="promise_in_bounds", wrap_negative_indices=False)
+
+
+def x_matmul(X, A):
+    """``X @ A`` for a dense or ``BCOO`` X (m x n) and a dense A (n x p).
+
+    A ``BCOO`` X is multiplied as a gather of A's rows and a segment sum (nnz x p
+    temporaries), from its stored indices as they are.
+    """
+    if not isinstance(X, jsparse.BCOO):
+        return X @ A
+    rows, cols = X.indices[:, 0], X.indices[:, 1]
+    return jax.ops.segment_sum(X.data[:, None] * _take_rows(A, cols), rows, X.shape[0])
+
+
+def xt_matmul(X, B):
+    """``X^T @ B`` for a dense or ``BCOO`` X (m x n) and a dense B (m x p); see :func:`x_matmul`."""
+    if not isinstance(X, jsparse.BCOO):
+        return X.T @ B
+    rows, cols = X.indices[:, 0], X.indices[:, 1]
+    return jax.ops.segment_sum(X.data[:, None] * _take_rows(B, rows), cols, X.shape[1])
 
 
 def inner(A, B):
@@ -201,5 +231,5 @@ def wt_x(X, W):
     XLA:CPU at 4,000 cells); a ``BCOO`` X is transposed instead, its fast direction.
     """
     if isinstance(X, jsparse.BCOO):
-        return (X.T @ W).T
+        return xt_matmul(X, W).T
     return W.T @ X

@@ -31,6 +31,11 @@ def test_sparse_path_equals_dense_g(m, n, p):
     # (60, 10) and (400, 10) split A into column blocks (of 6 and 1 columns): the block
     # loop, with a last block shifted to end at column p in the first case.
     np.testing.assert_allclose(ops.gram_matmul(bcoo, A), ref, rtol=1e-10)
+    # The thin products through the BCOO X's stored indices (ops.x_matmul, xt_matmul, wt_x).
+    B = jnp.asarray(np.random.default_rng(2).random((m, p)))
+    np.testing.assert_allclose(ops.x_matmul(bcoo.X, A), X.toarray() @ np.asarray(A), rtol=1e-10)
+    np.testing.assert_allclose(ops.xt_matmul(bcoo.X, B), X.toarray().T @ np.asarray(B), rtol=1e-10)
+    np.testing.assert_allclose(ops.wt_x(bcoo.X, B), np.asarray(B).T @ X.toarray(), rtol=1e-10)
 
 
 def test_block_width_bounds_the_temporary():

@@ -33,6 +33,15 @@ def test_stops_at_max_iter():
     assert np.all(np.isfinite(res.loss_history))
 
 
+def test_max_iter_zero_returns_the_start():
+    data, f0, hp = tiny_problem(0)
+    res = run(data, f0, hp, SolverConfig(max_iter=0))
+    assert int(res.num_steps) == 0 and int(res.status) == MAX_ITER
+    assert res.loss_history.shape == (0,)
+    for a, b in zip(res.factors, f0):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_stops_early_on_easy_problem():
     # With a large lam the moves shrink fast and F settles: the relative rule fires.
     # (With a small lam F keeps shrinking geometrically towards its only stationary
@@ -146,7 +155,7 @@ def test_each_step_reports_the_exact_change_of_f(k_ref, z_step):
     # The Z, W and H steps accept on F(new) - F(old) computed from differences (not by
     # comparing two rounded values of F); in float64 that must equal the full objective.
     from sccase_jax import solver as S
-    from sccase_jax.losses import gram_loss
+    from sccase_jax.losses import gram_loss, similarity_term
     from sccase_jax.ops import masked
 
     data, f0, hp = tiny_problem(3, k_ref=k_ref)
@@ -160,10 +169,53 @@ def test_each_step_reports_the_exact_change_of_f(k_ref, z_step):
     W, F2 = S._w_step(st.W, st.H, Sm, data, hp, cfg, F1)
     B = S.wt_x(data.X, W)
     assert float(F2) == pytest.approx(full(Sm, GS, B, W, st.H, Z), rel=1e-12)
-    H, F3 = S._h_step(W, st.H, Z, Sm, B, hp, cfg, F2)
+    H, F3, sim = S._h_step(W, st.H, Z, Sm, B, hp, cfg, F2)
     assert float(F3) == pytest.approx(full(Sm, GS, B, W, H, Z), rel=1e-12)
+    assert float(sim) == pytest.approx(float(similarity_term(Z, H)), rel=1e-10)
     assert float(F3) <= float(F2) <= float(F1) <= float(st.loss)
     assert float(F3) < float(st.loss)
+
+
+def test_h_trial_bound_is_a_lower_bound_and_skips_only_rejected_trials(monkeypatch):
+    # An H trial whose bound on the change of F is positive skips its pass over Q.  The
+    # bound must never exceed the exact change, it must fire for the paper's large first
+    # trials, and the H step must come out the same with and without it.
+    from sccase_jax import solver as S
+    from sccase_jax.ops import gap, masked
+
+    from sccase_jax.gradients import grad_h_gram
+    from sccase_jax.losses import gram_loss
+
+    data, f0, hp = tiny_problem(4, lam=1e3)
+    W, H, _ = f0
+    # Z close to H^T H, as in a fit: the paper's first trials overshoot by far.
+    Z = H.T @ H * (1.0 + 0.01 * jnp.cos(jnp.arange(H.shape[1] ** 2).reshape(H.shape[1], -1)))
+    Sm = masked(Z, data.R)
+    GS, B = data.G @ Sm, S.wt_x(data.X, W)
+    F = lambda Hc: gram_loss(Sm, GS, B, W, Hc, Z, data.P, data.M, hp)  # noqa: E731
+    Q = gap(Z, H)
+    qq = jnp.vdot(Q, Q)
+    D = grad_h_gram(B @ Sm, W.T @ W, H, Q, hp.lam, hp.gamma2)
+    fired = 0
+    for d in [0.2**i for i in range(10)]:
+        Hc = jnp.maximum(H - d * D, 0)
+        E = Hc.T @ Hc - H.T @ H
+        exact = float(F(Hc) - F(H))
+        rest = exact - float(hp.lam * (jnp.vdot(E, E) - 2.0 * jnp.vdot(Q, E)))
+        low, scale = S._h_trial_bound(rest, jnp.vdot(E, E), qq, hp.lam)
+        assert float(low) <= exact + 1e-9 * float(scale)
+        if low > S.H_BOUND_MARGIN * scale:
+            fired += 1
+            assert exact > 0
+    assert fired >= 3
+
+    cfg = SolverConfig()
+    with_bound = S._h_step(W, H, Z, Sm, B, hp, cfg, jnp.zeros(()))
+    monkeypatch.setattr(S, "H_BOUND_MARGIN", float("inf"))
+    without = S._h_step(W, H, Z, Sm, B, hp, cfg, jnp.zeros(()))
+    assert float(without[1]) < 0  # a step was taken, after the bound rejected the first trials
+    for a, b in zip(with_bound, without):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_z_step_sees_decreases_below_the_float32_resolution_of_f():
@@ -329,11 +381,16 @@ def test_z_step_setting_is_checked_and_release_uses_the_paper_step():
         run(data, f0, hp, SolverConfig(z_step="fast"))
 
 
-@pytest.mark.parametrize(("z_step", "bound"), [("auto", 5.5), ("gradient", 5.0)])
-def test_fit_plan_working_memory(z_step, bound):
-    # XLA's buffer plan of the whole fit (float32, dense G), in n x n arrays: 5.05 of
-    # temporaries here with the default Z step (6.0 with the H step's Q formed beside S,
-    # before session 7's orderings, docs/performance.md), 4.64 with the paper's.
+@pytest.mark.parametrize(
+    ("gram", "z_step", "bound"),
+    [("dense", "auto", 5.5), ("dense", "gradient", 5.0), ("sparse", "auto", 12.5)],
+)
+def test_fit_plan_working_memory(gram, z_step, bound):
+    # XLA's buffer plan of the whole fit (float32), in n x n arrays: 5.05 of temporaries
+    # here with dense G and the default Z step (6.0 with the H step's Q formed beside S,
+    # before session 7's orderings, docs/performance.md), 4.64 with the paper's.  Through
+    # sparse X 11.8 (14.3 while BCOO's own products and jnp indexing kept one wrapped copy
+    # of X's indices per product, ops.x_matmul), of which 4 are the block temporaries.
     import scipy.sparse as sp
 
     from sccase_jax import api
@@ -343,7 +400,7 @@ def test_fit_plan_working_memory(z_step, bound):
     rng = np.random.default_rng(0)
     X = sp.random(10 * n, n, density=0.05, random_state=rng, format="csr")
     X.data[:] = 1.0
-    prob = api.prepare(X, 9, gram="dense", dtype=jnp.float32, nmf_iter=2)
+    prob = api.prepare(X, 9, gram=gram, dtype=jnp.float32, nmf_iter=2)
     cfg = SolverConfig(z_step=z_step)
     ma = run_donated.lower(prob.data, prob.factors, prob.hp, config=cfg).compile()
     temps = ma.memory_analysis().temp_size_in_bytes / (4.0 * n * n)
