@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -25,6 +26,7 @@ from sccase_jax.solver import CONVERGED, MAX_ITER, NONFINITE, run, run_donated
 
 __all__ = [
     "DEFAULT_MAX_ITER",
+    "DEFAULT_TOL",
     "FitResult",
     "InputError",
     "Problem",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_ITER = 30  # docs/results.md: quality flat from 10 to 100 iterations
+DEFAULT_TOL = 1e-6  # the paper's
+JACCARD_NORMALIZE = ("column", "row")
 _STATUS_NAMES = {CONVERGED: "converged", MAX_ITER: "max_iter", NONFINITE: "nonfinite"}
 
 
@@ -78,6 +82,115 @@ class FitResult(NamedTuple):
 def default_dtype():
     """float64 when ``jax_enable_x64`` is on, else float32."""
     return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+def _is_real(value) -> bool:
+    """A real number: a Python or NumPy int or float, or a 0-d real array (not a bool)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return True
+    return (isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0
+            and value.dtype.kind in "iuf")
+
+
+def check_int(name: str, value, minimum: int | None = None, *, integral_float: bool = True) -> int:
+    """``value`` as a Python int, else an :class:`InputError` naming ``name``.
+
+    Python and NumPy integers are accepted, and (with ``integral_float``) floats with an
+    integral value such as ``30.0``; bools, strings, None and other floats are not.
+    """
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok and integral_float and isinstance(value, (float, np.floating)):
+        ok = bool(np.isfinite(value)) and float(value).is_integer()
+    if not ok:
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise InputError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_real(name: str, value, minimum: float | None = 0.0, maximum: float | None = None) -> float:
+    """``value`` as a finite Python float in ``[minimum, maximum]``, else an :class:`InputError`."""
+    ok = _is_real(value) and bool(np.isfinite(value))
+    if ok:
+        v = float(value)
+        ok = (minimum is None or v >= minimum) and (maximum is None or v <= maximum)
+    if not ok:
+        if maximum is not None:
+            want = f"a finite number in [{minimum:g}, {maximum:g}]"
+        elif minimum is not None:
+            want = f"a finite number >= {minimum:g}"
+        else:
+            want = "a finite number"
+        raise InputError(f"{name} must be {want}, got {value!r}")
+    return v
+
+
+def check_keep_prob(keep_prob) -> float:
+    """``keep_prob`` as a float in (0, 1], else an :class:`InputError`."""
+    if not (_is_real(keep_prob) and 0.0 < float(keep_prob) <= 1.0):
+        raise InputError(f"keep_prob must be in (0, 1], got {keep_prob!r}")
+    return float(keep_prob)
+
+
+def check_seed(seed, low: int = -(2**63), high: int = 2**63 - 1) -> int:
+    """``seed`` as a Python int (Python or NumPy integers, not bools) in ``[low, high]``."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"seed must be an integer, got {seed!r}")
+    if not low <= int(seed) <= high:
+        raise InputError(f"seed must be an integer in [{low}, {high}], got {seed}")
+    return int(seed)
+
+
+def x64_enabled() -> bool:
+    """Whether JAX computes in 64 bits (``jax.config.update("jax_enable_x64", True)``)."""
+    return bool(jax.config.jax_enable_x64)
+
+
+def check_dtype(dtype):
+    """The computation dtype for ``dtype``: ``jnp.float32`` or ``jnp.float64``.
+
+    ``None`` gives :func:`default_dtype`.  Anything but float32 and float64 is an
+    :class:`InputError`.  float64 needs 64-bit JAX: without ``jax_enable_x64`` it warns
+    and gives float32 (what JAX would silently compute in).
+    """
+    if dtype is None:
+        return default_dtype()
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = np.dtype(object)  # not a dtype at all (np.dtype(None) would be float64)
+    if dt.name not in ("float32", "float64"):
+        raise InputError(f"dtype must be float32 or float64, got {dtype!r}")
+    if dt == np.float64 and not x64_enabled():
+        warnings.warn(
+            "dtype=float64 needs 64-bit JAX, which is off: computing in float32. Call "
+            'jax.config.update("jax_enable_x64", True) before any JAX computation to fit '
+            "in float64",
+            UserWarning,
+            stacklevel=3,
+        )
+        return jnp.float32
+    return jnp.float64 if dt == np.float64 else jnp.float32
+
+
+def check_config(config) -> None:
+    """``config`` must be None or a :class:`~sccase_jax.params.SolverConfig`."""
+    if config is not None and not isinstance(config, SolverConfig):
+        raise InputError(
+            f"config must be a SolverConfig (sccase_jax.params.SolverConfig(...) or "
+            f"release_config(...)), got {type(config).__name__}: {config!r}"
+        )
+
+
+def check_jaccard_normalize(jaccard_normalize) -> None:
+    """``jaccard_normalize`` must be ``"column"`` or ``"row"`` (None: unnormalised)."""
+    if jaccard_normalize is not None and jaccard_normalize not in JACCARD_NORMALIZE:
+        raise InputError(
+            f"jaccard_normalize must be 'column', 'row' or None, got {jaccard_normalize!r}"
+        )
 
 
 def check_matrix(X, what: str = "X"):
@@ -136,7 +249,7 @@ def fit(
     gamma1: float = 1.0,
     gamma2: float = 1.0,
     keep_prob: float = 0.95,
-    tol: float = 1e-6,
+    tol: float = DEFAULT_TOL,
     max_iter: int = DEFAULT_MAX_ITER,
     seed: int = 0,
     config: SolverConfig | None = None,
@@ -164,12 +277,14 @@ def fit(
     keep_prob
         Keep probability s of the random mask R (drawn once from ``seed``).
     tol, max_iter
-        Stop when the relative change of F is below ``tol``, or after ``max_iter``.
+        Stop when the relative change of F is below ``tol`` (a finite number >= 0), or
+        after ``max_iter`` iterations (an integer >= 0; 0 returns the starting point).
     seed
-        Seeds the mask R and the NMF start.
+        Seeds the mask R and the NMF start (a Python or NumPy integer).
     config
-        Full :class:`~sccase_jax.params.SolverConfig`; its ``max_iter``, ``tol`` and
-        ``progress`` are replaced by the arguments above.  Use
+        Full :class:`~sccase_jax.params.SolverConfig` (anything else is an
+        :class:`InputError`); its ``max_iter``, ``tol`` and ``progress`` are replaced by
+        the arguments above.  Use
         :func:`~sccase_jax.params.release_config` for the released code's behaviour.
     jaccard_normalize
         ``"column"`` (paper) or ``"row"`` (released code) normalisation of Z0.
@@ -182,7 +297,10 @@ def fit(
         or ``"auto"`` (dense up to a sixteenth of the host memory on CPU, an eighth of the
         device memory on a GPU: :func:`dense_limit`).
     dtype
-        Computation dtype; default float32, or float64 when ``jax_enable_x64`` is on.
+        Computation dtype, float32 or float64 (anything else is an :class:`InputError`);
+        default float32, or float64 when ``jax_enable_x64`` is on.  float64 needs
+        ``jax.config.update("jax_enable_x64", True)``: without it, it warns and computes in
+        float32 (:func:`check_dtype`).
     progress
         Print iteration, F and relative change while fitting.
     P, k_ref, alpha
@@ -193,16 +311,15 @@ def fit(
         ``"sparse"`` (``X^T (X A)`` with X as BCOO, G never formed) or ``"auto"`` (the
         cheaper by :func:`sccase_jax.ops.choose_gram`).
     """
-    if max_iter < 0:
-        raise InputError(f"max_iter must be >= 0, got {max_iter}")
-    if not np.isfinite(tol) or tol < 0:
-        raise InputError(f"tol must be a finite number >= 0, got {tol}")
+    max_iter = check_int("max_iter", max_iter, 0)
+    tol = check_real("tol", tol)
+    check_config(config)
     prob = prepare(
         X, n_components, lam=lam, gamma1=gamma1, gamma2=gamma2, keep_prob=keep_prob, seed=seed,
         jaccard_normalize=jaccard_normalize, nmf_iter=nmf_iter, init=init, x_format=x_format,
         dtype=dtype, P=P, k_ref=k_ref, alpha=alpha, gram=gram,
     )
-    config = (config or SolverConfig())._replace(max_iter=int(max_iter), tol=float(tol), progress=progress)
+    config = (config or SolverConfig())._replace(max_iter=max_iter, tol=tol, progress=progress)
     # Factors made here are ours to donate (Z0's buffer becomes the iterate); a caller's
     # ``init`` may share buffers with arrays the caller keeps, so it is not donated.
     solve = run_donated if init is None else run
@@ -275,13 +392,15 @@ def prepare(
     """
     X = check_input(X, n_components)
     m, n = X.shape
-    if not 0.0 < keep_prob <= 1.0:
-        raise InputError(f"keep_prob must be in (0, 1], got {keep_prob}")
+    check_keep_prob(keep_prob)
     for name, v in (("lam", lam), ("gamma1", gamma1), ("gamma2", gamma2), ("alpha", alpha)):
-        if not np.isfinite(v) or v < 0:
-            raise InputError(f"{name} must be a finite number >= 0, got {v}")
-    dtype = dtype or default_dtype()
+        check_real(name, v)
+    seed = check_seed(seed)
+    check_jaccard_normalize(jaccard_normalize)
+    nmf_iter = check_int("nmf_iter", nmf_iter, 0)
+    dtype = check_dtype(dtype)
     k = int(n_components)
+    k_ref = check_int("k_ref", k_ref, 0)
     if not 0 <= k_ref <= k:
         raise InputError(f"k_ref must be between 0 and n_components = {k}, got {k_ref}")
 
@@ -374,6 +493,7 @@ def enhanced_matrix(X, Z, block: int = 1024, dtype=np.float32, device: bool | No
     """
     from sccase_jax.io import block_product
 
+    block = check_int("block", block, 1, integral_float=False)
     m, n = X.shape
     raw = block_product(X, Z, block, dtype, device)
     out = np.empty((n, m), dtype=dtype)

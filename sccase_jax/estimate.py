@@ -12,7 +12,10 @@ preprocessed cells:
 3. the number of clusters of the Leiden clustering (over a grid of resolutions, on a kNN
    graph) with the largest silhouette.
 
-The estimate is the mean of the three, rounded up, clipped to the range.  The released
+The estimate is the mean of the three, rounded up, clipped to the range.  On small data the
+range is clipped to what the data allow (at most ``n_cells - 1`` and at most the number of
+distinct cell profiles); data that allow no estimate at all (fewer than 3 cells, fewer
+than 2 peaks, or all cells alike) raise :class:`~sccase_jax.api.InputError`.  The released
 code then fits with k + 1 components (scCASE) or round(1.3 k) + k // 2500 (scCASER); that
 rule belongs to the caller (:func:`sccase_jax.tl.enhance` adds 1, and with a reference
 takes k at least its number of profiles).
@@ -28,9 +31,10 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from sccase_jax.api import InputError, check_int
 from sccase_jax.metrics import openmp_single_thread, require
 
-__all__ = ["KEstimate", "estimate_n_components", "kneedle"]
+__all__ = ["KEstimate", "estimate_n_components", "kneedle", "n_distinct_rows"]
 
 
 class KEstimate(NamedTuple):
@@ -69,7 +73,9 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
         Preprocessed (TF-IDF) peaks x cells, sparse or dense (the orientation of
         :func:`~sccase_jax.api.fit`).
     k_min, k_max
-        Search range; ``k_max`` defaults to ``min(30, max(5, n_cells // 20))``.
+        Search range; ``k_max`` defaults to ``min(30, max(5, n_cells // 20))``.  The range is
+        clipped to at most ``n_cells - 1`` and the number of distinct cell profiles, and
+        ``k_min`` to at least 2.
     n_pcs
         PCA components used by the three estimators (20: with 50 the noisy tail components
         pushed the Davies-Bouldin minimum to the top of the range on the Granja data).
@@ -81,20 +87,41 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
         Relative tolerance of the Davies-Bouldin rule (0 gives the bare argmin).
     details
         Return a :class:`KEstimate` with each estimator's answer instead of an int.
+
+    Raises
+    ------
+    InputError
+        Fewer than 3 cells or 2 peaks, or no two cells differ: the number of cell types
+        cannot be estimated (pass ``n_components`` to :func:`sccase_jax.enhance`).
     """
     cluster = require("sklearn.cluster")
     skm = require("sklearn.metrics")
     from sccase_jax.clustering import knn_graph, partition, pca_embedding
 
     M = X.T.tocsr() if sp.issparse(X) else np.asarray(X).T
-    n = M.shape[0]
+    n, m = M.shape
+    k_min = check_int("k_min", k_min, integral_float=False)
+    if k_max is not None:
+        k_max = check_int("k_max", k_max, 2, integral_float=False)
+    for what, have, need in (("cells", n, 3), ("peaks", m, 2)):
+        if have < need:
+            raise InputError(
+                f"too few {what} ({have}; at least {need} needed) to estimate the number of "
+                "cell types; pass n_components"
+            )
     rng = np.random.default_rng(seed)
     if n > max_cells:
         M = M[np.sort(rng.choice(n, max_cells, replace=False))]
         n = max_cells
+    distinct = n_distinct_rows(M)
+    if distinct < 2:
+        raise InputError(
+            f"all {n} cells have the same preprocessed profile: no variation to estimate the "
+            "number of cell types from; pass n_components"
+        )
     if k_max is None:
         k_max = min(30, max(5, n // 20))
-    k_max = int(min(k_max, n - 1))
+    k_max = int(min(k_max, n - 1, distinct))
     k_min = int(max(2, min(k_min, k_max)))
     emb = pca_embedding(M, min(n_pcs, min(M.shape) - 1), transform=None, seed=seed)
 
@@ -126,3 +153,18 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
     if details:
         return KEstimate(k, k_knee, k_db, k_sil, ks, inertia, db)
     return k
+
+
+def n_distinct_rows(M) -> int:
+    """Number of distinct rows of a dense or scipy sparse matrix (exact, by hashing)."""
+    if sp.issparse(M):
+        M = sp.csr_matrix(M, copy=True)
+        M.sum_duplicates()  # sorted indices, one entry each
+        M.eliminate_zeros()
+        rows = {
+            (M.indices[a:b].tobytes(), M.data[a:b].tobytes())
+            for a, b in zip(M.indptr[:-1], M.indptr[1:])
+        }
+        return len(rows)
+    M = np.ascontiguousarray(M) + 0.0  # + 0.0: -0.0 and 0.0 hash alike
+    return len({row.tobytes() for row in M})

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from sccase_jax.api import InputError
 
-__all__ = ["binarize", "filter_peaks", "preprocess", "tfidf"]
+__all__ = ["binarize", "check_preprocessed", "filter_peaks", "preprocess", "tfidf"]
 
 TFIDF_VARIANTS = ("paper", "l2")
 
@@ -113,3 +113,23 @@ def preprocess(
         C = C[:, cell_mask]
     # Dropping cells can leave a peak seen in fewer cells; the filter above already decided.
     return tfidf(C, tfidf_variant), peak_mask, cell_mask
+
+
+def check_preprocessed(X) -> int:
+    """Refuse an all-zero preprocessed matrix; return how many cells are all zero in it.
+
+    TF-IDF gives a peak open in every cell an idf of 0 (and the ``"paper"`` variant clips
+    the idf of a peak with more reads than cells at 0), so counts that are not zero can
+    still give zero profiles: a single cell, identical cells, or cells whose only peaks
+    are open everywhere.  An all-zero ``X`` (peaks x cells) leaves nothing to fit and raises
+    :class:`~sccase_jax.api.InputError`; the caller decides what to do about the returned
+    number of all-zero cells (:func:`sccase_jax.tl.enhance` warns).
+    """
+    X = sp.csr_matrix(X)
+    if X.count_nonzero() == 0:
+        raise InputError(
+            f"the preprocessed (TF-IDF) matrix of {X.shape[1]} cells x {X.shape[0]} peaks is "
+            "all zero: every kept peak is open in every cell, so its idf is 0 (e.g. a single "
+            "cell or identical cells); there is nothing to enhance"
+        )
+    return int(np.sum(np.asarray((X != 0).sum(axis=0)).ravel() == 0))

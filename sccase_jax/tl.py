@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import time
 import warnings
 from typing import Any
@@ -11,14 +13,22 @@ import scipy.sparse as sp
 
 from sccase_jax.api import (
     DEFAULT_MAX_ITER,
+    DEFAULT_TOL,
     InputError,
+    check_config,
+    check_dtype,
     check_input,
+    check_int,
+    check_jaccard_normalize,
+    check_keep_prob,
     check_matrix,
+    check_real,
+    check_seed,
     enhanced_matrix,
     fit,
 )
 from sccase_jax.params import SolverConfig, release_config
-from sccase_jax.preprocessing import preprocess
+from sccase_jax.preprocessing import check_preprocessed, preprocess
 
 __all__ = ["OUTPUTS", "enhance", "get_counts", "keep_largest", "minmax_scale", "output_weights"]
 
@@ -35,7 +45,8 @@ def get_counts(adata, layer: str | None = None):
             raise InputError(f"layer {layer!r} not found in adata.layers (available: {have})")
         M = adata.layers[layer]
     if not (sp.issparse(M) or isinstance(M, np.ndarray)):
-        M = np.asarray(M)
+        # A backed AnnData's sparse X is an on-disk dataset: read it.
+        M = M.to_memory() if hasattr(M, "to_memory") else np.asarray(M)
     check_matrix(M, "the count matrix")
     return sp.csr_matrix(M, dtype=np.float64).T.tocsr()
 
@@ -137,8 +148,8 @@ def enhance(
     gamma1: float = 1.0,
     gamma2: float = 1.0,
     keep_prob: float = 0.95,
-    tol: float = 1e-6,
-    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float | None = None,
+    max_iter: int | None = None,
     seed: int = 0,
     layer: str | None = None,
     min_cells_frac: float | None = None,
@@ -188,11 +199,21 @@ def enhance(
         ``"overlap"``.
     min_peak_match, warn_peak_match
         Refuse the reference when fewer than ``min_peak_match`` (default 10 %) of the kept
-        target peaks are matched; warn below ``warn_peak_match`` (default 50 %).
+        target peaks are matched; warn below ``warn_peak_match`` (default 50 %).  Both are
+        fractions in [0, 1].
     lam
         Weight of the similarity term; default 1e6, or 1e5 with a reference (MODEL.md).
-    gamma1, gamma2, keep_prob, tol, max_iter, seed
-        As in :func:`~sccase_jax.api.fit`.
+    gamma1, gamma2, keep_prob
+        As in :func:`~sccase_jax.api.fit` (numbers).
+    tol, max_iter
+        Stopping rule as in :func:`~sccase_jax.api.fit`.  Default ``None``: the value of
+        ``config`` when one is given or set by the preset (``preset="release"``: 3
+        iterations, ``tol = 0``), else ``tol = 1e-6`` and ``max_iter = 30``.  A value
+        passed explicitly always wins over the preset's.  ``max_iter = 0`` returns the
+        starting point.
+    seed
+        Seeds the mask R, the NMF start and the estimate of k: an integer in
+        [0, 2**32 - 1].
     min_cells_frac
         Drop peaks accessible in fewer than this fraction of cells.  Default ``None``: 0
         (only peaks without any read are dropped), or the paper's 0.01 with
@@ -208,9 +229,12 @@ def enhance(
     preset
         ``"paper"`` (default: the paper's solver, exact steps, run to ``tol``) or
         ``"release"``: the sccase 0.2.5 solver (3 iterations, H rows rescaled, printed W
-        step, unguarded moves, row-normalised Jaccard).  Explicit ``config`` still wins.
+        step, unguarded moves, row-normalised Jaccard).  Explicit ``config``, ``max_iter``
+        and ``tol`` still win.
     config
-        Full solver configuration (its ``max_iter``/``tol`` are taken from the arguments).
+        Full solver configuration, a :class:`~sccase_jax.params.SolverConfig` (anything
+        else is an :class:`~sccase_jax.api.InputError`); its ``max_iter``/``tol`` are used
+        unless the arguments ``max_iter``/``tol`` are given.
     output, blend
         What the enhanced matrix is (:func:`output_weights`).  ``"blend"`` (default):
         ``(1 - blend) X + blend X Zc``, each cell's TF-IDF profile blended with the
@@ -222,22 +246,34 @@ def enhance(
         (ARI 0.77 -> 1.00); 0.7-0.9 gave the same within seed noise.
     scale_output
         Min-max scale the enhanced matrix per peak then per cell (as the released code
-        does).  Default ``None``: True for ``output="xz"`` (with the L2 TF-IDF it raised
-        ARI/AMI of ``X Z`` on the Granja data), False for ``"blend"`` (scaling lowered it).
+        does): True, False or ``None``.  Default ``None``: True for ``output="xz"`` (with the
+        L2 TF-IDF it raised ARI/AMI of ``X Z`` on the Granja data), False for ``"blend"``
+        (scaling lowered it).
     neighbors
         Keep only each cell's ``neighbors`` largest weights in ``Z`` before forming the
         output (:func:`output_weights`); ``obsp`` still holds the full ``Z``.  Default
         ``None`` (all): a trade measured in docs/results.md (item 9), better on the
         imbalanced Granja D6T1 data, worse on simulated balanced populations.
     key_added
-        Prefix of the written keys.
+        Prefix of the written keys (a non-empty string).
     out_file, block
         For data whose dense enhanced matrix does not fit in memory: write the result to
         the .h5ad ``out_file``, with ``layers[key_added]`` computed and written ``block``
-        cells at a time (:func:`sccase_jax.io.write_enhanced_h5ad`); the returned AnnData
-        then lacks that layer.
+        cells at a time (a positive integer; :func:`sccase_jax.io.write_enhanced_h5ad`);
+        the returned AnnData then lacks that layer.  ``out_file`` is checked before the
+        fit (an ``.h5ad`` name in an existing, writable directory) and written under a
+        temporary name beside it, renamed when complete: a failure leaves no file.
     **fit_options
-        Passed on to :func:`~sccase_jax.api.fit` (``x_format``, ``dtype``, ``nmf_iter``...).
+        Passed on to :func:`~sccase_jax.api.fit` (``x_format``, ``dtype``, ``nmf_iter``,
+        ``jaccard_normalize``, ``gram``, ``init``).  An unknown keyword is a ``TypeError``
+        raised before any work, naming the closest valid argument.  ``dtype`` is float32
+        or float64; float64 needs ``jax.config.update("jax_enable_x64", True)`` (without
+        it, a warning and float32).
+
+    A backed AnnData (``read_h5ad(..., backed="r")``) is read into memory first (the
+    caller's object is not changed).  Counts whose TF-IDF is all zero (every kept peak open
+    in every cell, e.g. a single cell) are an :class:`~sccase_jax.api.InputError`; cells
+    whose TF-IDF profile alone is all zero give a warning naming how many.
 
     Returns
     -------
@@ -252,15 +288,49 @@ def enhance(
     import anndata as ad
 
     t0 = time.perf_counter()
+    _check_fit_options(fit_options)
     if preset not in ("paper", "release"):
         raise InputError(f"preset must be 'paper' or 'release', got {preset!r}")
     release = preset == "release"
+    check_config(config)
     if release:
         config = config or release_config()
-        if max_iter == DEFAULT_MAX_ITER:
-            max_iter = config.max_iter
-        tol = config.tol if tol == 1e-6 else tol
         fit_options.setdefault("jaccard_normalize", "row")
+    # None: the config's value (the caller's or the preset's), else the package default.
+    if max_iter is None:
+        max_iter = DEFAULT_MAX_ITER if config is None else config.max_iter
+    if tol is None:
+        tol = DEFAULT_TOL if config is None else config.tol
+    max_iter = check_int("max_iter", max_iter, 0)
+    tol = check_real("tol", tol)
+    if n_components is not None:
+        n_components = check_int("n_components", n_components, 1, integral_float=False)
+    seed = check_seed(seed, 0, 2**32 - 1)  # also seeds numpy and scikit-learn
+    for name, v in (("lam", lam), ("gamma1", gamma1), ("gamma2", gamma2), ("alpha", alpha)):
+        if v is not None or name.startswith("gamma"):  # lam, alpha: None is their default
+            check_real(name, v)
+    check_keep_prob(keep_prob)
+    if k_ref is not None:
+        check_int("k_ref", k_ref, 0, integral_float=False)
+    for name, v in (("min_peak_match", min_peak_match), ("warn_peak_match", warn_peak_match)):
+        check_real(name, v, 0.0, 1.0)
+    if min_cells_frac is not None:
+        check_real("min_cells_frac", min_cells_frac, 0.0, 1.0)
+    if scale_output is not None and not isinstance(scale_output, (bool, np.bool_)):
+        raise InputError(f"scale_output must be True, False or None, got {scale_output!r}")
+    if not isinstance(key_added, str) or not key_added:
+        raise InputError(f"key_added must be a non-empty string, got {key_added!r}")
+    block = check_int("block", block, 1, integral_float=False)
+    if out_file is not None:
+        from sccase_jax.io import check_out_file
+
+        out_file = check_out_file(out_file)
+    if "dtype" in fit_options:
+        fit_options["dtype"] = check_dtype(fit_options["dtype"])
+    if "jaccard_normalize" in fit_options:
+        check_jaccard_normalize(fit_options["jaccard_normalize"])
+    if "nmf_iter" in fit_options:
+        fit_options["nmf_iter"] = check_int("nmf_iter", fit_options["nmf_iter"], 0)
     if output is None:
         output = "xz" if release else "blend"
     if scale_output is None:
@@ -272,6 +342,11 @@ def enhance(
         min_cells_frac = 0.01 if release else 0.0
     if reference is None and (k_ref or alpha):
         raise InputError("k_ref and alpha need a reference (reference=...)")
+    # A backed AnnData holds X as an on-disk dataset: read it (a new object) into memory.
+    if getattr(adata, "isbacked", False):
+        adata = adata.to_memory()
+    if reference is not None and getattr(reference, "isbacked", False):
+        reference = reference.to_memory()
 
     counts = get_counts(adata, layer)
     X, peak_mask, cell_mask = preprocess(
@@ -281,6 +356,15 @@ def enhance(
         binarize_counts=binarize,
         drop_empty_cells=drop_empty_cells,
     )
+    n_zero = check_preprocessed(X)
+    if n_zero:
+        warnings.warn(
+            f"{n_zero} of {X.shape[1]} cells have an all-zero TF-IDF profile (every kept peak "
+            "they open is open in every cell, so its idf is 0): they carry no information into "
+            "the fit and their enhanced profiles may be all zero",
+            UserWarning,
+            stacklevel=2,
+        )
     n_components_estimated = n_components is None
     if n_components is None:
         from sccase_jax.estimate import estimate_n_components
@@ -365,6 +449,21 @@ def enhance(
 
         write_enhanced_h5ad(out, out_file, X, B, key=key_added, block=block, scale=scale_output)
     return out
+
+
+def _check_fit_options(fit_options: dict) -> None:
+    """Refuse keywords that neither :func:`enhance` nor :func:`~sccase_jax.api.fit` takes.
+
+    Raised before any work, as Python would for a misspelt argument, with the closest
+    valid name suggested.
+    """
+    own = set(inspect.signature(enhance).parameters) - {"adata", "fit_options"}
+    passable = set(inspect.signature(fit).parameters) - {"X", "n_components"} - own
+    for name in fit_options:
+        if name not in passable:
+            close = difflib.get_close_matches(name, sorted(own | passable), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"enhance() got an unexpected keyword argument {name!r}{hint}")
 
 
 def _reference_block(reference, target_var, counts, X, k, *, k_ref, alpha, peak_match, min_match,
