@@ -1,12 +1,19 @@
 """``sccase-jax``: a thin command line over :func:`sccase_jax.enhance`.
 
-Subcommands: ``enhance IN.h5ad OUT.h5ad``, ``demo``.  Bad input ends with a one-line
-``sccase-jax: error: ...`` and exit status 2, never a traceback.
+Subcommands: ``enhance IN.h5ad OUT.h5ad``, ``demo``, ``evaluate``.  Bad input or usage ends
+with a one-line ``sccase-jax: error: ...`` and exit status 2, never a traceback; numeric
+options are checked when the arguments are parsed, before any file is read or written.
+
+The output is written to a temporary file beside it, given the permissions of a newly
+created file (``0o666 & ~umask``) and renamed over the output, so a failed run leaves no
+partial file.  The output may not be the input (or the reference) under any alias (symlink,
+``..``, hard link); an output that is a symlink is written through to its target.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -14,6 +21,10 @@ import time
 import warnings
 
 __all__ = ["main"]
+
+DESCRIPTION = ("sccase-jax: enhance scATAC-seq counts (.h5ad) with scCASE, a thin command line "
+               "over sccase_jax.enhance. Run 'sccase-jax COMMAND --help' for the options of "
+               "each command.")
 
 # Above this many cells x peaks (4 GB as float32) the enhanced layer is written block by block.
 OUT_OF_CORE_ENTRIES = 1_000_000_000
@@ -23,27 +34,46 @@ class CLIError(Exception):
     """A user-facing error: printed as one line."""
 
 
-def _read_h5ad(path: str):
+def _read_h5ad(path: str, what: str = "input"):
+    """Read an .h5ad file; ``what`` names it in errors ("input", "reference")."""
     import anndata as ad
 
     if not os.path.exists(path):
-        raise CLIError(f"input file not found: {path}")
+        raise CLIError(f"{what} file not found: {path}")
     if os.path.isdir(path):
-        raise CLIError(f"input is a directory, not an .h5ad file: {path}")
+        raise CLIError(f"{what} is a directory, not an .h5ad file: {path}")
     if not path.endswith(".h5ad"):
-        raise CLIError(f"input must be an .h5ad file: {path}")
+        raise CLIError(f"{what} must be an .h5ad file: {path}")
     try:
         return ad.read_h5ad(path)
     except Exception as exc:  # h5py/anndata raise many types for a corrupt file
-        raise CLIError(f"cannot read {path} as an .h5ad file ({type(exc).__name__}: {exc})") from None
+        raise CLIError(f"cannot read {what} {path} as an .h5ad file "
+                       f"({type(exc).__name__}: {exc})") from None
 
 
-def _check_output(out: str, inp: str | None = None) -> str:
-    out = os.path.abspath(out)
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name the same file, through symlinks, ``..`` and hard links."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _check_output(out: str, inp: str | None = None, reference: str | None = None) -> str:
+    """Validate the output path; return where to write it (symlinks resolved).
+
+    An output that is a symlink is written through to its target.  The output may not be
+    the input or the reference file under any alias (symlink, ``..``, hard link).
+    """
     if not out.endswith(".h5ad"):
-        raise CLIError(f"output must end in .h5ad: {out}")
-    if inp is not None and os.path.abspath(inp) == out:
-        raise CLIError("output path is the input file; the input is never overwritten")
+        raise CLIError(f"output must end in .h5ad: {os.path.abspath(out)}")
+    for what, src in (("input", inp), ("reference", reference)):
+        if src is not None and _same_file(src, out):
+            raise CLIError(f"output path {out} is the {what} file {src}; the {what} is never "
+                           "overwritten")
+    out = os.path.realpath(out)  # a symlink is written through to its target
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):
         raise CLIError(f"output directory does not exist: {parent}")
@@ -54,37 +84,136 @@ def _check_output(out: str, inp: str | None = None) -> str:
     return out
 
 
-def write_h5ad_atomic(adata, out: str) -> None:
-    """Write to a temporary file beside ``out`` and rename: no partial file is left."""
-    fd, tmp = tempfile.mkstemp(suffix=".h5ad.part", dir=os.path.dirname(out))
+def _file_mode() -> int:
+    """The mode a newly created file gets under the current umask (0o666 & ~umask)."""
+    old = os.umask(0o022)  # there is no way to read the umask without setting it
+    os.umask(old)
+    return 0o666 & ~old
+
+
+def _temp_beside(out: str) -> str:
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".h5ad.part", dir=os.path.dirname(out))
+    except OSError as exc:
+        raise CLIError(f"cannot write {out}: {exc}") from None
     os.close(fd)
+    return tmp
+
+
+def _finish(tmp: str, out: str) -> None:
+    """Give the written temporary file normal permissions and rename it to ``out``."""
+    os.chmod(tmp, _file_mode())  # mkstemp creates 0600
+    os.replace(tmp, out)
+
+
+def _remove(path: str | None) -> None:
+    if path is not None and os.path.lexists(path):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def write_h5ad_atomic(adata, out: str) -> None:
+    """Write to a temporary file beside ``out`` and rename: no partial file is left.
+
+    The file gets the permissions of a normally created file (``0o666 & ~umask``).
+    """
+    tmp = _temp_beside(out)
     try:
         adata.write_h5ad(tmp)
-        os.replace(tmp, out)
+        _finish(tmp, out)
     except BaseException as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove(tmp)
         if isinstance(exc, OSError):
             raise CLIError(f"cannot write {out}: {exc}") from None
         raise
 
 
-def _add_fit_args(p: argparse.ArgumentParser) -> None:
-    from sccase_jax.api import DEFAULT_MAX_ITER
+# argparse types: a bad value ends with one ``sccase-jax: error: ...`` line (exit status
+# 2) before any file is read or written.  ``name`` is the API's name of the value, so that
+# the message reads like the one :func:`sccase_jax.enhance` would give.
 
-    p.add_argument("--k", type=int, default=None,
+def int_at_least(name: str, low: int = 1, high: int | None = None, *, phrase: str | None = None):
+    """argparse type: an integer in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if v < low or (high is not None and v > high):
+            rng = phrase or (f">= {low}" if high is None else f"an integer in [{low}, {high}]")
+            raise argparse.ArgumentTypeError(f"{name} must be {rng}, got {text}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number_in(name: str, low: float = 0.0, high: float | None = None, *, low_open: bool = False):
+    """argparse type: a finite number ``>= low`` (``> low`` with ``low_open``), ``<= high``."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not (math.isfinite(v) and (v > low if low_open else v >= low)
+                and (high is None or v <= high)):
+            if high is None:
+                rng = f"a finite number {'>' if low_open else '>='} {low:g}"
+            else:
+                rng = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"{name} must be {rng}, got {text}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def seed_type(name: str = "seed"):
+    """argparse type: a seed, 0 to 2**32 - 1 (what NumPy and scikit-learn accept)."""
+    return int_at_least(name, 0, 2**32 - 1)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line ``sccase-jax: error: ...`` (exit status 2) for bad usage."""
+
+    def error(self, message):
+        root = self.prog.split()[0]
+        self.exit(2, f"{root}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    from sccase_jax import api
+    from sccase_jax.params import release_config
+
+    release = release_config()
+    default_tol = f"{api.DEFAULT_TOL:g}".replace("e-0", "e-")  # 1e-6
+    p.add_argument("--k", type=int_at_least("n_components"), default=None,
                    help="number of components (default: estimated number of types + 1; with "
                         "--reference round(1.3 c), c at least the number of profiles)")
-    p.add_argument("--lam", type=float, default=None,
+    p.add_argument("--lam", type=number_in("lam"), default=None,
                    help="weight of ||Z - H^T H||^2 (default 1e6; 1e5 with --reference)")
-    p.add_argument("--gamma1", type=float, default=1.0, help="ridge weight on W (default 1)")
-    p.add_argument("--gamma2", type=float, default=1.0, help="ridge weight on H (default 1)")
-    p.add_argument("--keep-prob", type=float, default=0.95, help="keep probability of the mask R")
-    p.add_argument("--tol", type=float, default=1e-6, help="relative change of F to stop at")
-    p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER, help="maximum iterations")
-    p.add_argument("--seed", type=int, default=0, help="random seed (mask R and NMF start)")
+    p.add_argument("--gamma1", type=number_in("gamma1"), default=1.0,
+                   help="ridge weight on W (default 1)")
+    p.add_argument("--gamma2", type=number_in("gamma2"), default=1.0,
+                   help="ridge weight on H (default 1)")
+    p.add_argument("--keep-prob", type=number_in("keep_prob", 0.0, 1.0, low_open=True), default=0.95,
+                   help="keep probability of the mask R, in (0, 1] (default 0.95)")
+    # --tol and --max-iter default to None: passed on only when given, so that an explicit
+    # value always wins over the preset's.
+    p.add_argument("--tol", type=number_in("tol"), default=None,
+                   help=f"relative change of F to stop at (default {default_tol}; {release.tol:g}, "
+                        "i.e. run all iterations, with --preset release)")
+    p.add_argument("--max-iter", type=int_at_least("max_iter", 0), default=None,
+                   help=f"maximum iterations (default {api.DEFAULT_MAX_ITER}; {release.max_iter} "
+                        "with --preset release)")
+    p.add_argument("--seed", type=seed_type(), default=0,
+                   help="random seed, 0 to 2**32 - 1 (mask R and NMF start; default 0)")
     p.add_argument("--layer", default=None, help="read counts from this layer instead of X")
-    p.add_argument("--min-cells-frac", type=float, default=None,
+    p.add_argument("--min-cells-frac", type=number_in("min_cells_frac", 0.0, 1.0), default=None,
                    help="drop peaks open in fewer than this fraction of cells "
                         "(default 0: only empty peaks; 0.01 with --preset release)")
     p.add_argument("--tfidf", choices=["paper", "l2"], default="l2",
@@ -92,13 +221,14 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-type", dest="output_type", choices=["blend", "xz"], default=None,
                    help="enhanced matrix: 'blend' = (1 - w) X + w X Zc (default), 'xz' = the "
                         "paper's X Z (default with --preset release)")
-    p.add_argument("--blend", type=float, default=0.8,
+    p.add_argument("--blend", type=number_in("blend", 0.0, 1.0), default=0.8,
                    help="weight w of the Z-weighted cell average in --output-type blend (default 0.8)")
     p.add_argument("--scale-output", dest="scale_output", action="store_true", default=None,
                    help="min-max scale the output per peak then per cell (default for xz)")
     p.add_argument("--no-scale-output", dest="scale_output", action="store_false",
                    help="return the output unscaled (default for blend)")
-    p.add_argument("--neighbors", type=int, default=None, metavar="N",
+    p.add_argument("--neighbors", type=int_at_least("neighbors", phrase="a positive integer"),
+                   default=None, metavar="N",
                    help="keep only each cell's N largest weights in Z for the output "
                         "(default: all; docs/results.md, item 9)")
     p.add_argument("--binarize", action="store_true", help="binarise counts before TF-IDF")
@@ -108,26 +238,24 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="'release' reproduces sccase 0.2.5")
     p.add_argument("--reference", default=None, metavar="REF.h5ad",
                    help="scCASER: reference profiles x peaks (.h5ad); --k stays the total k")
-    p.add_argument("--k-ref", type=int, default=None,
+    p.add_argument("--k-ref", type=int_at_least("k_ref"), default=None,
                    help="reference columns k1 (default min(profiles, k - 1))")
-    p.add_argument("--alpha", type=float, default=None, help="pull of W1 towards P (default 1)")
+    p.add_argument("--alpha", type=number_in("alpha"), default=None,
+                   help="pull of W1 towards P (default 1)")
     p.add_argument("--peak-match", choices=["auto", "name", "overlap"], default="auto",
                    help="match reference peaks by name or genomic overlap (default auto)")
-    p.add_argument("--min-peak-match", type=float, default=0.1,
+    p.add_argument("--min-peak-match", type=number_in("min_peak_match", 0.0, 1.0), default=0.1,
                    help="refuse a reference matching fewer target peaks than this (default 0.1)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _fit_kwargs(args) -> dict:
-    return dict(
+    kwargs = dict(
         n_components=args.k,
-        out_file=getattr(args, "out_file", None),
         lam=args.lam,
         gamma1=args.gamma1,
         gamma2=args.gamma2,
         keep_prob=args.keep_prob,
-        tol=args.tol,
-        max_iter=args.max_iter,
         seed=args.seed,
         layer=args.layer,
         min_cells_frac=args.min_cells_frac,
@@ -145,6 +273,11 @@ def _fit_kwargs(args) -> dict:
         peak_match=args.peak_match,
         min_peak_match=args.min_peak_match,
     )
+    # Only when given: None leaves the preset's (or the package's) default in force.
+    for name in ("tol", "max_iter"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    return kwargs
 
 
 def _log(args, msg: str) -> None:
@@ -155,37 +288,45 @@ def _log(args, msg: str) -> None:
 def cmd_enhance(args) -> int:
     from sccase_jax.tl import enhance
 
-    out = _check_output(args.output, args.input)
+    if args.reference is None and (args.k_ref is not None or args.alpha is not None):
+        raise CLIError("--k-ref and --alpha need --reference")
+    out = _check_output(args.output, args.input, args.reference)
     adata = _read_h5ad(args.input)
     _log(args, f"read {args.input}: {adata.n_obs} cells x {adata.n_vars} peaks")
-    args.out_file = None
-    if args.out_of_core or adata.n_obs * adata.n_vars >= OUT_OF_CORE_ENTRIES:
-        fd, args.out_file = tempfile.mkstemp(suffix=".h5ad.part", dir=os.path.dirname(out))
-        os.close(fd)
-        _log(args, "writing the enhanced layer block by block (out of core)")
     kwargs = _fit_kwargs(args)
     if args.reference is not None:
-        kwargs["reference"] = _read_h5ad(args.reference)
+        kwargs["reference"] = _read_h5ad(args.reference, "reference")
         _log(args, f"read {args.reference}: {kwargs['reference'].n_obs} reference profiles")
-    elif args.k_ref is not None or args.alpha is not None:
-        raise CLIError("--k-ref and --alpha need --reference")
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        result = enhance(adata, **kwargs)
-    for w in caught:  # one line each, even with --quiet
-        print(f"sccase-jax: warning: {w.message}", file=sys.stderr, flush=True)
-    info = result.uns["sccase"]
-    if "reference" in info:
-        r = info["reference"]
-        _log(args, f"reference: {r['n_matched']} of {r['n_target_peaks']} target peaks matched "
-                   f"({r['frac_matched']:.1%}, by {r['match_method']}); k_ref = {r['k_ref']}")
-    _log(args, f"fit: {info['n_iter']} iterations, {info['status']}, {time.perf_counter() - t0:.1f} s;"
-               f" {result.n_obs} cells x {result.n_vars} peaks kept")
-    if args.out_file is None:
-        write_h5ad_atomic(result, out)
-    else:  # already written block by block beside ``out``
-        os.replace(args.out_file, out)
+    out_file = None
+    try:
+        if args.out_of_core or adata.n_obs * adata.n_vars >= OUT_OF_CORE_ENTRIES:
+            # Everything that can be checked without the fit has been: the temporary file
+            # exists only from here, and the finally clause removes it on any failure.
+            out_file = kwargs["out_file"] = _temp_beside(out)
+            _log(args, "writing the enhanced layer block by block (out of core)")
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            result = enhance(adata, **kwargs)
+        for w in caught:  # one line each, even with --quiet
+            print(f"sccase-jax: warning: {w.message}", file=sys.stderr, flush=True)
+        info = result.uns["sccase"]
+        if "reference" in info:
+            r = info["reference"]
+            _log(args, f"reference: {r['n_matched']} of {r['n_target_peaks']} target peaks matched "
+                       f"({r['frac_matched']:.1%}, by {r['match_method']}); k_ref = {r['k_ref']}")
+        _log(args, f"fit: {info['n_iter']} iterations, {info['status']}, "
+                   f"{time.perf_counter() - t0:.1f} s; {result.n_obs} cells x {result.n_vars} peaks kept")
+        if out_file is None:
+            write_h5ad_atomic(result, out)
+        else:  # already written block by block beside ``out``
+            try:
+                _finish(out_file, out)
+            except OSError as exc:
+                raise CLIError(f"cannot write {out}: {exc}") from None
+            out_file = None
+    finally:
+        _remove(out_file)  # only set here when something failed
     _log(args, f"wrote {out}")
     return 0
 
@@ -197,7 +338,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sccase-jax", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="sccase-jax", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("enhance", help="enhance an .h5ad file (cells x peaks counts)")
     p.add_argument("input", help="input .h5ad (counts in X or --layer)")
@@ -208,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f" {OUT_OF_CORE_ENTRIES:.0e} cells x peaks)")
     p.set_defaults(func=cmd_enhance)
     p = sub.add_parser("demo", help="run the pipeline on the bundled Granja bone-marrow data")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type(), default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
     try:
@@ -224,7 +365,10 @@ def main(argv=None) -> int:
     from sccase_jax.api import InputError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # bad usage (one line printed) or --help: return the status
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     try:
         return int(args.func(args) or 0)
     except (CLIError, InputError) as exc:

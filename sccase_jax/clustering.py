@@ -47,6 +47,7 @@ def pca_embedding(M, n_pcs: int = 50, *, transform: str | None = "tfidf", tfidf_
     first; ``None`` uses ``M`` as it is.  Features are centred (sparse input via ARPACK,
     as scanpy does), so the result is the usual PCA.
     """
+    _check_n_pcs(n_pcs)
     decomp = require("sklearn.decomposition")
     if transform == "tfidf":
         from sccase_jax.preprocessing import tfidf
@@ -60,6 +61,20 @@ def pca_embedding(M, n_pcs: int = 50, *, transform: str | None = "tfidf", tfidf_
         return pca.fit_transform(sp.csr_matrix(M, dtype=np.float64))
     pca = decomp.PCA(n_pcs, svd_solver="randomized", random_state=seed)
     return pca.fit_transform(np.asarray(M, dtype=np.float32))
+
+
+def _missing_labels(labels: np.ndarray) -> np.ndarray:
+    """Boolean mask of missing labels: None, or a float NaN (pandas' missing values)."""
+    if labels.dtype.kind == "f":
+        return np.isnan(labels)
+    if labels.dtype.kind == "O":
+        return np.array([v is None or (isinstance(v, float) and v != v) for v in labels], bool)
+    return np.zeros(labels.shape, bool)
+
+
+def _check_n_pcs(n_pcs) -> None:
+    if isinstance(n_pcs, bool) or not isinstance(n_pcs, (int, np.integer)) or n_pcs < 1:
+        raise ValueError(f"n_pcs must be a positive integer, got {n_pcs!r}")
 
 
 def neighbor_graph(emb: np.ndarray, n_neighbors: int = 15, seed: int = 0):
@@ -156,15 +171,34 @@ def evaluate_clustering(M, labels, *, transform: str | None = "tfidf", n_pcs: in
     the number of clusters was reached for every seed, and the silhouette of the labels
     on the PCA embedding under ``1 - Pearson``.
     """
-    labels = np.asarray(labels).astype(str)
+    # Everything that can be checked is checked before the PCA (seconds on real data).
+    labels = np.asarray(labels)
+    n_cells = M.shape[0] if hasattr(M, "shape") and len(M.shape) == 2 else None
+    if n_cells is None:
+        raise ValueError(f"M must be a 2-d cells x features matrix, got shape {np.shape(M)}")
+    if labels.ndim != 1 or labels.shape[0] != n_cells:
+        raise ValueError(f"labels must have one entry per cell (row) of M: M has {n_cells} cells, "
+                         f"labels has shape {labels.shape}")
+    missing = _missing_labels(labels)
+    if missing.any():
+        raise ValueError(f"labels has {int(missing.sum())} missing values (NaN / None) of "
+                         f"{n_cells}; leave those cells out first (the CLI's evaluate does)")
+    labels = labels.astype(str)
     k = len(np.unique(labels))
-    emb = pca_embedding(M, n_pcs, transform=transform, tfidf_variant=tfidf_variant)
-    if graph == "umap":
-        graph = neighbor_graph(emb, n_neighbors)
-    elif graph == "knn":
-        graph = knn_graph(emb, n_neighbors)
-    else:
+    if k < 2:
+        raise ValueError(f"labels must have at least two classes, got {k}")
+    _check_n_pcs(n_pcs)
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
+    if graph not in ("umap", "knn"):
         raise ValueError(f"graph must be 'umap' or 'knn', got {graph!r}")
+    if method not in ("leiden", "louvain"):
+        raise ValueError(f"method must be 'leiden' or 'louvain', got {method!r}")
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed")
+    emb = pca_embedding(M, n_pcs, transform=transform, tfidf_variant=tfidf_variant)
+    graph = neighbor_graph(emb, n_neighbors) if graph == "umap" else knn_graph(emb, n_neighbors)
     per_seed = []
     for s in seeds:
         cr = cluster_to_k(graph, k, method=method, seed=int(s))

@@ -2,7 +2,9 @@
 
 IN.h5ad is normally the output of ``sccase-jax enhance`` (raw counts in ``X``, the enhanced
 matrix in ``layers["sccase"]``, the loss in ``uns["sccase"]``).  Without that layer the data
-is enhanced first with the default settings.  DIR receives
+is enhanced first with the default settings.  Cells without a label (NaN / None in the
+labels column) are left out of the scores, with a note saying how many; fewer than two
+labelled types is refused.  DIR receives
 
 * ``metrics.json`` and ``metrics.md``: ARI / AMI / FMI (mean over Leiden seeds, resolution
   searched to the number of labels), label silhouette (1 - Pearson), imbalance index,
@@ -28,22 +30,28 @@ _METRICS = ("ari", "ami", "fmi", "silhouette")
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand to an ``argparse`` subparsers object."""
+    from sccase_jax.cli import int_at_least, seed_type
+
     p = subparsers.add_parser("evaluate", help="clustering scores and figures, raw vs enhanced")
     p.add_argument("input", help="input .h5ad (raw counts in X; enhanced in --layer)")
-    p.add_argument("--labels", required=True, help="obs column with the cell types")
+    p.add_argument("--labels", required=True,
+                   help="obs column with the cell types (cells without a label are left out)")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--layer", default="sccase", help="layer with the enhanced matrix (default sccase)")
     p.add_argument("--counts-layer", default=None, help="layer with raw counts (default X)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Leiden seeds")
+    p.add_argument("--seeds", type=seed_type("a Leiden seed"), nargs="+", default=[0, 1, 2],
+                   help="Leiden seeds (default 0 1 2)")
     p.add_argument("--method", choices=["leiden", "louvain"], default="leiden")
     p.add_argument("--graph", choices=["umap", "knn"], default="umap",
                    help="neighbour graph: scanpy's UMAP connectivities or a plain kNN graph")
-    p.add_argument("--n-pcs", type=int, default=50)
+    p.add_argument("--n-pcs", type=int_at_least("n_pcs"), default=50,
+                   help="principal components of the embedding (default 50; at most cells - 1)")
     p.add_argument("--tfidf", choices=["paper", "l2"], default="paper",
                    help="TF-IDF variant applied to the raw counts")
     p.add_argument("--tsne", action="store_true", help="also write tsne.png")
     p.add_argument("--no-umap", action="store_true", help="skip umap.png")
-    p.add_argument("--seed", type=int, default=0, help="seed of the enhancement (if run) and plots")
+    p.add_argument("--seed", type=seed_type(), default=0,
+                   help="seed of the enhancement (if run) and plots (default 0)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
     return p
@@ -69,9 +77,6 @@ def _error(msg):
 def run(args) -> int:
     """Run the ``evaluate`` subcommand; user errors raise ``CLIError`` (exit status 2)."""
     from sccase_jax.cli import _read_h5ad
-    from sccase_jax.clustering import evaluate_clustering
-    from sccase_jax.metrics import imbalance_index
-    from sccase_jax.plotting import plot_embeddings, plot_loss
 
     def log(msg):
         if not args.quiet:
@@ -84,9 +89,7 @@ def run(args) -> int:
     if args.labels not in adata.obs:
         have = ", ".join(map(repr, adata.obs.columns)) or "none"
         raise _error(f"labels column {args.labels!r} not in obs (available: {have})")
-    labels = adata.obs[args.labels].astype(str).to_numpy()
-    if len(np.unique(labels)) < 2:
-        raise _error(f"labels column {args.labels!r} has fewer than two classes")
+    labels, labelled = _labels(adata, args.labels)  # refuses fewer than two labelled types
     if args.counts_layer is not None and args.counts_layer not in adata.layers:
         raise _error(f"counts layer {args.counts_layer!r} not in layers")
     t0 = time.perf_counter()
@@ -95,22 +98,61 @@ def run(args) -> int:
 
         log(f"no layer {args.layer!r}: enhancing with the default settings first")
         adata = enhance(adata, seed=args.seed, layer=args.counts_layer)
-        labels = adata.obs[args.labels].astype(str).to_numpy()
+        labels, labelled = _labels(adata, args.labels)
         layer = "sccase"
     else:
         layer = args.layer
     counts = adata.X if args.counts_layer is None else adata.layers[args.counts_layer]
+    enhanced = np.asarray(adata.layers[layer])
+    n_unlabelled = int(adata.n_obs - labelled.sum())
+    if n_unlabelled:  # printed even with --quiet: it changes what is scored
+        print(f"sccase-jax: note: {n_unlabelled} of {adata.n_obs} cells have no label in "
+              f"{args.labels!r} and are left out of the evaluation", file=sys.stderr, flush=True)
+        counts, enhanced = counts[labelled], enhanced[labelled]
+    created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    try:
+        return _evaluate(args, adata, counts, enhanced, labels, layer, n_unlabelled, out_dir, t0, log)
+    except BaseException:
+        if created and os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)  # leave no empty directory behind
+        raise
+
+
+def _labels(adata, column):
+    """The labels of the labelled cells (as str) and the mask of labelled cells.
+
+    Cells whose label is missing (NaN / None) are not a class of their own: they are left
+    out.  Fewer than two labelled types is refused.
+    """
+    import pandas as pd
+
+    col = adata.obs[column]
+    labelled = ~pd.isna(col).to_numpy()
+    labels = col[labelled].astype(str).to_numpy()
+    n_types = len(np.unique(labels))
+    if n_types < 2:
+        unl = adata.n_obs - int(labelled.sum())
+        extra = f" ({unl} of {adata.n_obs} cells have no label)" if unl else ""
+        raise _error(f"labels column {column!r} has fewer than two classes{extra}")
+    return labels, labelled
+
+
+def _evaluate(args, adata, counts, enhanced, labels, layer, n_unlabelled, out_dir, t0, log) -> int:
+    from sccase_jax.clustering import evaluate_clustering
+    from sccase_jax.metrics import imbalance_index
+    from sccase_jax.plotting import plot_embeddings, plot_loss
 
     common = dict(n_pcs=args.n_pcs, method=args.method, seeds=tuple(args.seeds), graph=args.graph)
     log("clustering raw counts (TF-IDF)")
     raw = evaluate_clustering(counts, labels, transform="tfidf", tfidf_variant=args.tfidf, **common)
     log("clustering enhanced matrix")
-    enh = evaluate_clustering(np.asarray(adata.layers[layer]), labels, transform=None, **common)
+    enh = evaluate_clustering(enhanced, labels, transform=None, **common)
     rows = {"raw (TF-IDF)": raw, f"enhanced ({layer})": enh}
     report = {
         "input": os.path.abspath(args.input),
-        "cells": int(adata.n_obs),
+        "cells": int(len(labels)),
+        "unlabelled_cells_left_out": n_unlabelled,
         "peaks": int(adata.n_vars),
         "n_types": int(len(np.unique(labels))),
         "imbalance_index": imbalance_index(labels),
@@ -136,7 +178,8 @@ def run(args) -> int:
         json.dump(_jsonable(report), fh, indent=2)
     with open(os.path.join(out_dir, "metrics.md"), "w") as fh:
         fh.write(f"# Evaluation of {os.path.basename(args.input)}\n\n")
-        fh.write(f"{adata.n_obs} cells x {adata.n_vars} peaks, {report['n_types']} types "
+        left_out = f" ({n_unlabelled} cells without a label left out)" if n_unlabelled else ""
+        fh.write(f"{len(labels)} cells{left_out} x {adata.n_vars} peaks, {report['n_types']} types "
                  f"(`{args.labels}`), imbalance index {report['imbalance_index']:.3f}. "
                  f"{args.method.capitalize()} resolution searched to {report['n_types']} clusters; "
                  f"mean over seeds {list(args.seeds)}.\n\n")

@@ -156,6 +156,9 @@ def clustering_scores(labels_true, labels_pred) -> dict[str, float]:
     """ARI, AMI and FMI of a clustering against reference labels (scikit-learn)."""
     m = require("sklearn.metrics")
     t, p = np.asarray(labels_true), np.asarray(labels_pred)
+    if t.ndim != 1 or t.shape != p.shape:
+        raise ValueError(f"labels_true and labels_pred must be 1-d of the same length, got shapes "
+                         f"{t.shape} and {p.shape}")
     return {
         "ari": float(m.adjusted_rand_score(t, p)),
         "ami": float(m.adjusted_mutual_info_score(t, p)),
@@ -172,6 +175,9 @@ def label_silhouette(X, labels, *, sample_size: int | None = None, seed: int = 0
     m = require("sklearn.metrics")
     X = _dense(X).astype(np.float64, copy=False)
     labels = np.asarray(labels)
+    if X.ndim != 2 or labels.ndim != 1 or labels.shape[0] != X.shape[0]:
+        raise ValueError(f"labels must have one entry per row of X: X has shape {X.shape}, "
+                         f"labels {labels.shape}")
     if len(np.unique(labels)) < 2:
         raise ValueError("the silhouette needs at least two distinct labels")
     return float(m.silhouette_score(X, labels, metric="correlation", sample_size=sample_size,

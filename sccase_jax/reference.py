@@ -378,14 +378,24 @@ def bulk_reference(counts, peak_names=None, *, sample_names=None, mapped_reads=N
 def pseudobulk_reference(counts, labels, peak_names=None, *, var=None, min_cells: int = 1):
     """Pseudo-bulk reference: the counts (cells x peaks) summed over the cells of each label.
 
-    Labels with fewer than ``min_cells`` cells are left out.  ``obs`` holds ``label`` and
+    Labels with fewer than ``min_cells`` cells are left out, and so are cells without a
+    label (NaN / None; with a warning saying how many).  ``obs`` holds ``label`` and
     ``n_cells``.
     """
+    import pandas as pd
+
     C = sp.csr_matrix(counts, dtype=np.float64)
     labels = np.asarray(labels)
     if labels.shape != (C.shape[0],):
         raise InputError(f"labels must have one entry per cell ({C.shape[0]}), got {labels.shape}")
     check_reference(C, "the counts", allow_empty=True)
+    missing = pd.isna(labels)
+    if missing.any():
+        if missing.all():
+            raise InputError("no cell has a label (all labels are NaN / None)")
+        warnings.warn(f"{int(missing.sum())} of {len(labels)} cells have no label (NaN / None) "
+                      "and are left out of the pseudo-bulk reference", UserWarning, stacklevel=2)
+        C, labels = C[~missing], labels[~missing]
     uniq, inv, n = np.unique(labels.astype(str), return_inverse=True, return_counts=True)
     keep = n >= min_cells
     if not keep.any():

@@ -56,3 +56,13 @@ def test_pca_embedding_dense_and_sparse_agree():
     np.testing.assert_allclose(np.abs(a[:, :2]), np.abs(b[:, :2]), atol=1e-3)
     with pytest.raises(ValueError, match="transform"):
         pca_embedding(C, 5, transform="log")
+
+
+def test_evaluate_clustering_refuses_missing_labels_before_the_pca():
+    from sccase_jax.clustering import evaluate_clustering
+
+    M = np.random.default_rng(0).random((6, 4))
+    for labels in (np.array(["a", "b", None, "a", "b", "a"], dtype=object),
+                   np.array([0.0, 1.0, np.nan, 0.0, 1.0, 0.0])):
+        with pytest.raises(ValueError, match="1 missing values"):
+            evaluate_clustering(M, labels, n_pcs=2)
