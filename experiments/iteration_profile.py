@@ -2,9 +2,23 @@
 
 ``z_step_ab.py`` and ``benchmark.py`` average whole fits, whose first (rough) iterations
 take the paper's two-product Z step; this script times the iteration the default solver
-runs once the moves are small.  It fits ``--warm`` iterations, then times the jitted
-``solver.update`` from that state (``rough`` cleared, so ``z_step="auto"`` takes the free
-step) and a reference ``G @ G`` in turn, best of ``--reps``, and prints their ratio.  With
+runs once the moves are small.  It fits ``--warm`` iterations, then measures from that
+state, best of ``--reps``, two ways:
+
+- **in a fit** (the figure that matters): ``--loop N`` more iterations inside one jitted
+  ``solver.run`` (the time of a run of 1 + N iterations minus that of a run of 1; the
+  first iteration of a run takes the paper's step, the others the free step), against N
+  products ``G @ A`` in one ``lax.fori_loop`` (G scaled by its largest eigenvalue so the
+  iterates neither overflow nor decay), or one ``G @ G`` if that was faster.  Inside one
+  execution every n x n buffer is reused from one iteration to the next;
+- **one update**: the jitted ``solver.update`` alone (``rough`` cleared, so
+  ``z_step="auto"`` takes the free step) against one ``G @ G``.  Each call's fresh
+  n x n output and temporary buffers are new memory to the operating system from about
+  4,000 cells on (glibc serves allocations above its mmap threshold, at most 32 MB, with
+  fresh pages): at 4,000 cells a plain pass ``Z + 1`` took 31 ms as a call of its own and
+  9 ms a pass inside a loop, so this figure overstates the iteration there.
+
+With
 ``--profile`` it also traces three more updates with ``jax.profiler`` and lists the
 compiled operations that took the most time (names from XLA's HLO, with the JAX operation
 they come from), which is how the thin-product and gap passes of ``sccase_jax.ops`` were
@@ -76,34 +90,61 @@ def problem(name):
     return prepare(X, 9, seed=0)
 
 
-def measure(name, warm, reps, profile, top):
+def _timed(f, *args):
+    import jax
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    return time.perf_counter() - t0
+
+
+def measure(name, warm, reps, profile, top, loop):
     import jax
     import jax.numpy as jnp
+    from jax import lax
 
     from sccase_jax.params import SolverConfig
     from sccase_jax.solver import init_state, matmul_precision, run, update
 
     prob = problem(name)
     out = run(prob.data, prob.factors, prob.hp, config=SolverConfig(max_iter=warm, tol=0.0))
+    f0 = out.factors
     cfg = SolverConfig(max_iter=warm + 1, tol=0.0)
+    one, more = SolverConfig(max_iter=1, tol=0.0), SolverConfig(max_iter=1 + loop, tol=0.0)
     G = prob.data.G
+    # Largest eigenvalue of G by a few power steps, so that N products stay of order one.
+    v = jnp.ones((G.shape[0],), G.dtype)
+    for _ in range(20):
+        v = G @ v
+        v = v / jnp.linalg.norm(v)
+    Gs = G / jnp.vdot(v, G @ v)
     with matmul_precision(cfg):  # the products' precision as in a fit (true float32 by default)
-        state = init_state(prob.data, out.factors, prob.hp, cfg)
+        state = init_state(prob.data, f0, prob.hp, cfg)
         state = state._replace(rough=jnp.asarray(False))
         step = jax.jit(lambda s: update(s, prob.data, prob.hp, cfg)).lower(state).compile()
         mm = jax.jit(lambda A: G @ A).lower(G).compile()
-    best_it = best_mm = float("inf")
+        mm_loop = jax.jit(
+            lambda A: lax.fori_loop(0, loop, lambda i, B: Gs @ B, A)
+        ).lower(Gs).compile()
+    run_one = run.lower(prob.data, f0, prob.hp, config=one).compile()
+    run_more = run.lower(prob.data, f0, prob.hp, config=more).compile()
+    best = dict(it=float("inf"), mm=float("inf"), one=float("inf"), more=float("inf"),
+                loop=float("inf"))
     for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(step(state))
-        best_it = min(best_it, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        mm(G).block_until_ready()
-        best_mm = min(best_mm, time.perf_counter() - t0)
+        best["one"] = min(best["one"], _timed(run_one, prob.data, f0, prob.hp))
+        best["more"] = min(best["more"], _timed(run_more, prob.data, f0, prob.hp))
+        best["loop"] = min(best["loop"], _timed(mm_loop, Gs))
+        best["it"] = min(best["it"], _timed(step, state))
+        best["mm"] = min(best["mm"], _timed(mm, G))
     n = G.shape[0]
     k = prob.factors.H.shape[0]
-    print(f"| {name} ({n} cells, k = {k}) | {best_it:.3g} | {best_mm:.3g} | "
-          f"{best_it / best_mm:.2f} | {best_it - best_mm:.3g} |", flush=True)
+    fit_it = (best["more"] - best["one"]) / loop
+    # The product's time: the faster of the in-loop and the single measurement (this
+    # machine's noise made either the slower one at times), so the ratio is not flattered.
+    fit_mm = min(best["loop"] / loop, best["mm"])
+    print(f"| {name} ({n} cells, k = {k}) | {fit_it:.3g} | {fit_mm:.3g} | "
+          f"{fit_it / fit_mm:.2f} | {best['it']:.3g} | {best['mm']:.3g} | "
+          f"{best['it'] / best['mm']:.2f} |", flush=True)
     if profile:
         with tempfile.TemporaryDirectory() as d:
             jax.profiler.start_trace(d, create_perfetto_trace=True)
@@ -120,13 +161,16 @@ def main():
     ap.add_argument("data", nargs="+")
     ap.add_argument("--warm", type=int, default=15, help="iterations fitted before timing")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--loop", type=int, default=10,
+                    help="iterations (and products) timed inside one execution")
     ap.add_argument("--profile", action="store_true", help="also list the costliest operations")
     ap.add_argument("--top", type=int, default=20)
     a = ap.parse_args()
-    print("| data | update s | matmul s | update / matmul | update - matmul s |")
-    print("|---|---|---|---|---|")
+    print("| data | in a fit: iteration s | product s | ratio | one update s | one product s "
+          "| ratio |")
+    print("|---|---|---|---|---|---|---|")
     for name in a.data:
-        measure(name, a.warm, a.reps, a.profile, a.top)
+        measure(name, a.warm, a.reps, a.profile, a.top, a.loop)
 
 
 if __name__ == "__main__":
