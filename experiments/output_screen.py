@@ -4,7 +4,8 @@
     python experiments/output_screen.py sim_corces2016 14 0,1,2 blend0.7
 
 Arguments: dataset (as in ``quality.py``), comma-separated k values (``est`` = the default
-K estimate + 1), enhancement seeds, variants.  Each (k, seed) fit of ``enhance`` (package
+K estimate + 1; ``est@lam1e4`` = the same with ``lam=1e4``, likewise for a number),
+enhancement seeds, variants.  Each (k, seed) fit of ``enhance`` (package
 defaults otherwise) is cached in ``$SCREEN_CACHE`` (default ``/tmp/sccase_screen``); every
 variant is an n x n weight matrix B and the enhanced matrix is ``X B`` (X the L2 TF-IDF),
 scored like ``quality.py`` (PCA(50) -> UMAP kNN graph -> Leiden searched to the number of
@@ -93,7 +94,10 @@ def main(argv):
         for s in map(int, seeds):
             f = os.path.join(cache, f"{name}_{kk}_{s}.npz")
             if not os.path.exists(f):
-                kw = {} if kk == "est" else {"n_components": int(kk)}
+                kpart, _, lam = kk.partition("@lam")
+                kw = {} if kpart == "est" else {"n_components": int(kpart)}
+                if lam:
+                    kw["lam"] = float(lam)
                 out = enhance(a, seed=s, **kw)
                 np.savez(f, Z=np.asarray(out.obsp["sccase_Z"], np.float32), H=out.obsm["X_sccase"],
                          obs=out.obs_names.to_numpy().astype(str),
