@@ -37,7 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True,
                    help="obs column with the cell types (cells without a label are left out)")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
-    p.add_argument("--layer", default="sccase", help="layer with the enhanced matrix (default sccase)")
+    p.add_argument("--layer", default=None,
+                   help="layer with the enhanced matrix (default sccase; without it the input "
+                        "is enhanced first, while a --layer given and missing is an error)")
     p.add_argument("--counts-layer", default=None, help="layer with raw counts (default X)")
     p.add_argument("--seeds", type=seed_type("a Leiden seed"), nargs="+", default=[0, 1, 2],
                    help="Leiden seeds (default 0 1 2)")
@@ -92,16 +94,20 @@ def run(args) -> int:
     labels, labelled = _labels(adata, args.labels)  # refuses fewer than two labelled types
     if args.counts_layer is not None and args.counts_layer not in adata.layers:
         raise _error(f"counts layer {args.counts_layer!r} not in layers")
+    if args.layer is not None and args.layer not in adata.layers:
+        have = ", ".join(map(repr, adata.layers.keys())) or "none"
+        raise _error(f"layer {args.layer!r} not in layers (available: {have}); leave out "
+                     "--layer to enhance the input first")
     t0 = time.perf_counter()
-    if args.layer not in adata.layers:
+    if args.layer is None and "sccase" not in adata.layers:
         from sccase_jax.tl import enhance
 
-        log(f"no layer {args.layer!r}: enhancing with the default settings first")
+        log("no layer 'sccase': enhancing with the default settings first")
         adata = enhance(adata, seed=args.seed, layer=args.counts_layer)
         labels, labelled = _labels(adata, args.labels)
         layer = "sccase"
     else:
-        layer = args.layer
+        layer = args.layer or "sccase"
     counts = adata.X if args.counts_layer is None else adata.layers[args.counts_layer]
     enhanced = np.asarray(adata.layers[layer])
     n_unlabelled = int(adata.n_obs - labelled.sum())

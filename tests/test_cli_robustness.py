@@ -407,3 +407,16 @@ def test_real_fit_out_of_core_through_symlink(infile, tmp_path, capsys, umask):
     res = ad.read_h5ad(target)
     assert res.layers["sccase"].shape == (36, res.n_vars) and res.uns["sccase"]["n_iter"] == 2
     assert not parts(tmp_path, infile.parent)
+
+
+def test_evaluate_missing_explicit_layer_is_an_error(tmp_path, capsys, monkeypatch):
+    # A --layer given and missing (a typo) must not silently enhance the input instead.
+    import sccase_jax.tl as tl
+
+    monkeypatch.setattr(tl, "enhance", lambda *a, **k: pytest.fail("enhance must not run"))
+    inp = tmp_path / "in.h5ad"
+    tiny_adata(enhanced=True).write_h5ad(inp)
+    code, err = run_cli(capsys, "evaluate", inp, "--labels", "cell_type", "--out",
+                        tmp_path / "ev", "--layer", "sccasee")
+    assert code == 2 and one_error_line(err) and "'sccasee' not in layers" in err, err
+    assert "'sccase'" in err and not (tmp_path / "ev").exists()
