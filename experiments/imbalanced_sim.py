@@ -1,0 +1,63 @@
+"""Imbalanced simulated sorted populations: the default output vs ``neighbors=300``, and raw.
+
+Cells simulated from the Corces 2016 bulk profiles as ``sim_corces2016`` in ``quality.py``
+(70 % of the reads on random peaks, about 100 reads a cell; 200 cells a type, simulation
+seed 1), then subsampled to D6T1-like type sizes (200, 200, 150, 150, 100, 100, 60, 60, 40,
+30, 30, 30, 30: 1,180 cells, 13 types).  Scored like ``quality.py`` (PCA(50) -> UMAP graph
+-> Leiden searched to 13 clusters, Leiden seeds 0-2); enhancement seeds 0-2, K estimated.
+
+    python experiments/imbalanced_sim.py      # output: docs/results_raw/imbalanced_sim.txt
+"""
+import os
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import anndata as ad  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+from quality import DATA, score  # noqa: E402
+
+from sccase_jax.api import enhanced_matrix  # noqa: E402
+from sccase_jax.clustering import evaluate_clustering  # noqa: E402
+from sccase_jax.datasets import simulate_from_bulk  # noqa: E402
+from sccase_jax.preprocessing import tfidf  # noqa: E402
+from sccase_jax.tl import enhance, output_weights  # noqa: E402
+
+SIZES = [200, 200, 150, 150, 100, 100, 60, 60, 40, 30, 30, 30, 30]
+
+
+def main():
+    warnings.simplefilter("ignore")
+    bulk = ad.read_h5ad(os.path.join(DATA, "corces2016_bulk_signature.h5ad"))
+    full = simulate_from_bulk(bulk, n_cells=200, depth=100.0, depth_sd=0.5, noise=0.7, seed=1)
+    types = full.obs["cell_type"].astype(str).unique()
+    rng = np.random.default_rng(0)
+    keep = np.concatenate([rng.choice(np.where(full.obs["cell_type"].astype(str) == t)[0], n, replace=False)
+                           for t, n in zip(types, SIZES)])
+    a = full[np.sort(keep)].copy()
+    a.X = sp.csr_matrix(a.X)
+    lab = a.obs["cell_type"].astype(str).to_numpy()
+    print("cells", a.n_obs, "types", len(types), flush=True)
+    for v in ("paper", "l2"):
+        r = evaluate_clustering(a.X, lab, transform="tfidf", tfidf_variant=v)
+        print(f"raw {v}: ARI {r['ari']:.3f} AMI {r['ami']:.3f}", flush=True)
+    res = {}
+    for s in (0, 1, 2):
+        out = enhance(a, seed=s)
+        b = a[out.obs_names, out.var_names]
+        X = tfidf(sp.csr_matrix(b.X).T, "l2")
+        Z = np.asarray(out.obsp["sccase_Z"], np.float32)
+        labs = b.obs["cell_type"].astype(str).to_numpy()
+        for nm, N in (("blend", None), ("top300", 300)):
+            E = enhanced_matrix(X, np.asarray(output_weights(Z, "blend", 0.8, neighbors=N), np.float32))
+            r, _ = score(E, labs, None)
+            res.setdefault(nm, []).append((r["ari"], r["ami"]))
+            print(f"seed {s} k={out.obsm['X_sccase'].shape[1]} {nm}: ARI {r['ari']:.3f} AMI {r['ami']:.3f}", flush=True)
+    for nm, v in res.items():
+        v = np.array(v); print(f"MEAN {nm}: ARI {v[:,0].mean():.3f} AMI {v[:,1].mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
