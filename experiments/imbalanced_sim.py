@@ -1,4 +1,4 @@
-"""Imbalanced simulated sorted populations: the default output vs ``neighbors=300``, and raw.
+"""Imbalanced simulated sorted populations: the default output vs ``neighbors=300`` and ``cen``, and raw.
 
 Cells simulated from the Corces 2016 bulk profiles as ``sim_corces2016`` in ``quality.py``
 (70 % of the reads on random peaks, about 100 reads a cell; 200 cells a type, simulation
@@ -17,13 +17,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import anndata as ad  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
+from output_screen import weights  # noqa: E402
 from quality import DATA, score  # noqa: E402
 
 from sccase_jax.api import enhanced_matrix  # noqa: E402
 from sccase_jax.clustering import evaluate_clustering  # noqa: E402
 from sccase_jax.datasets import simulate_from_bulk  # noqa: E402
 from sccase_jax.preprocessing import tfidf  # noqa: E402
-from sccase_jax.tl import enhance, output_weights  # noqa: E402
+from sccase_jax.tl import enhance  # noqa: E402
 
 SIZES = [200, 200, 150, 150, 100, 100, 60, 60, 40, 30, 30, 30, 30]
 
@@ -50,8 +51,8 @@ def main():
         X = tfidf(sp.csr_matrix(b.X).T, "l2")
         Z = np.asarray(out.obsp["sccase_Z"], np.float32)
         labs = b.obs["cell_type"].astype(str).to_numpy()
-        for nm, N in (("blend", None), ("top300", 300)):
-            E = enhanced_matrix(X, np.asarray(output_weights(Z, "blend", 0.8, neighbors=N), np.float32))
+        for nm in ("blend", "top300", "cen"):
+            E = enhanced_matrix(X, np.asarray(weights(nm, Z, out.obsm["X_sccase"]), np.float32))
             r, _ = score(E, labs, None)
             res.setdefault(nm, []).append((r["ari"], r["ami"]))
             print(f"seed {s} k={out.obsm['X_sccase'].shape[1]} {nm}: ARI {r['ari']:.3f} AMI {r['ami']:.3f}", flush=True)

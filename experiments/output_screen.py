@@ -19,7 +19,11 @@ types, mean of Leiden seeds 0-2).  Variants, all with ``Zc`` = columns summing t
   (N = n / k, 2 n / k, n / 2k for the last three), then the 0.8 blend;
 - ``relT``: each column keeps the entries >= T times its largest one, then the 0.8 blend;
 - ``powP``: the entries of Z raised to the power P (sharper weights, none dropped), then
-  the 0.8 blend.
+  the 0.8 blend;
+- ``cen[c]``: each column of Z minus c times its mean (c = 1 when omitted), negatives set to 0 (a continuous cut at the
+  mean); ``amean``: each column keeps its entries >= its mean (a hard cut there);
+  ``topbgN``: the N largest entries kept and the others replaced by their mean (the mass
+  of the small weights kept, their detail dropped); each then the 0.8 blend.
 
 Recorded in ``docs/results_raw/output_screen.txt``; summarised in docs/results.md (item 9).
 """
@@ -65,6 +69,14 @@ def weights(v: str, Z, H):
         Zp = np.maximum(Z, 0)
         r = Zp.sum(1)
         return 0.2 * eye + 0.8 * colnorm(Zp / np.where(r > 0, r, 1)[:, None])
+    if v.startswith("topbg"):
+        N = max(1, min(int(v[5:]), n - 1))
+        Zp = np.maximum(Z, 0)
+        thr = -np.partition(-Zp, N - 1, axis=0)[N - 1]
+        keep = Zp >= thr[None, :]
+        rest = np.where(keep, 0, Zp)
+        bg = rest.sum(0, keepdims=True) / np.maximum((~keep).sum(0, keepdims=True), 1)
+        return output_weights(np.where(keep, Zp, bg), "blend", 0.8)
     if v.startswith("top"):
         N = {"topk": n // k, "top2k": 2 * n // k, "toph": n // (2 * k)}.get(v) or int(v[3:])
         return output_weights(Z, "blend", 0.8, neighbors=max(1, min(N, n - 1)))
@@ -74,6 +86,13 @@ def weights(v: str, Z, H):
         Zp = np.maximum(Z, 0)
         return output_weights(np.where(Zp >= float(v[3:]) * Zp.max(0, keepdims=True), Zp, 0),
                               "blend", 0.8)
+    if v.startswith("cen"):
+        Zp = np.maximum(Z, 0)
+        c = float(v[3:] or 1.0)
+        return output_weights(np.maximum(Zp - c * Zp.mean(0, keepdims=True), 0), "blend", 0.8)
+    if v == "amean":
+        Zp = np.maximum(Z, 0)
+        return output_weights(np.where(Zp >= Zp.mean(0, keepdims=True), Zp, 0), "blend", 0.8)
     raise ValueError(f"unknown variant {v!r}")
 
 
