@@ -78,14 +78,22 @@ def _check_n_pcs(n_pcs) -> None:
 
 
 def neighbor_graph(emb: np.ndarray, n_neighbors: int = 15, seed: int = 0):
-    """Weighted igraph graph of the UMAP fuzzy kNN connectivities (scanpy's default)."""
+    """Weighted igraph graph of the UMAP fuzzy kNN connectivities (scanpy's default).
+
+    The neighbours are exact (scikit-learn, brute force) at every size.  That is what
+    scanpy itself uses below 8,192 cells; above, it would switch to approximate
+    neighbours from pynndescent, whose sparse-array output scanpy 1.11 cannot read with
+    scipy >= 1.15 (``'csr_array' object has no attribute 'getnnz'``: every evaluation of
+    the 10,335-cell Granja data failed there).  Exact neighbours also keep the graph, and so
+    the scores, independent of an approximate search.
+    """
     ad = require("anndata")
     sc = require("scanpy")
     ig = require("igraph")
     a = ad.AnnData(np.zeros((emb.shape[0], 1), np.float32))
     a.obsm["X_emb"] = np.asarray(emb, np.float32)
     sc.pp.neighbors(a, n_neighbors=min(n_neighbors, emb.shape[0] - 1), use_rep="X_emb",
-                    random_state=seed)
+                    random_state=seed, transformer="sklearn")
     C = sp.triu(a.obsp["connectivities"], k=1).tocoo()
     g = ig.Graph(n=emb.shape[0], edges=list(zip(C.row.tolist(), C.col.tolist())), directed=False)
     g.es["weight"] = C.data.tolist()

@@ -66,3 +66,21 @@ def test_evaluate_clustering_refuses_missing_labels_before_the_pca():
                    np.array([0.0, 1.0, np.nan, 0.0, 1.0, 0.0])):
         with pytest.raises(ValueError, match="1 missing values"):
             evaluate_clustering(M, labels, n_pcs=2)
+
+
+def test_neighbor_graph_above_scanpys_approximate_threshold():
+    # From 8,192 cells scanpy would switch to pynndescent, whose sparse-array output its
+    # neighbour code cannot read with scipy >= 1.15 (the 10k Granja evaluation failed):
+    # the graph uses exact neighbours at every size, the same ones below the threshold.
+    pytest.importorskip("scanpy")
+    from sccase_jax.clustering import neighbor_graph
+
+    X, _ = blobs(n_per=2060, k=4, dim=8)  # 8,240 cells
+    g = neighbor_graph(X, 15)
+    assert g.vcount() == X.shape[0]
+    # Every cell is joined to its 14 exact nearest neighbours (the fuzzy union keeps them).
+    from sklearn.neighbors import NearestNeighbors
+
+    idx = NearestNeighbors(n_neighbors=15).fit(X).kneighbors(X[:50], return_distance=False)
+    for i in range(50):
+        assert set(idx[i, 1:]) <= set(g.neighbors(i))
