@@ -151,6 +151,24 @@ def int_at_least(name: str, low: int = 1, high: int | None = None, *, phrase: st
     return parse
 
 
+def neighbors_arg(text: str):
+    """argparse type of ``--neighbors``: a positive integer, ``auto`` or ``all``."""
+    if text in ("auto", "all"):
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"neighbors must be a positive integer, 'auto' or 'all', got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(
+            f"neighbors must be a positive integer, 'auto' or 'all', got {text}")
+    return v
+
+
+neighbors_arg.__name__ = "neighbors"
+
+
 def number_in(name: str, low: float = 0.0, high: float | None = None, *, low_open: bool = False):
     """argparse type: a finite number ``>= low`` (``> low`` with ``low_open``), ``<= high``."""
 
@@ -227,10 +245,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="min-max scale the output per peak then per cell (default for xz)")
     p.add_argument("--no-scale-output", dest="scale_output", action="store_false",
                    help="return the output unscaled (default for blend)")
-    p.add_argument("--neighbors", type=int_at_least("neighbors", phrase="a positive integer"),
-                   default=None, metavar="N",
-                   help="keep only each cell's N largest weights in Z for the output "
-                        "(default: all; docs/results.md, item 9)")
+    p.add_argument("--neighbors", type=neighbors_arg, default="auto", metavar="N",
+                   help="keep only each cell's N largest weights in Z for the output; 'all' "
+                        "keeps every cell (default: 300 for blend, all for xz; docs/results.md)")
     p.add_argument("--binarize", action="store_true", help="binarise counts before TF-IDF")
     p.add_argument("--drop-empty-cells", action="store_true",
                    help="remove cells with no counts after peak filtering")

@@ -126,9 +126,33 @@ def test_enhance_with_neighbors(small):
     expect = 0.2 * X.toarray() + 0.8 * X.toarray() @ (Zk / Zk.sum(axis=0, keepdims=True))
     np.testing.assert_allclose(out.layers["sccase"], expect.T, rtol=1e-4, atol=1e-6)
     assert out.uns["sccase"]["params"]["neighbors"] == 5
-    assert sccase_jax.enhance(small, 3, max_iter=1).uns["sccase"]["params"]["neighbors"] == "none"
-    with pytest.raises(sccase_jax.InputError, match="neighbors"):
-        sccase_jax.enhance(small, 3, max_iter=1, neighbors=0)
+    assert sccase_jax.enhance(small, 3, max_iter=1).uns["sccase"]["params"]["neighbors"] == 300
+    for bad in (0, "some", 2.5, True):
+        with pytest.raises(sccase_jax.InputError, match="neighbors"):
+            sccase_jax.enhance(small, 3, max_iter=1, neighbors=bad)
+
+
+def test_enhance_default_neighbors(small, monkeypatch):
+    # The default ("auto") keeps DEFAULT_NEIGHBORS weights a cell for the blend and all of Z
+    # for X Z; shrunk here below the 150 cells so that it cuts.
+    import sccase_jax.tl as tl
+
+    monkeypatch.setattr(tl, "DEFAULT_NEIGHBORS", 7)
+    fit = dict(n_components=3, max_iter=1, seed=2)
+    auto = tl.enhance(small, **fit)
+    assert auto.uns["sccase"]["params"]["neighbors"] == 7
+    np.testing.assert_array_equal(auto.layers["sccase"],
+                                  tl.enhance(small, neighbors=7, **fit).layers["sccase"])
+    every = tl.enhance(small, neighbors="all", **fit)
+    assert every.uns["sccase"]["params"]["neighbors"] == "none"
+    np.testing.assert_array_equal(every.layers["sccase"],
+                                  tl.enhance(small, neighbors=None, **fit).layers["sccase"])
+    assert not np.allclose(every.layers["sccase"], auto.layers["sccase"])
+    for kw in ({"output": "xz"}, {"preset": "release"}):
+        assert tl.enhance(small, **fit, **kw).uns["sccase"]["params"]["neighbors"] == "none"
+    assert tl.resolve_neighbors("auto", "blend") == 7
+    assert tl.resolve_neighbors("auto", "xz") is None
+    assert tl.resolve_neighbors(12, "xz") == 12
 
 
 def test_input_untouched(small):

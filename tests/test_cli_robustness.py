@@ -236,6 +236,7 @@ def test_evaluate_bad_numbers_one_line_no_directory(tmp_path, capsys, extra, mat
         (["--min-cells-frac", "2"], "min_cells_frac must be in [0, 1]"),
         (["--blend", "-0.1"], "blend must be in [0, 1]"),
         (["--neighbors", "0"], "neighbors must be a positive integer"),
+        (["--neighbors", "most"], "neighbors must be a positive integer, 'auto' or 'all'"),
         (["--k-ref", "0"], "k_ref must be >= 1"),
         (["--alpha", "-1"], "alpha must be"),
         (["--min-peak-match", "1.5"], "min_peak_match must be in [0, 1]"),
@@ -383,6 +384,15 @@ def test_max_iter_and_tol_passed_only_when_given(infile, tmp_path, capsys, fake_
     assert code == 0, err
     kw = fake_enhance.calls[-1]
     assert kw["max_iter"] == 30 and kw["tol"] == 1e-6
+
+
+def test_neighbors_passed_as_given(infile, tmp_path, capsys, fake_enhance):
+    cases = [((), "auto"), (("--neighbors", "all"), "all"), (("--neighbors", "40"), 40)]
+    for i, (extra, want) in enumerate(cases):
+        code, err = run_cli(capsys, "enhance", infile, tmp_path / f"n{i}.h5ad", "--k", 2, *extra,
+                            "--quiet")
+        assert code == 0, err
+        assert fake_enhance.calls[-1]["neighbors"] == want
 
 
 def test_help_states_effective_iteration_defaults():
