@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["report"]
+__all__ = ["report", "stage"]
 
 _STATUS = {0: "", 1: "  converged", 2: "  max_iter", 3: "  non-finite F, stopped"}
 
@@ -25,3 +25,9 @@ def report(iteration, loss, rel_change, status) -> None:
             f"  running {int(np.sum(st == 0))}"
         )
     print(msg, file=sys.stderr, flush=True)
+
+
+def stage(message: str) -> None:
+    """One line on stderr for a stage before the iterations (the start can take minutes on
+    large data: the K estimate, the Gram matrix, the NMF start, compiling the solver)."""
+    print(message, file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from typing import Any, NamedTuple
 
@@ -302,7 +303,8 @@ def fit(
         ``jax.config.update("jax_enable_x64", True)``: without it, it warns and computes in
         float32 (:func:`check_dtype`).
     progress
-        Print iteration, F and relative change while fitting.
+        Print to stderr how long the start took (Gram matrix, Jaccard Z0, NMF start), then
+        iteration, F and relative change while fitting.
     P, k_ref, alpha
         scCASER: reference loadings (peaks x ``k_ref``) for the first ``k_ref`` of the
         ``n_components`` columns of W, pulled towards ``P`` with weight ``alpha``.
@@ -314,11 +316,18 @@ def fit(
     max_iter = check_int("max_iter", max_iter, 0)
     tol = check_real("tol", tol)
     check_config(config)
+    t0 = time.perf_counter()
     prob = prepare(
         X, n_components, lam=lam, gamma1=gamma1, gamma2=gamma2, keep_prob=keep_prob, seed=seed,
         jaccard_normalize=jaccard_normalize, nmf_iter=nmf_iter, init=init, x_format=x_format,
         dtype=dtype, P=P, k_ref=k_ref, alpha=alpha, gram=gram,
     )
+    if progress:
+        from sccase_jax._progress import stage
+
+        n = prob.factors.Z.shape[0]
+        stage(f"start: {n} cells, k = {int(n_components)}, Gram matrix, Jaccard Z0 and NMF "
+              f"start in {time.perf_counter() - t0:.1f} s; compiling and running the solver")
     config = (config or SolverConfig())._replace(max_iter=max_iter, tol=tol, progress=progress)
     # Factors made here are ours to donate (Z0's buffer becomes the iterate); a caller's
     # ``init`` may share buffers with arrays the caller keeps, so it is not donated.

@@ -292,6 +292,9 @@ def enhance(
         still above raw 0.681/0.784): pass ``neighbors=None`` for balanced, very noisy data.
     key_added
         Prefix of the written keys (a non-empty string).
+    progress
+        Print to stderr each stage before the iterations (the K estimate and its result,
+        the start), then one line per iteration (:func:`~sccase_jax.api.fit`).
     out_file, block
         For data whose dense enhanced matrix does not fit in memory: write the result to
         the .h5ad ``out_file``, with ``layers[key_added]`` computed and written ``block``
@@ -406,6 +409,11 @@ def enhance(
     if n_components is None:
         from sccase_jax.estimate import estimate_n_components
 
+        if progress:
+            from sccase_jax._progress import stage
+
+            stage(f"estimating the number of cell types ({X.shape[1]} cells x {X.shape[0]} peaks)")
+        t_est = time.perf_counter()
         c = int(estimate_n_components(X, seed=seed))
         if reference is None:
             n_components = c + 1
@@ -414,6 +422,9 @@ def enhance(
             c = max(c, int(getattr(reference, "n_obs", 0) or 0))
             n_components = max(round(1.3 * c) + c // 2500, 2)
         n_components = min(n_components, min(X.shape))
+        if progress:
+            stage(f"estimated {c} cell types in {time.perf_counter() - t_est:.1f} s: "
+                  f"k = {n_components}")
     ref_info = None
     if reference is not None:
         fit_options, ref_info = _reference_block(

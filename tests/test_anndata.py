@@ -266,3 +266,18 @@ def test_peak_filter_default_keeps_every_peak_with_a_read_release_uses_one_perce
     _, keep = filter_peaks(C, 0.01)
     assert rel.n_vars == int(keep.sum())
     assert rel.uns["sccase"]["params"]["min_cells_frac"] == 0.01
+
+
+def test_enhance_progress_names_each_stage(small, capfd):
+    # Long starts (K estimate, Gram, NMF) are announced before the iteration lines.
+    sccase_jax.enhance(small, max_iter=2, seed=1, progress=True)
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    stages = [ln for ln in lines if ln.startswith(("estimating", "estimated", "start:"))]
+    assert [s.split()[0] for s in stages] == ["estimating", "estimated", "start:"], err
+    assert "cell types" in stages[1] and "k = " in stages[1]
+    iters = [ln for ln in lines if ln.startswith("iter")]
+    assert len(iters) == 2 and lines.index(stages[-1]) < lines.index(iters[0])
+    sccase_jax.enhance(small, 3, max_iter=1, seed=1)
+    assert not [ln for ln in capfd.readouterr().err.splitlines()
+                if ln.startswith(("estimating", "start:", "iter"))]
