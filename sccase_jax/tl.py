@@ -106,6 +106,10 @@ def _check_output(output: str, blend, neighbors=None) -> None:
         )
 
 
+# Columns of Z selected at a time by keep_largest.
+KEEP_BLOCK = 256
+
+
 def keep_largest(Z, neighbors: int) -> np.ndarray:
     """``Z`` with each column reduced to its ``neighbors`` largest entries (the rest 0).
 
@@ -116,9 +120,15 @@ def keep_largest(Z, neighbors: int) -> np.ndarray:
     n = Z.shape[0]
     if neighbors >= n:
         return Z.copy()
-    idx = np.argpartition(-Z, neighbors - 1, axis=0)[:neighbors]
     out = np.zeros_like(Z)
-    np.put_along_axis(out, idx, np.take_along_axis(Z, idx, axis=0), axis=0)
+    # In blocks of columns: a whole-matrix argpartition holds an n x n int64 index array
+    # and a negated copy of Z (3 n^2 floats more, 1.2 GB at 10,000 cells).  Each column
+    # is selected on its own either way, so the result is the same.
+    for j in range(0, Z.shape[1], KEEP_BLOCK):
+        blk = Z[:, j : j + KEEP_BLOCK]
+        idx = np.argpartition(-blk, neighbors - 1, axis=0)[:neighbors]
+        np.put_along_axis(out[:, j : j + KEEP_BLOCK], idx, np.take_along_axis(blk, idx, axis=0),
+                          axis=0)
     return out
 
 
@@ -142,13 +152,19 @@ def output_weights(Z, output: str = "blend", blend: float = 0.8,
     """
     _check_output(output, blend, neighbors)
     Z = np.asarray(Z)
-    if neighbors is not None:
+    owned = neighbors is not None  # keep_largest's result is a fresh array: scaled in place
+    if owned:
         Z = keep_largest(Z, int(neighbors))
     if output == "xz":
         return Z
     s = Z.sum(axis=0)
     empty = ~(s > 0)
-    B = Z * (float(blend) / np.where(empty, 1, s)).astype(Z.dtype)
+    scale = (float(blend) / np.where(empty, 1, s)).astype(Z.dtype)
+    if owned and np.issubdtype(Z.dtype, np.floating):
+        Z *= scale
+        B = Z
+    else:
+        B = Z * scale
     B[np.diag_indices_from(B)] += np.where(empty, 1.0, 1.0 - float(blend)).astype(Z.dtype)
     return B
 

@@ -118,6 +118,30 @@ def test_output_weights_keep_each_cells_largest_weights():
             output_weights(Z, "blend", 0.8, neighbors=bad)
 
 
+def test_keep_largest_in_column_blocks(monkeypatch):
+    # Blocks of columns (a short last one too) select exactly what one whole-matrix
+    # argpartition selects, ties included, and the caller's Z is left as it was.
+    import sccase_jax.tl as tl
+
+    rng = np.random.default_rng(7)
+    Z = rng.random((40, 40)).astype(np.float32)
+    Z[Z < 0.4] = 0
+    Z[:6] = 0.5  # ties at the cut
+    before = Z.copy()
+    idx = np.argpartition(-Z, 8, axis=0)[:9]
+    ref = np.zeros_like(Z)
+    np.put_along_axis(ref, idx, np.take_along_axis(Z, idx, axis=0), axis=0)
+    monkeypatch.setattr(tl, "KEEP_BLOCK", 7)
+    np.testing.assert_array_equal(tl.keep_largest(Z, 9), ref)
+    B = tl.output_weights(Z, "blend", 0.8, neighbors=9)
+    expect = ref * (0.8 / ref.sum(axis=0)).astype(np.float32)
+    expect[np.diag_indices(40)] += 0.2
+    np.testing.assert_array_equal(B, expect)
+    np.testing.assert_array_equal(Z, before)
+    tl.output_weights(Z, "blend", 0.8)
+    np.testing.assert_array_equal(Z, before)
+
+
 def test_enhance_with_neighbors(small):
     X, _, _ = preprocess(small.X.T, min_cells_frac=0.0, tfidf_variant="l2")
     out = sccase_jax.enhance(small, 3, max_iter=2, seed=2, neighbors=5)
