@@ -16,7 +16,8 @@ types, mean of Leiden seeds 0-2).  Variants, all with ``Zc`` = columns summing t
 - ``sq``: ``Zc Zc`` (two averaging steps); ``sym``: ``D^-1/2 Z D^-1/2``; ``rowc``: rows of
   Z scaled to sum 1 before the columns;
 - ``topN`` / ``topk`` / ``top2k`` / ``toph``: each column of Z keeps its N largest entries
-  (N = n / k, 2 n / k, n / 2k for the last three), then the 0.8 blend;
+  (N = n / k, 2 n / k, n / 2k for the last three), then the 0.8 blend (``top300w0.7``: the
+  blend weight 0.7);
 - ``relT``: each column keeps the entries >= T times its largest one, then the 0.8 blend;
 - ``powP``: the entries of Z raised to the power P (sharper weights, none dropped), then
   the 0.8 blend;
@@ -78,8 +79,9 @@ def weights(v: str, Z, H):
         bg = rest.sum(0, keepdims=True) / np.maximum((~keep).sum(0, keepdims=True), 1)
         return output_weights(np.where(keep, Zp, bg), "blend", 0.8)
     if v.startswith("top"):
+        v, _, w = v.partition("w")
         N = {"topk": n // k, "top2k": 2 * n // k, "toph": n // (2 * k)}.get(v) or int(v[3:])
-        return output_weights(Z, "blend", 0.8, neighbors=max(1, min(N, n - 1)))
+        return output_weights(Z, "blend", float(w or 0.8), neighbors=max(1, min(N, n - 1)))
     if v.startswith("pow"):
         return output_weights(np.maximum(Z, 0) ** float(v[3:]), "blend", 0.8)
     if v.startswith("rel"):
