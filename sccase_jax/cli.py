@@ -245,7 +245,7 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="min-max scale the output per peak then per cell (default for xz)")
     p.add_argument("--no-scale-output", dest="scale_output", action="store_false",
                    help="return the output unscaled (default for blend)")
-    p.add_argument("--neighbors", type=neighbors_arg, default="auto", metavar="N",
+    p.add_argument("--neighbors", type=neighbors_arg, default="auto", metavar="N|all",
                    help="keep only each cell's N largest weights in Z for the output; 'all' "
                         "keeps every cell (default: 300 for blend, all for xz; docs/results.md)")
     p.add_argument("--binarize", action="store_true", help="binarise counts before TF-IDF")

@@ -70,8 +70,8 @@ OUTPUTS = ("blend", "xz")
 # under Z (all of them in data of at most that many cells).  Chosen by measured clustering
 # quality (docs/results.md, "Defaults"): on the Granja bone-marrow data it raised ARI/AMI
 # above both raw TF-IDF baselines (D6T1 2k 0.368/0.595 against 0.338/0.577 with all cells;
-# the whole 10k data 0.444/0.632 against 0.363/0.600), tied on bm600 and chromVAR, and
-# cost the simulated balanced populations 0.036 ARI, still above raw.
+# the whole 10k data 0.443/0.632 against 0.365/0.603, seeds 0-1), tied on bm600 and
+# chromVAR, and cost the simulated balanced populations 0.036 ARI, still above raw.
 DEFAULT_NEIGHBORS = 300
 
 
@@ -126,14 +126,15 @@ def keep_largest(Z, neighbors: int) -> np.ndarray:
     # is selected on its own either way, so the result is the same.
     for j in range(0, Z.shape[1], KEEP_BLOCK):
         blk = Z[:, j : j + KEEP_BLOCK]
-        idx = np.argpartition(-blk, neighbors - 1, axis=0)[:neighbors]
+        key = -blk if np.issubdtype(Z.dtype, np.floating) else -blk.astype(np.float64)
+        idx = np.argpartition(key, neighbors - 1, axis=0)[:neighbors]
         np.put_along_axis(out[:, j : j + KEEP_BLOCK], idx, np.take_along_axis(blk, idx, axis=0),
                           axis=0)
     return out
 
 
 def output_weights(Z, output: str = "blend", blend: float = 0.8,
-                   neighbors: int | None = None) -> np.ndarray:
+                   neighbors: int | str | None = None) -> np.ndarray:
     """The n x n matrix ``B`` whose product ``X B`` is the enhanced matrix.
 
     ``"xz"``: ``B = Z``, the paper's ``X Z``.  ``"blend"``: ``B = (1 - blend) I + blend Zc``
@@ -144,14 +145,20 @@ def output_weights(Z, output: str = "blend", blend: float = 0.8,
 
     ``neighbors``: first keep only the ``neighbors`` largest entries of each column of
     ``Z`` (:func:`keep_largest`), so that each cell averages its most similar cells only.
-    ``None`` (this function's default): all of ``Z``.  :func:`enhance` passes
-    :data:`DEFAULT_NEIGHBORS` (300) for the blended output (:func:`resolve_neighbors`).
+    ``None`` or ``"all"`` (this function's default): all of ``Z``; ``"auto"``:
+    :data:`DEFAULT_NEIGHBORS` (300) for the blended output, all of ``Z`` for ``"xz"``
+    (:func:`resolve_neighbors`; :func:`enhance`'s default).  A ``Z`` of integers is taken
+    as float64.
     Measured (docs/results.md, items 9, 12 and 14): on the Granja data 100-500 raised
     ARI/AMI (D6T1 2k by about 0.03/0.02); on simulated balanced populations every value
     tried lowered them (by 0.03-0.09 ARI).
     """
+    if output in OUTPUTS:  # else _check_output names the bad output
+        neighbors = resolve_neighbors(neighbors, output)
     _check_output(output, blend, neighbors)
     Z = np.asarray(Z)
+    if not np.issubdtype(Z.dtype, np.floating):
+        Z = Z.astype(np.float64)  # integer weights would be scaled to 0
     owned = neighbors is not None  # keep_largest's result is a fresh array: scaled in place
     if owned:
         Z = keep_largest(Z, int(neighbors))
@@ -160,7 +167,7 @@ def output_weights(Z, output: str = "blend", blend: float = 0.8,
     s = Z.sum(axis=0)
     empty = ~(s > 0)
     scale = (float(blend) / np.where(empty, 1, s)).astype(Z.dtype)
-    if owned and np.issubdtype(Z.dtype, np.floating):
+    if owned:
         Z *= scale
         B = Z
     else:
@@ -226,7 +233,8 @@ def enhance(
         or ``round(1.3 c) + c // 2500`` (scCASER), as the released code does; with a
         reference, c is at least its number of profiles (so that each profile keeps its
         column in W1: with the estimate alone, 5 for the 16-profile D5T1 reference on the
-        Granja D6T1 data, ARI/AMI were 0.320/0.539 against 0.388/0.605, docs/reference.md).
+        Granja D6T1 data, ARI/AMI were 0.320/0.539 against 0.389/0.603 with the blend over
+        all cells, docs/reference.md; 0.410/0.636 with the default output).
     reference
         scCASER: an AnnData of reference profiles x peaks (bulk, pseudo-bulk or
         self-reference; see :mod:`sccase_jax.reference`).  Its peaks are matched to the
@@ -289,7 +297,9 @@ def enhance(
         ``preset="release"``).  Chosen by measured clustering quality (docs/results.md):
         against ``X Z`` min-max scaled (the previous default) the blend was tied on the
         Granja data and better on simulated sorted populations and on the chromVAR cells
-        (ARI 0.77 -> 1.00); 0.7-0.9 gave the same within seed noise.
+        (ARI 0.77 -> 1.00); over all cells 0.7-0.9 gave the same within seed noise, with
+        the default ``neighbors`` 0.8 was best on the Granja data (0.7 better on the
+        simulated populations; docs/results.md, item 14).
     scale_output
         Min-max scale the enhanced matrix per peak then per cell (as the released code
         does): True, False or ``None``.  Default ``None``: True for ``output="xz"`` (with the
@@ -431,6 +441,7 @@ def enhance(
             stage(f"estimating the number of cell types ({X.shape[1]} cells x {X.shape[0]} peaks)")
         t_est = time.perf_counter()
         c = int(estimate_n_components(X, seed=seed))
+        c_est = c
         if reference is None:
             n_components = c + 1
         else:
@@ -439,8 +450,9 @@ def enhance(
             n_components = max(round(1.3 * c) + c // 2500, 2)
         n_components = min(n_components, min(X.shape))
         if progress:
-            stage(f"estimated {c} cell types in {time.perf_counter() - t_est:.1f} s: "
-                  f"k = {n_components}")
+            stage(f"estimated {c_est} cell types in {time.perf_counter() - t_est:.1f} s: "
+                  f"k = {n_components}"
+                  + ("" if reference is None else " (at least one type per reference profile)"))
     ref_info = None
     if reference is not None:
         fit_options, ref_info = _reference_block(

@@ -93,6 +93,34 @@ def test_output_weights():
             output_weights(Z, "blend", bad)
     with pytest.raises(sccase_jax.InputError, match="output must be"):
         output_weights(Z, "wz")
+    # integer weights are weights, not rounded away by the column scaling
+    np.testing.assert_allclose(output_weights(Z.astype(np.int64), "blend", 0.8), B, rtol=1e-6)
+    np.testing.assert_allclose(output_weights(Z.astype(np.uint8), "blend", 0.8, neighbors=1),
+                               output_weights(Z, "blend", 0.8, neighbors=1), rtol=1e-6)
+
+
+def test_output_weights_neighbors_words(monkeypatch):
+    # "auto" and "all" mean in output_weights what they mean in enhance, whose default
+    # is "auto"; neither the cut nor the copy path changes the caller's Z.
+    import inspect
+
+    import sccase_jax.tl as tl
+
+    assert inspect.signature(tl.enhance).parameters["neighbors"].default == "auto"
+    assert tl.DEFAULT_NEIGHBORS == 300
+    monkeypatch.setattr(tl, "DEFAULT_NEIGHBORS", 2)
+    rng = np.random.default_rng(3)
+    Z = rng.random((5, 5)).astype(np.float32)
+    before = Z.copy()
+    np.testing.assert_array_equal(tl.output_weights(Z, "blend", 0.8, neighbors="auto"),
+                                  tl.output_weights(Z, "blend", 0.8, neighbors=2))
+    np.testing.assert_array_equal(tl.output_weights(Z, "xz", neighbors="auto"), Z)
+    np.testing.assert_array_equal(tl.output_weights(Z, "blend", 0.8, neighbors="all"),
+                                  tl.output_weights(Z, "blend", 0.8))
+    tl.output_weights(Z, "blend", 0.8, neighbors=50)  # >= n: a copy, scaled in place
+    np.testing.assert_array_equal(Z, before)
+    with pytest.raises(sccase_jax.InputError, match="neighbors"):
+        tl.output_weights(Z, "blend", 0.8, neighbors="most")
 
 
 def test_output_weights_keep_each_cells_largest_weights():

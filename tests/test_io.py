@@ -89,10 +89,10 @@ def _counts(seed=0, cells=30, peaks=60):
     return ad.AnnData(X=sp.csr_matrix(C.astype(np.float32)))
 
 
-@pytest.mark.parametrize("output", ["blend", "xz"])
-def test_enhance_out_file_and_cli_out_of_core_match_in_memory(tmp_path, output):
+@pytest.mark.parametrize("output,neighbors", [("blend", "auto"), ("xz", "auto"), ("blend", 5)])
+def test_enhance_out_file_and_cli_out_of_core_match_in_memory(tmp_path, output, neighbors):
     adata = _counts()
-    kw = dict(n_components=3, max_iter=3, nmf_iter=5, output=output)
+    kw = dict(n_components=3, max_iter=3, nmf_iter=5, output=output, neighbors=neighbors)
     mem = enhance(adata, **kw)
     path = str(tmp_path / "ooc.h5ad")
     lean = enhance(adata, out_file=path, block=7, **kw)
