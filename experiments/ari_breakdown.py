@@ -22,14 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
-from quality import load  # noqa: E402
+from quality import fit_for_outputs, load  # noqa: E402
 from sklearn.metrics import adjusted_mutual_info_score as ami  # noqa: E402
 from sklearn.metrics import adjusted_rand_score as ari  # noqa: E402
 
 from sccase_jax.api import enhanced_matrix  # noqa: E402
 from sccase_jax.clustering import cluster_to_k, neighbor_graph, pca_embedding  # noqa: E402
-from sccase_jax.preprocessing import tfidf  # noqa: E402
-from sccase_jax.tl import enhance, output_weights  # noqa: E402
+from sccase_jax.tl import output_weights  # noqa: E402
 
 T_CELLS = {"19_CD8.N", "20_CD4.N1", "21_CD4.N2", "22_CD4.M"}
 MONO = {"11_CD14.Mono.1", "12_CD14.Mono.2"}
@@ -61,11 +60,7 @@ def main():
         res[f"raw {v} TF-IDF"], whole[f"raw {v} TF-IDF"] = scores(
             pca_embedding(a.X, 50, transform="tfidf", tfidf_variant=v), lab)
     for s in (0, 1, 2):
-        out = enhance(a, seed=s)
-        b = a[out.obs_names, out.var_names]
-        X = tfidf(sp.csr_matrix(b.X).T, "l2")
-        Z = np.asarray(out.obsp["sccase_Z"], np.float32)
-        labs = b.obs["cell_type"].astype(str).to_numpy()
+        out, X, Z, labs = fit_for_outputs(a, s)
         for nm, N in (("blend, all cells", None), ("default (neighbors=300)", 300)):
             E = enhanced_matrix(X, np.asarray(output_weights(Z, "blend", 0.8, neighbors=N), np.float32))
             sc, wh = scores(pca_embedding(E, 50, transform=None), labs)

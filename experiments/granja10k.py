@@ -24,12 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import anndata as ad  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
-from quality import DATA, score  # noqa: E402
+from quality import DATA, fit_for_outputs, score  # noqa: E402
 
 from sccase_jax.api import enhanced_matrix  # noqa: E402
 from sccase_jax.clustering import evaluate_clustering  # noqa: E402
-from sccase_jax.preprocessing import tfidf  # noqa: E402
-from sccase_jax.tl import enhance, output_weights  # noqa: E402
+from sccase_jax.tl import output_weights  # noqa: E402
 
 
 def main():
@@ -54,14 +53,10 @@ def main():
         outputs.append(("blend, 1500 cells", 1500))
     for s in args.seeds:
         t = time.perf_counter()
-        out = enhance(a, seed=s, max_iter=args.max_iter)
+        out, X, Z, labs = fit_for_outputs(a, s, max_iter=args.max_iter)
         k = out.obsm["X_sccase"].shape[1]
         print(f"seed {s}: fit {time.perf_counter() - t:.0f} s, k = {k}, "
               f"{out.uns['sccase']['n_iter']} iterations", flush=True)
-        b = a[out.obs_names, out.var_names]
-        X = tfidf(sp.csr_matrix(b.X).T, "l2")
-        Z = np.asarray(out.obsp["sccase_Z"], np.float32)
-        labs = b.obs["cell_type"].astype(str).to_numpy()
         for nm, N in outputs:
             E = enhanced_matrix(X, np.asarray(output_weights(Z, "blend", 0.8, neighbors=N), np.float32))
             r, _ = score(E, labs, None)

@@ -18,13 +18,11 @@ import anndata as ad  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 from output_screen import weights  # noqa: E402
-from quality import DATA, score  # noqa: E402
+from quality import DATA, fit_for_outputs, score  # noqa: E402
 
 from sccase_jax.api import enhanced_matrix  # noqa: E402
 from sccase_jax.clustering import evaluate_clustering  # noqa: E402
 from sccase_jax.datasets import simulate_from_bulk  # noqa: E402
-from sccase_jax.preprocessing import tfidf  # noqa: E402
-from sccase_jax.tl import enhance  # noqa: E402
 
 SIZES = [200, 200, 150, 150, 100, 100, 60, 60, 40, 30, 30, 30, 30]
 
@@ -46,11 +44,7 @@ def main():
         print(f"raw {v}: ARI {r['ari']:.3f} AMI {r['ami']:.3f}", flush=True)
     res = {}
     for s in (0, 1, 2):
-        out = enhance(a, seed=s)
-        b = a[out.obs_names, out.var_names]
-        X = tfidf(sp.csr_matrix(b.X).T, "l2")
-        Z = np.asarray(out.obsp["sccase_Z"], np.float32)
-        labs = b.obs["cell_type"].astype(str).to_numpy()
+        out, X, Z, labs = fit_for_outputs(a, s)
         for nm in ("blend", "top300", "cen"):
             E = enhanced_matrix(X, np.asarray(weights(nm, Z, out.obsm["X_sccase"]), np.float32))
             r, _ = score(E, labs, None)

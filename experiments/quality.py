@@ -71,6 +71,22 @@ def output_variant(X, Z, kind: str, beta: float = 0.5):
     return enhanced_matrix(X, output_weights(Z, "blend", weights[kind]))
 
 
+def fit_for_outputs(a, seed: int, **kw):
+    """``enhance(a, seed=seed, **kw)`` and what an output built from its Z needs.
+
+    Returns ``(out, X, Z, labels)``: the enhanced AnnData, the L2 TF-IDF (peaks x cells)
+    of its kept cells and peaks, Z as float32 and their ``cell_type`` labels as strings.
+    """
+    from sccase_jax.preprocessing import tfidf
+    from sccase_jax.tl import enhance
+
+    out = enhance(a, seed=seed, **kw)
+    b = a[out.obs_names, out.var_names]
+    X = tfidf(sp.csr_matrix(b.X).T, "l2")
+    Z = np.asarray(out.obsp["sccase_Z"], np.float32)
+    return out, X, Z, b.obs["cell_type"].astype(str).to_numpy()
+
+
 def score(M, labels, transform, seeds=(0, 1, 2)):
     from sccase_jax.clustering import evaluate_clustering
 
