@@ -18,7 +18,11 @@ state, best of ``--reps``, two ways:
   fresh pages): at 4,000 cells a plain pass ``Z + 1`` took 31 ms as a call of its own and
   9 ms a pass inside a loop, so this figure overstates the iteration there.
 
-With
+With ``--floor`` it also times, interleaved with the above, the skeleton iteration of
+``iteration_floor.py`` on the same G, X, mask and start (the product, the thin products
+and the fewest n x n passes any implementation of the iteration makes) in the same way
+(a loop of 1 + N minus a loop of 1): the last columns give the floor of the in-fit ratio on
+this machine.  With
 ``--profile`` it also traces three more updates with ``jax.profiler`` and lists the
 compiled operations that took the most time (names from XLA's HLO, with the JAX operation
 they come from), which is how the thin-product and gap passes of ``sccase_jax.ops`` were
@@ -98,7 +102,15 @@ def _timed(f, *args):
     return time.perf_counter() - t0
 
 
-def measure(name, warm, reps, profile, top, loop):
+def _floor_columns(best, loop, mm):
+    """Skeleton iteration in a loop, its ratio to the product, its cost besides the product
+    and the part of that cost that is the two passes over X (differences of loops)."""
+    it = {v: (best[v, 1 + loop] - best[v, 1]) / loop for v in ("sk", "sk_noprod", "sk_nox")}
+    return (f" {it['sk']:.3g} | {it['sk'] / mm:.2f} | {it['sk_noprod']:.3g} | "
+            f"{it['sk'] - it['sk_nox']:.3g} |")
+
+
+def measure(name, warm, reps, profile, top, loop, floor=False):
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -130,7 +142,21 @@ def measure(name, warm, reps, profile, top, loop):
     run_more = run.lower(prob.data, f0, prob.hp, config=more).compile()
     best = dict(it=float("inf"), mm=float("inf"), one=float("inf"), more=float("inf"),
                 loop=float("inf"))
+    # The skeleton (iteration_floor.py) whole, without its product, without its X passes.
+    variants = {"sk": {}, "sk_noprod": dict(product=False), "sk_nox": dict(x_passes=False)}
+    sk = {}
+    if floor:
+        from iteration_floor import skeleton
+
+        sk_args = (G, prob.data.X, prob.data.R, f0.Z, state.GS, f0.W, f0.H)
+        with matmul_precision(cfg):
+            for v, kw in variants.items():
+                for it in (1, 1 + loop):
+                    sk[v, it] = skeleton.lower(*sk_args, iters=it, **kw).compile()
+                    best[v, it] = float("inf")
     for _ in range(reps):
+        for key, f in sk.items():
+            best[key] = min(best[key], _timed(f, *sk_args))
         best["one"] = min(best["one"], _timed(run_one, prob.data, f0, prob.hp))
         best["more"] = min(best["more"], _timed(run_more, prob.data, f0, prob.hp))
         best["loop"] = min(best["loop"], _timed(mm_loop, Gs))
@@ -144,7 +170,8 @@ def measure(name, warm, reps, profile, top, loop):
     fit_mm = min(best["loop"] / loop, best["mm"])
     print(f"| {name} ({n} cells, k = {k}) | {fit_it:.3g} | {fit_mm:.3g} | "
           f"{fit_it / fit_mm:.2f} | {best['it']:.3g} | {best['mm']:.3g} | "
-          f"{best['it'] / best['mm']:.2f} |", flush=True)
+          f"{best['it'] / best['mm']:.2f} |" + (_floor_columns(best, loop, fit_mm) if floor else ""),
+          flush=True)
     if profile:
         with tempfile.TemporaryDirectory() as d:
             jax.profiler.start_trace(d, create_perfetto_trace=True)
@@ -164,13 +191,16 @@ def main():
     ap.add_argument("--loop", type=int, default=10,
                     help="iterations (and products) timed inside one execution")
     ap.add_argument("--profile", action="store_true", help="also list the costliest operations")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time iteration_floor.py's skeleton iteration on the same data")
     ap.add_argument("--top", type=int, default=20)
     a = ap.parse_args()
     print("| data | in a fit: iteration s | product s | ratio | one update s | one product s "
-          "| ratio |")
-    print("|---|---|---|---|---|---|---|")
+          "| ratio |" + (" skeleton iteration s | skeleton / product | skeleton besides the "
+                         "product s | of which the passes over X s |" if a.floor else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|---|---|---|" if a.floor else ""))
     for name in a.data:
-        measure(name, a.warm, a.reps, a.profile, a.top, a.loop)
+        measure(name, a.warm, a.reps, a.profile, a.top, a.loop, a.floor)
 
 
 if __name__ == "__main__":
