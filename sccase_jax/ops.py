@@ -7,8 +7,9 @@ correction.  Two ways:
 - ``"dense"``: ``G @ A`` with G formed once (n x n); :math:`n^3` multiply-adds.
 - ``"sparse"``: ``X^T (X A)`` with X kept as a ``BCOO`` matrix; :math:`2\,nnz(X)\,n`
   multiply-adds, G is never formed (``Data.G is None``).  ``X A`` is computed in column
-  blocks of A, one block at a time, so its temporaries (m x b, and nnz x b inside the
-  ``BCOO`` product) stay within a few n x n arrays.
+  blocks of A, one block at a time, the result written into A's buffer, and each product
+  through X's stored entries steps through them in cache-sized slices, so the temporaries
+  are the m x b ``X A_b`` and a few hundred KB (:func:`gram_matmul`).
 
 Which one runs is decided by the *structure* of :class:`~sccase_jax.params.Data` (``G`` is
 ``None`` or not), so it is static under ``jit`` and needs no config field.
@@ -52,7 +53,9 @@ GRAM_MODES = ("dense", "sparse", "auto")
 # faster at 0.1-0.5 % density, 1.5x slower at 3.7 %, where dense wins by 100x anyway);
 # 122..214 on an H200 at 4,000 cells (7..90 at 1,000-2,000 cells, where both products
 # take well under a millisecond; measured before the sequential blocks).  The TPU figure
-# is unmeasured.
+# is unmeasured.  All measured before the products stepped through X's entries in
+# cache-sized slices (session 9: one G A 2.1-3.1x faster on the CPU at 1,000-2,000 cells),
+# not re-measured since.
 SPARSE_PENALTY = {"cpu": 150.0, "gpu": 150.0, "tpu": 150.0}
 
 
@@ -119,8 +122,9 @@ def gram_matmul(data, A):
     an unrolled Python loop let XLA schedule all blocks at once (about 380 n x n arrays of
     temporaries in XLA's plan of a whole fit at 1,000 cells of 3.7 % density); sequential
     blocks with one step over all entries (an nnz x b gather, b = 4 n^2 / nnz) held 10.4 of
-    them; with these steps and the result in A's buffer the sparse fit's plan is close to
-    the dense-G path's (``experiments/memory_plan.py --gram sparse``, docs/scaling.md).
+    them; these steps and the result in A's buffer brought it to 5.1-5.3 at 1,000-2,000
+    cells, and the Z step's gradient formed at each use (``solver._Direction``) to 4.1-4.3
+    (``experiments/memory_plan.py --gram sparse``, docs/scaling.md).
     Each column is accumulated in the same order of X's entries whatever the block and step
     sizes, so the values are the same to the bit as with one block.
     """
@@ -171,9 +175,9 @@ def _entry_product(X, A, src: int, dst: int, size: int):
     """
     idx, val = X.indices, X.data
     nnz, p = val.shape[0], A.shape[1]
-    dt = jnp.result_type(val.dtype, A.dtype)
-    if nnz == 0 or A.size == 0:
-        return jnp.zeros((size, p), dt)
+    acc = jnp.zeros((size, p), jnp.result_type(val.dtype, A.dtype))
+    if nnz == 0:
+        return acc
     e = min(_step_entries(p), nnz)
 
     def add(acc, ii, v, keep=None):
@@ -181,12 +185,6 @@ def _entry_product(X, A, src: int, dst: int, size: int):
         rows = ii[:, dst] if keep is None else jnp.where(keep, ii[:, dst], size)
         return acc.at[rows].add(upd, mode="drop", wrap_negative_indices=False)
 
-    # Zeros that XLA cannot form before A exists (a plain jnp.zeros is scheduled early, at
-    # the start of the solver's iteration, and stays alive beside its n x n arrays): 0 for
-    # any A[0, 0], NaN and inf included.
-    a = A[0, 0].astype(dt)
-    zero = jnp.where(jnp.isnan(a), jnp.zeros((), dt), jnp.minimum(jnp.abs(a), jnp.zeros((), dt)))
-    acc = jnp.broadcast_to(zero, (size, p))
     steps = -(-nnz // e)
     if steps == 1:
         return add(acc, idx, val)
