@@ -91,22 +91,36 @@ def choose_gram(X, mode: str = "auto", backend: str | None = None) -> str:
 # with one step over all nnz entries per block of 10-11 columns (b = 4 n^2 / nnz: an
 # nnz x b gather, 3.6 n^2, written to memory and read back twice per block).  At 2,000
 # cells steps of 2^16 or 2^18 floats were 1.1-1.2x slower, 128 columns per block 1.04x,
-# 32 columns 1.2x.
+# 32 columns 1.2x.  SPARSE_STEP is per backend: one not listed (GPU, TPU: unmeasured, and
+# there every step of a loop costs a kernel launch) takes one step over all entries per
+# block, with SPARSE_GATHER_BUDGET n^2 / max(m, nnz) columns per block (an nnz x b gather
+# of at most that many n x n arrays), as before the steps.
 SPARSE_BLOCK_COLS = 64
-SPARSE_STEP = 2**17
+SPARSE_STEP = {"cpu": 2**17}
 SPARSE_BLOCK_BUDGET = 0.5
+SPARSE_GATHER_BUDGET = 4
 
 
-def _block_cols(m: int, n: int) -> int:
+def _stepped() -> bool:
+    return jax.default_backend() in SPARSE_STEP
+
+
+def _block_cols(m: int, n: int, nnz: int = 0) -> int:
     """Columns of A per block of the sparse path's ``G A``: :data:`SPARSE_BLOCK_COLS`, fewer
     where the m x b intermediate ``X A_b`` would exceed :data:`SPARSE_BLOCK_BUDGET` n x n
-    arrays; at least 1."""
+    arrays; at least 1.  Without steps (:data:`SPARSE_STEP`) the nnz x b gather bounds it:
+    b = :data:`SPARSE_GATHER_BUDGET` n^2 / max(m, nnz)."""
+    if not _stepped():
+        return int(max(1, min(n, (n * n * SPARSE_GATHER_BUDGET) // max(m, nnz, 1))))
     return int(max(1, min(n, SPARSE_BLOCK_COLS, int(SPARSE_BLOCK_BUDGET * n * n) // max(m, 1))))
 
 
-def _step_entries(p: int) -> int:
-    """Stored entries of X per step of a product with p columns (:data:`SPARSE_STEP`)."""
-    return max(1, SPARSE_STEP // max(p, 1))
+def _step_entries(p: int, nnz: int) -> int:
+    """Stored entries of X per step of a product with p columns (:data:`SPARSE_STEP`; all
+    ``nnz`` of them on a backend without steps)."""
+    if not _stepped():
+        return max(1, nnz)
+    return max(1, SPARSE_STEP[jax.default_backend()] // max(p, 1))
 
 
 def gram_matmul(data, A):
@@ -133,7 +147,7 @@ def gram_matmul(data, A):
     X = data.X
     m, n = X.shape
     p = A.shape[1]
-    b = _block_cols(m, n)
+    b = _block_cols(m, n, getattr(X, "nse", 0))
     if b >= p:
         return _xtx(X, A)
     full = p // b
@@ -178,7 +192,7 @@ def _entry_product(X, A, src: int, dst: int, size: int):
     acc = jnp.zeros((size, p), jnp.result_type(val.dtype, A.dtype))
     if nnz == 0:
         return acc
-    e = min(_step_entries(p), nnz)
+    e = min(_step_entries(p, nnz), nnz)
 
     def add(acc, ii, v, keep=None):
         upd = v[:, None] * _take_rows(A, ii[:, src])

@@ -36,7 +36,7 @@ def test_sparse_path_equals_dense_g(m, n, p):
     np.testing.assert_allclose(ops.wt_x(bcoo.X, B), np.asarray(B).T @ X.toarray(), rtol=1e-10)
 
 
-@pytest.mark.parametrize(("cols", "step"), [(4, 7), (3, 64), (10, 5)])
+@pytest.mark.parametrize(("cols", "step"), [(4, 7), (3, 64), (10, 5), (4, None)])
 def test_sparse_blocks_and_steps_give_the_same_bits(monkeypatch, cols, step):
     # G A through sparse X in column blocks (full blocks plus a remainder block) and in
     # steps over the stored entries (the last one shifted back, its repeated entries
@@ -52,8 +52,13 @@ def test_sparse_blocks_and_steps_give_the_same_bits(monkeypatch, cols, step):
     monkeypatch.setattr(ops, "SPARSE_BLOCK_BUDGET", 1e9)  # the width is set by cols alone
     whole = np.asarray(jax.jit(ops.gram_matmul)(data, A))  # one block, one step
     monkeypatch.setattr(ops, "SPARSE_BLOCK_COLS", cols)
-    monkeypatch.setattr(ops, "SPARSE_STEP", step * cols)
-    assert ops._block_cols(60, 10) == cols and ops._step_entries(cols) == step
+    if step is None:  # a backend without steps: blocks of SPARSE_GATHER_BUDGET n^2 / nnz
+        monkeypatch.setattr(ops, "SPARSE_STEP", {})
+        monkeypatch.setattr(ops, "SPARSE_GATHER_BUDGET", (cols + 0.5) * data.X.nse / 100)
+    else:
+        monkeypatch.setattr(ops, "SPARSE_STEP", {"cpu": step * cols})
+        assert ops._step_entries(cols, 100) == step
+    assert ops._block_cols(60, 10, data.X.nse) == cols
     A0 = np.asarray(A).copy()
     np.testing.assert_array_equal(np.asarray(jax.jit(ops.gram_matmul)(data, A)), whole)
     np.testing.assert_array_equal(np.asarray(A), A0)
@@ -62,13 +67,20 @@ def test_sparse_blocks_and_steps_give_the_same_bits(monkeypatch, cols, step):
     np.testing.assert_allclose(ops.xt_matmul(data.X, B), X.toarray().T @ np.asarray(B), rtol=1e-5)
 
 
-def test_block_width_bounds_the_intermediate():
+def test_block_width_bounds_the_intermediate(monkeypatch):
     cols, budget = ops.SPARSE_BLOCK_COLS, ops.SPARSE_BLOCK_BUDGET
     assert ops._block_cols(m=10, n=1000) == cols
     # X A_b is m x b: at most budget n^2 floats.
     assert ops._block_cols(m=400, n=100) == int(budget * 100 * 100) // 400
     assert ops._block_cols(m=10**6, n=10) == 1
-    assert ops._step_entries(cols) * cols == ops.SPARSE_STEP
+    assert ops._step_entries(cols, 10**6) * cols == ops.SPARSE_STEP["cpu"]
+    # A backend without steps: one step over all entries, the nnz x b gather bounds b.
+    monkeypatch.setattr(ops, "SPARSE_STEP", {})
+    gather = ops.SPARSE_GATHER_BUDGET
+    assert ops._step_entries(cols, 4000) == 4000
+    assert ops._block_cols(m=400, n=100, nnz=4000) == 100 * 100 * gather // 4000
+    assert ops._block_cols(m=400, n=100, nnz=100 * 100 * gather) == 1
+    assert ops._block_cols(m=10, n=100) == 100
 
 
 def test_sparse_path_fit_plan_stays_within_a_few_n2():
