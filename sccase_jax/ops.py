@@ -7,8 +7,9 @@ correction.  Two ways:
 - ``"dense"``: ``G @ A`` with G formed once (n x n); :math:`n^3` multiply-adds.
 - ``"sparse"``: ``X^T (X A)`` with X kept as a ``BCOO`` matrix; :math:`2\,nnz(X)\,n`
   multiply-adds, G is never formed (``Data.G is None``).  ``X A`` is computed in column
-  blocks of A, one block at a time, so its temporaries (m x b, and nnz x b inside the
-  ``BCOO`` product) stay within a few n x n arrays.
+  blocks of A, one block at a time, the result written into A's buffer, and each product
+  through X's stored entries steps through them in cache-sized slices, so the temporaries
+  are the m x b ``X A_b`` and a few hundred KB (:func:`gram_matmul`).
 
 Which one runs is decided by the *structure* of :class:`~sccase_jax.params.Data` (``G`` is
 ``None`` or not), so it is static under ``jit`` and needs no config field.
@@ -52,7 +53,9 @@ GRAM_MODES = ("dense", "sparse", "auto")
 # faster at 0.1-0.5 % density, 1.5x slower at 3.7 %, where dense wins by 100x anyway);
 # 122..214 on an H200 at 4,000 cells (7..90 at 1,000-2,000 cells, where both products
 # take well under a millisecond; measured before the sequential blocks).  The TPU figure
-# is unmeasured.
+# is unmeasured.  All measured before the products stepped through X's entries in
+# cache-sized slices (session 9: one G A 2.1-3.1x faster on the CPU at 1,000-2,000 cells),
+# not re-measured since.
 SPARSE_PENALTY = {"cpu": 150.0, "gpu": 150.0, "tpu": 150.0}
 
 
@@ -77,32 +80,67 @@ def choose_gram(X, mode: str = "auto", backend: str | None = None) -> str:
     return "sparse" if SPARSE_PENALTY.get(backend, 100.0) * f["sparse"] < f["dense"] else "dense"
 
 
-# Size of one block's temporaries in the sparse path, in n x n arrays.  1 instead of 4
-# saved 1.4 n^2 of XLA's plan but made the product 1.8x slower at 1,000 cells (five times
-# the sequential blocks); 16 added 12 n^2 for 10 % speed.
-SPARSE_BLOCK_BUDGET = 4
+# The sparse path's products in steps small enough to stay in cache.  ``G A`` runs over
+# column blocks of A of SPARSE_BLOCK_COLS columns (fewer where the m x b intermediate
+# ``X A_b`` would exceed SPARSE_BLOCK_BUDGET n x n arrays), and every product through the
+# stored entries of X (``X A_b``, ``X^T Y``, the thin ``X (S H^T)`` and ``X^T W``) runs over
+# them SPARSE_STEP / p at a time, so that a step's gathered rows and their updates (step x p
+# floats each, 512 KB) stay in cache.  Measured on the 2-core CPU (synthetic data of
+# experiments/benchmark.py, 5.7 % dense, m = 6.3 n; products inside a jitted loop, as in
+# the fit): one G A took 0.22 s at 1,000 cells and 1.9 s at 2,000, against 0.47 s and 6.0 s
+# with one step over all nnz entries per block of 10-11 columns (b = 4 n^2 / nnz: an
+# nnz x b gather, 3.6 n^2, written to memory and read back twice per block).  At 2,000
+# cells steps of 2^16 or 2^18 floats were 1.1-1.2x slower, 128 columns per block 1.04x,
+# 32 columns 1.2x.  SPARSE_STEP is per backend: one not listed (GPU, TPU: unmeasured, and
+# there every step of a loop costs a kernel launch) takes one step over all entries per
+# block, with SPARSE_GATHER_BUDGET n^2 / max(m, nnz) columns per block (an nnz x b gather
+# of at most that many n x n arrays), as before the steps.
+SPARSE_BLOCK_COLS = 64
+SPARSE_STEP = {"cpu": 2**17}
+SPARSE_BLOCK_BUDGET = 0.5
+SPARSE_GATHER_BUDGET = 4
+
+
+def _stepped() -> bool:
+    return jax.default_backend() in SPARSE_STEP
 
 
 def _block_cols(m: int, n: int, nnz: int = 0) -> int:
-    """Columns of A per block of the sparse path, so its temporaries stay within a few n x n.
+    """Columns of A per block of the sparse path's ``G A``: :data:`SPARSE_BLOCK_COLS`, fewer
+    where the m x b intermediate ``X A_b`` would exceed :data:`SPARSE_BLOCK_BUDGET` n x n
+    arrays; at least 1.  Without steps (:data:`SPARSE_STEP`) the nnz x b gather bounds it:
+    b = :data:`SPARSE_GATHER_BUDGET` n^2 / max(m, nnz)."""
+    if not _stepped():
+        return int(max(1, min(n, (n * n * SPARSE_GATHER_BUDGET) // max(m, nnz, 1))))
+    return int(max(1, min(n, SPARSE_BLOCK_COLS, int(SPARSE_BLOCK_BUDGET * n * n) // max(m, 1))))
 
-    ``X @ A_b`` is m x b, and a ``BCOO`` product with a dense right-hand side gathers one
-    row of ``A_b`` per stored entry of X (an nnz x b temporary), so
-    b = budget n^2 / max(m, nnz), at least 1.
-    """
-    return int(max(1, min(n, (n * n * SPARSE_BLOCK_BUDGET) // max(m, nnz, 1))))
+
+def _step_entries(p: int, nnz: int) -> int:
+    """Stored entries of X per step of a product with p columns (:data:`SPARSE_STEP`; all
+    ``nnz`` of them on a backend without steps)."""
+    if not _stepped():
+        return max(1, nnz)
+    return max(1, SPARSE_STEP[jax.default_backend()] // max(p, 1))
 
 
 def gram_matmul(data, A):
     """``G @ A`` for ``data`` with a formed ``G``, else ``X^T (X A)`` in column blocks.
 
-    The blocks run one after another in a ``lax.fori_loop``, so one block's temporaries
-    are alive at a time.  An unrolled Python loop let XLA schedule all of them at once,
-    and the block width ignored nnz: XLA's plan of a whole fit held about 380 n x n arrays
-    of temporaries at 1,000 cells of 3.7 % density (nnz = 0.37 n^2), now 10.4
-    (``experiments/memory_plan.py --gram sparse``; the dense-G path: 4.5).  The last block is
-    shifted left to end at column p (``dynamic_slice`` clamps its start), recomputing a
-    few columns with the same values instead of padding A.
+    The blocks run one after another in a ``lax.fori_loop`` whose carry starts as A itself:
+    block i reads exactly the columns it then overwrites with ``X^T (X A_b)``, so where A
+    is not used after the product XLA writes the result into A's buffer (no second n x p
+    array, no zero-filled one), and where it is, XLA copies A once.  The columns left over
+    by whole blocks (p mod b) are one more block, outside the loop.  Inside a block every
+    product steps through X's stored entries (:func:`x_matmul`), so a block's temporaries
+    are the m x b ``X A_b``, the n x b result and one step's gather and updates.  History:
+    an unrolled Python loop let XLA schedule all blocks at once (about 380 n x n arrays of
+    temporaries in XLA's plan of a whole fit at 1,000 cells of 3.7 % density); sequential
+    blocks with one step over all entries (an nnz x b gather, b = 4 n^2 / nnz) held 10.4 of
+    them; these steps and the result in A's buffer brought it to 5.1-5.3 at 1,000-2,000
+    cells, and the Z step's gradient formed at each use (``solver._Direction``) to 4.1-4.3
+    (``experiments/memory_plan.py --gram sparse``, docs/scaling.md).
+    Each column is accumulated in the same order of X's entries whatever the block and step
+    sizes, so the values are the same to the bit as with one block.
     """
     if data.G is not None:
         return data.G @ A
@@ -112,13 +150,17 @@ def gram_matmul(data, A):
     b = _block_cols(m, n, getattr(X, "nse", 0))
     if b >= p:
         return _xtx(X, A)
+    full = p // b
 
     def body(i, out):
-        j = jnp.minimum(i * b, p - b)
-        blk = _xtx(X, jax.lax.dynamic_slice_in_dim(A, j, b, axis=1))
+        j = i * b
+        blk = _xtx(X, jax.lax.dynamic_slice_in_dim(out, j, b, axis=1))
         return jax.lax.dynamic_update_slice_in_dim(out, blk.astype(out.dtype), j, axis=1)
 
-    return jax.lax.fori_loop(0, -(-p // b), body, jnp.zeros((n, p), A.dtype))
+    out = jax.lax.fori_loop(0, full, body, A)
+    if full * b < p:
+        out = out.at[:, full * b :].set(_xtx(X, out[:, full * b :]).astype(out.dtype))
+    return out
 
 
 def _xtx(X, A):
@@ -133,24 +175,60 @@ def _take_rows(A, idx):
     return A.at[idx].get(mode="promise_in_bounds", wrap_negative_indices=False)
 
 
+def _entry_product(X, A, src: int, dst: int, size: int):
+    """``sum_e data[e] A[idx[e, src]]`` added into row ``idx[e, dst]`` of a size x p result.
+
+    A gather of A's rows and a scatter-add over X's stored entries (``idx``, ``data`` of the
+    ``BCOO`` X), :func:`_step_entries` of them per step of a ``lax.fori_loop``, each step's
+    slice of the indices taken as it is: no nnz-long temporary (neither a gathered nnz x p
+    array nor a column of X's indices).  The last step is shifted back to end at the last
+    entry (``dynamic_slice`` clamps its start); its entries that the step before added
+    already get an out-of-range target row and are dropped by the scatter.  The updates
+    reach each output entry in the order of X's stored entries, as one ``segment_sum`` over
+    all of them would add them.
+    """
+    idx, val = X.indices, X.data
+    nnz, p = val.shape[0], A.shape[1]
+    acc = jnp.zeros((size, p), jnp.result_type(val.dtype, A.dtype))
+    if nnz == 0:
+        return acc
+    e = min(_step_entries(p, nnz), nnz)
+
+    def add(acc, ii, v, keep=None):
+        upd = v[:, None] * _take_rows(A, ii[:, src])
+        rows = ii[:, dst] if keep is None else jnp.where(keep, ii[:, dst], size)
+        return acc.at[rows].add(upd, mode="drop", wrap_negative_indices=False)
+
+    steps = -(-nnz // e)
+    if steps == 1:
+        return add(acc, idx, val)
+
+    def body(i, acc):
+        start = i * e
+        ii = jax.lax.dynamic_slice_in_dim(idx, start, e)
+        v = jax.lax.dynamic_slice_in_dim(val, start, e)
+        keep = jnp.minimum(start, nnz - e) + jnp.arange(e) >= start
+        return add(acc, ii, v, keep)
+
+    return jax.lax.fori_loop(0, steps, body, acc)
+
+
 def x_matmul(X, A):
     """``X @ A`` for a dense or ``BCOO`` X (m x n) and a dense A (n x p).
 
-    A ``BCOO`` X is multiplied as a gather of A's rows and a segment sum (nnz x p
-    temporaries), from its stored indices as they are.
+    A ``BCOO`` X is multiplied as a gather of A's rows and a scatter-add into the rows of
+    the result, in steps of X's stored entries as they are stored (:func:`_entry_product`).
     """
     if not isinstance(X, jsparse.BCOO):
         return X @ A
-    rows, cols = X.indices[:, 0], X.indices[:, 1]
-    return jax.ops.segment_sum(X.data[:, None] * _take_rows(A, cols), rows, X.shape[0])
+    return _entry_product(X, A, 1, 0, X.shape[0])
 
 
 def xt_matmul(X, B):
     """``X^T @ B`` for a dense or ``BCOO`` X (m x n) and a dense B (m x p); see :func:`x_matmul`."""
     if not isinstance(X, jsparse.BCOO):
         return X.T @ B
-    rows, cols = X.indices[:, 0], X.indices[:, 1]
-    return jax.ops.segment_sum(X.data[:, None] * _take_rows(B, rows), cols, X.shape[1])
+    return _entry_product(X, B, 0, 1, X.shape[1])
 
 
 def inner(A, B):

@@ -37,7 +37,10 @@ guard does not keep the previous ``G S`` (:func:`advance`); three orderings that
 would otherwise choose differently: the gradient is formed inside each branch of the
 ``"auto"`` cond (:func:`_z_step`), the free step's two masked reductions run one after the
 other (:func:`_z_step_free`), and Q is formed only once S is no longer needed
-(:func:`_h_step`).  ``run`` executes
+(:func:`_h_step`).  Through sparse X (no G) the plan is about the same (4.1-4.3 n x n
+arrays of temporaries at 1,000-2,000 cells): the products write into their operand's
+buffer (:func:`~sccase_jax.ops.gram_matmul`) and the Z step forms its gradient afresh at
+each use instead of keeping it (:class:`_Direction`).  ``run`` executes
 the whole fit as one :func:`jax.lax.while_loop`, stopping on ``|dF| / |F| < tol``, at
 ``max_iter``, or on a non-finite F (the last finite iterate is kept and reported).
 
@@ -59,7 +62,7 @@ from jax import lax
 
 from sccase_jax.gradients import grad_h_gram, grad_w_gram, grad_z_gram
 from sccase_jax.losses import gram_loss
-from sccase_jax.ops import gap, gram_matmul, masked, select_sum, wt_x, x_matmul
+from sccase_jax.ops import gap, gram_matmul, masked, minus_outer, select_sum, wt_x, x_matmul
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.steps import (
     exact_h_step,
@@ -153,6 +156,64 @@ Z_CLIP_BLOCK = 128
 Z_REFRESH = 0.1
 
 
+class _Direction(NamedTuple):
+    """The Z step's gradient D: ``full(tag)`` (n x n) and ``cols(idx)`` (gathered columns).
+
+    With a formed G both return the one array D.  Through sparse X (``Data.G is None``) D is
+    never kept: each call forms it afresh from ``G S``, Z, B and H (one elementwise pass of
+    rank-k terms, :func:`~sccase_jax.gradients.grad_z_gram`) and XLA fuses it into the pass
+    that uses it, ``cols`` only on the gathered columns.  ``tag`` (a runtime scalar of the
+    place of use: the trial's step, the product just taken) ties that copy to its place:
+    every operand gets a -0.0 computed from it (:func:`_negative_zero`, the same bits), so
+    XLA neither merges two uses into one stored array (CSE) nor hoists one out of the line
+    search (an ``optimization_barrier`` does neither on XLA:CPU: it is gone before CSE).
+    The values are those of the stored D to the bit.  Why: the Z step then holds ``G S``,
+    the product's operand-then-result (gram_matmul writes it in place) and a pass, not D
+    besides.  With D stored, the sparse fit needed the same four n x n arrays as the dense
+    path at once, but the product's block temporaries and long-lived small buffers between
+    them made XLA's heap place a fifth (5.25 n^2 of temporaries at 1,000 cells, 5.13 at
+    2,000, against 4.24 and 4.12 this way).  A use costs one more pass over G S and Z.
+    """
+
+    full: Any
+    cols: Any
+
+
+def _negative_zero(tag, dtype):
+    """-0.0 (``x + -0.0`` is x to the bit, -0.0 included) from the bits of the runtime
+    scalar ``tag``: XLA can neither fold it nor share it between two tags."""
+    i = lax.bitcast_convert_type(jnp.asarray(tag, jnp.float32), jnp.int32)
+    sign = jnp.int32(-(2**31))
+    return lax.bitcast_convert_type((i | sign) & sign, jnp.float32).astype(dtype)
+
+
+def _direction(state, data, hp):
+    """The :class:`_Direction` of the state's gradient."""
+    H, Z, GS, B = state.H, state.Z, state.GS, state.B
+    if data.G is not None:
+        D = grad_z_gram(GS, B, H, gap(Z, H), data.R, hp.lam)
+        return _Direction(lambda tag=None: D, lambda idx: D[:, idx])
+
+    def full(tag=None):
+        if tag is None:
+            return grad_z_gram(GS, B, H, gap(Z, H), data.R, hp.lam)
+        # Every operand carries the tag, so that no part of D (such as one of its rank-one
+        # terms) is independent of it: XLA would hoist such a part out of a loop and keep
+        # it as one more n x n array.
+        z = _negative_zero(tag, GS.dtype)
+        Bz, Hz = B + z, H + z
+        return grad_z_gram(GS + z, Bz, Hz, gap(Z + z, Hz), data.R, hp.lam)
+
+    def cols(idx):
+        # grad_z_gram on the columns idx: the same operations per entry as full().
+        Q = minus_outer(Z[:, idx], H, H[:, idx])
+        return 2.0 * masked(minus_outer(GS[:, idx], B, H[:, idx]), data.R[:, idx]) + (
+            2.0 * hp.lam * Q
+        )
+
+    return _Direction(full, cols)
+
+
 def _crossing_columns(R, Z, D, d, c):
     """Columns where ``max(Z - d D, 0)`` cuts a positive entry (padded indices), and their count."""
     n = Z.shape[1]
@@ -164,18 +225,20 @@ def _crossing_columns(R, Z, D, d, c):
     return jnp.concatenate([cols, jnp.zeros(c, jnp.int32)]), count
 
 
-def _correction_block(data, Z, D, d, cols, valid):
-    """``G (C o R)`` and ``dS`` on the gathered columns ``cols`` (``valid`` marks real ones)."""
+def _correction_block(data, Z, Dir, d, cols, valid):
+    """``G (C o R)`` and ``dS`` on the gathered columns ``cols`` (``valid`` marks real ones);
+    ``Dir`` the gradient's :class:`_Direction`."""
     zero = jnp.zeros((), Z.dtype)
     keep = data.R[:, cols] & valid[None, :]
     Zb = Z[:, cols]
-    Y = Zb - d * D[:, cols]
+    Y = Zb - d * Dir.cols(cols)
     GC = gram_matmul(data, jnp.where(keep & (Zb > 0), jnp.maximum(-Y, 0), zero))
     return GC, jnp.where(keep, jnp.maximum(Y, 0) - Zb, zero)
 
 
-def _clip_correction(data, Z, D, d):
-    """``(<dS, G (C o R)>, cols, count, GC)`` for a Z trial at step ``d``.
+def _clip_correction(data, Z, Dir, d):
+    """``(<dS, G (C o R)>, cols, count, GC)`` for a Z trial at step ``d`` along the gradient
+    ``D`` of the :class:`_Direction` ``Dir``.
 
     ``<dS, G (C o R)>`` is the projection's part of ``<dS, G dS>``; ``cols`` (padded) and
     ``count`` are the columns where an entry crosses zero (:func:`_crossing_columns`) and
@@ -192,12 +255,12 @@ def _clip_correction(data, Z, D, d):
     """
     n = Z.shape[1]
     c = min(n, Z_CLIP_BLOCK)
-    cols_all, count = _crossing_columns(data.R, Z, D, d, c)
+    cols_all, count = _crossing_columns(data.R, Z, Dir.full(d), d, c)
 
     def body(carry):
         i, acc, first = carry
         cols = lax.dynamic_slice_in_dim(cols_all, i * c, c)
-        GC, dS = _correction_block(data, Z, D, d, cols, i * c + jnp.arange(c) < count)
+        GC, dS = _correction_block(data, Z, Dir, d, cols, i * c + jnp.arange(c) < count)
         return i + 1, acc + jnp.sum(dS * GC), jnp.where(i == 0, GC, first)
 
     zero = jnp.zeros((), Z.dtype)
@@ -218,10 +281,10 @@ def _z_step(state, data, hp, config, F_cur):
     (:func:`_z_step_free`): from a rough start most entries of Z move and many cross zero,
     and the free step would need both its block loop over most columns and a fresh ``G S``.
     """
-    H, Z, GS, B = state.H, state.Z, state.GS, state.B
     # The gradient is formed inside each branch of the "auto" cond: an operand of a cond
     # lives through the whole branch, a branch's own array only as long as it is used.
-    grad = lambda: grad_z_gram(GS, B, H, gap(Z, H), data.R, hp.lam)  # noqa: E731
+    # Through sparse X it is formed afresh at each use (_Direction).
+    grad = lambda: _direction(state, data, hp)  # noqa: E731
     if config.z_step not in ("auto", "free", "gradient"):
         raise ValueError(f"z_step must be 'auto', 'free' or 'gradient', got {config.z_step!r}")
     auto = config.z_step == "auto"
@@ -241,9 +304,12 @@ def _rough(Z, Z_new, R, moved2, c):
     return (cut > c) | (moved2 > Z_REFRESH**2 * jnp.vdot(Z, Z))
 
 
-def _z_step_free(state, D, data, hp, config, F_cur):
-    """The free Z step: one n x n x n product (see :func:`_z_step`)."""
+def _z_step_free(state, Dir, data, hp, config, F_cur):
+    """The free Z step: one n x n x n product (see :func:`_z_step`); ``Dir`` the gradient's
+    :class:`_Direction`."""
     Z, GS = state.Z, state.GS
+    sparse = data.G is None
+    D = Dir.full()
     # The move is along P: the gradient without the entries that sit at the bound and that
     # it pushes outward (Z = 0, D > 0), which the projection would hold at 0 anyway.  The
     # exact step along P is then the minimiser of the move actually taken unless a positive
@@ -263,7 +329,14 @@ def _z_step_free(state, D, data, hp, config, F_cur):
     # Its condition max(Z, -D) > 0 selects the same D^2 as `free` (they differ only where
     # D = 0) but is not the same expression, so XLA does not keep `free` as a mask across
     # the product for it.
-    pgp = select_sum(data.R, PR * GP, zero)
+    if sparse:
+        # PR was the product's operand and is now its result (gram_matmul); its mask is
+        # formed again from Z and D (where D = 0 the two masks differ, and D GP = 0).
+        D = Dir.full(GP[0, 0])
+        pgp = select_sum(data.R & (jnp.maximum(Z, -D) > 0), D * GP, zero)
+        D = Dir.full(pgp)
+    else:
+        pgp = select_sum(data.R, PR * GP, zero)
     pp = select_sum(jnp.maximum(Z, -D) > 0, D * D, zero * pgp)
     d = z_step_length(pp, pgp, hp.lam)
 
@@ -272,8 +345,8 @@ def _z_step_free(state, D, data, hp, config, F_cur):
         # G dS = -dt G (P o R) + G (C o R), C the projection's correction.  A trial forms
         # no n x n array; G S of the accepted point is updated after the search.
         dZ = Zc - Z
-        g = D + hp.lam * dZ
-        corr, cols, count, GC = _clip_correction(data, Z, D, dt)
+        g = Dir.full(dt) + hp.lam * dZ
+        corr, cols, count, GC = _clip_correction(data, Z, Dir, dt)
         return select_sum(data.R, dZ * (g - dt * GP), dZ * g) + corr, (dt, cols, count, GC)
 
     # max(Z - d P, 0) = max(Z - d D, 0): the search moves along D, so only D lives through it.
@@ -282,7 +355,8 @@ def _z_step_free(state, D, data, hp, config, F_cur):
     none = (zero, jnp.zeros(n + c, jnp.int32), jnp.asarray(0, jnp.int32),
             jnp.zeros((n, c), D.dtype))
     Z_new, dF, (d_taken, cols, count, GC) = line_search(
-        Z, D, d, 0.5, config.max_trials, change, zero, none, accept_any=not config.guard
+        Z, Dir.full if sparse else D, d, 0.5, config.max_trials, change, zero, none,
+        accept_any=not config.guard,
     )
     # G S of the accepted point: the update plus the projection's correction, which the
     # accepted trial multiplied already when its crossings fit in one block (the usual
@@ -301,13 +375,23 @@ def _z_step_free(state, D, data, hp, config, F_cur):
     return Z_new, F_cur + dF, GS_new, jnp.where(stale, zero, drift), stale, rough
 
 
-def _z_step_gradient(state, D, data, hp, config, F_cur, track_rough=False):
+def _z_step_gradient(state, Dir, data, hp, config, F_cur, track_rough=False):
     """The paper's Z step (Eq. 9-11): exact step along the full gradient, then projected.
 
     Two n x n x n products: ``G (D o R)`` for the step and ``G Sc`` of the trial.
     """
     Z, GS = state.Z, state.GS
-    d = exact_z_step(D, data.R, gram_matmul(data, masked(D, data.R)), hp.lam)
+    sparse = data.G is None
+    D = Dir.full()
+    if sparse:
+        # <D, D> before the product (from the D of its operand), <D o R, G (D o R)> from a
+        # D formed again after it.
+        dd = jnp.vdot(D, D)
+        GDR = gram_matmul(data, masked(D, data.R))
+        D = Dir.full(GDR[0, 0] + 0.0 * dd)
+        d = z_step_length(dd, select_sum(data.R, D * GDR, jnp.zeros((), D.dtype)), hp.lam)
+    else:
+        d = exact_z_step(D, data.R, gram_matmul(data, masked(D, data.R)), hp.lam)
 
     def change(Zc, _d):
         # F(Zc) - F(Z) from differences.  F is quadratic in Z, so with dZ = Zc - Z,
@@ -323,12 +407,13 @@ def _z_step_gradient(state, D, data, hp, config, F_cur, track_rough=False):
         # and no k x n x n product B dS.
         dZ = Zc - Z
         GSc = gram_matmul(data, masked(Zc, data.R))
-        g = D + hp.lam * dZ
+        g = Dir.full(_d) + hp.lam * dZ
         return select_sum(data.R, dZ * (g + (GSc - GS)), dZ * g), GSc
 
     zero = jnp.zeros((), F_cur.dtype)
     Z_new, dF, GS_new = line_search(
-        Z, D, d, 0.5, config.max_trials, change, zero, GS, accept_any=not config.guard
+        Z, Dir.full if sparse else D, d, 0.5, config.max_trials, change, zero, GS,
+        accept_any=not config.guard,
     )
     rough = jnp.asarray(False)
     if track_rough:

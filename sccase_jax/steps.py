@@ -167,8 +167,11 @@ def line_search(x, D, d0, shrink, max_trials, objective, F_cur, aux0, accept_any
     shrink = jnp.asarray(shrink, dtype)
     d0 = jnp.asarray(d0, dtype)
 
+    # D may be a function that forms the direction afresh at each use (solver._Direction).
+    direction = D if callable(D) else lambda d: D
+
     def trial(d):
-        F, aux = objective(project(x - d * D), d)
+        F, aux = objective(project(x - d * direction(d)), d)
         return F, aux, accept_any | (F <= F_cur)
 
     def cond(c):
@@ -187,5 +190,5 @@ def line_search(x, D, d0, shrink, max_trials, objective, F_cur, aux0, accept_any
     F1, aux1, ok1 = trial(d0)
     _, d, F, aux, ok = lax.while_loop(cond, body, (jnp.asarray(1, jnp.int32), d0, F1, aux1, ok1))
     pick = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
-    x_new = pick(project(x - d * D), x)
+    x_new = pick(project(x - d * direction(d)), x)
     return x_new, pick(F, F_cur), jax.tree.map(pick, aux, aux0)

@@ -28,8 +28,6 @@ def test_sparse_path_equals_dense_g(m, n, p):
     bcoo = Data(X=jsparse.BCOO.from_scipy_sparse(X.tocoo()), G=None, R=None, P=None, M=None)
     ref = X.toarray().T @ (X.toarray() @ np.asarray(A))
     np.testing.assert_allclose(ops.gram_matmul(dense, A), ref, rtol=1e-10)
-    # (60, 10) and (400, 10) split A into column blocks (of 6 and 1 columns): the block
-    # loop, with a last block shifted to end at column p in the first case.
     np.testing.assert_allclose(ops.gram_matmul(bcoo, A), ref, rtol=1e-10)
     # The thin products through the BCOO X's stored indices (ops.x_matmul, xt_matmul, wt_x).
     B = jnp.asarray(np.random.default_rng(2).random((m, p)))
@@ -38,14 +36,51 @@ def test_sparse_path_equals_dense_g(m, n, p):
     np.testing.assert_allclose(ops.wt_x(bcoo.X, B), np.asarray(B).T @ X.toarray(), rtol=1e-10)
 
 
-def test_block_width_bounds_the_temporary():
-    budget = ops.SPARSE_BLOCK_BUDGET
-    assert ops._block_cols(m=100 * budget, n=10) == 1
+@pytest.mark.parametrize(("cols", "step"), [(4, 7), (3, 64), (10, 5), (4, None)])
+def test_sparse_blocks_and_steps_give_the_same_bits(monkeypatch, cols, step):
+    # G A through sparse X in column blocks (full blocks plus a remainder block) and in
+    # steps over the stored entries (the last one shifted back, its repeated entries
+    # dropped): the same values, to the bit, as one block and one step, since each entry of
+    # the result is accumulated in the order of X's entries either way.  Also in place:
+    # the result takes A's buffer inside jit, and A passed from outside stays intact.
+    import jax
+
+    X = _sparse(60, 10, density=0.3, seed=5)
+    A = jnp.asarray(np.random.default_rng(6).random((10, 10)), jnp.float32)
+    data = Data(X=jsparse.BCOO.from_scipy_sparse(X.tocoo().astype(np.float32)), G=None,
+                R=None, P=None, M=None)
+    monkeypatch.setattr(ops, "SPARSE_BLOCK_BUDGET", 1e9)  # the width is set by cols alone
+    whole = np.asarray(jax.jit(ops.gram_matmul)(data, A))  # one block, one step
+    monkeypatch.setattr(ops, "SPARSE_BLOCK_COLS", cols)
+    if step is None:  # a backend without steps: blocks of SPARSE_GATHER_BUDGET n^2 / nnz
+        monkeypatch.setattr(ops, "SPARSE_STEP", {})
+        monkeypatch.setattr(ops, "SPARSE_GATHER_BUDGET", (cols + 0.5) * data.X.nse / 100)
+    else:
+        monkeypatch.setattr(ops, "SPARSE_STEP", {"cpu": step * cols})
+        assert ops._step_entries(cols, 100) == step
+    assert ops._block_cols(60, 10, data.X.nse) == cols
+    A0 = np.asarray(A).copy()
+    np.testing.assert_array_equal(np.asarray(jax.jit(ops.gram_matmul)(data, A)), whole)
+    np.testing.assert_array_equal(np.asarray(A), A0)
+    np.testing.assert_allclose(whole, X.toarray().T @ (X.toarray() @ A0), rtol=1e-5)
+    B = jnp.asarray(np.random.default_rng(7).random((60, 3)), jnp.float32)
+    np.testing.assert_allclose(ops.xt_matmul(data.X, B), X.toarray().T @ np.asarray(B), rtol=1e-5)
+
+
+def test_block_width_bounds_the_intermediate(monkeypatch):
+    cols, budget = ops.SPARSE_BLOCK_COLS, ops.SPARSE_BLOCK_BUDGET
+    assert ops._block_cols(m=10, n=1000) == cols
+    # X A_b is m x b: at most budget n^2 floats.
+    assert ops._block_cols(m=400, n=100) == int(budget * 100 * 100) // 400
+    assert ops._block_cols(m=10**6, n=10) == 1
+    assert ops._step_entries(cols, 10**6) * cols == ops.SPARSE_STEP["cpu"]
+    # A backend without steps: one step over all entries, the nnz x b gather bounds b.
+    monkeypatch.setattr(ops, "SPARSE_STEP", {})
+    gather = ops.SPARSE_GATHER_BUDGET
+    assert ops._step_entries(cols, 4000) == 4000
+    assert ops._block_cols(m=400, n=100, nnz=4000) == 100 * 100 * gather // 4000
+    assert ops._block_cols(m=400, n=100, nnz=100 * 100 * gather) == 1
     assert ops._block_cols(m=10, n=100) == 100
-    assert ops._block_cols(m=400, n=100) == 25 * budget
-    # The gather inside a BCOO product is nnz x b: nnz bounds the width when nnz > m.
-    assert ops._block_cols(m=400, n=100, nnz=4000) == 100 * 100 * budget // 4000
-    assert ops._block_cols(m=400, n=100, nnz=100 * 100 * budget) == 1
 
 
 def test_sparse_path_fit_plan_stays_within_a_few_n2():

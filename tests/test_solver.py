@@ -383,14 +383,18 @@ def test_z_step_setting_is_checked_and_release_uses_the_paper_step():
 
 @pytest.mark.parametrize(
     ("gram", "z_step", "bound"),
-    [("dense", "auto", 5.5), ("dense", "gradient", 5.0), ("sparse", "auto", 12.5)],
+    [("dense", "auto", 5.5), ("dense", "gradient", 5.0), ("sparse", "auto", 5.75),
+     ("sparse", "gradient", 5.25)],
 )
 def test_fit_plan_working_memory(gram, z_step, bound):
     # XLA's buffer plan of the whole fit (float32), in n x n arrays: 5.05 of temporaries
     # here with dense G and the default Z step (6.0 with the H step's Q formed beside S,
     # before session 7's orderings, docs/performance.md), 4.64 with the paper's.  Through
-    # sparse X 11.8 (14.3 while BCOO's own products and jnp indexing kept one wrapped copy
-    # of X's indices per product, ops.x_matmul), of which 4 are the block temporaries.
+    # sparse X 5.24 and 4.78 (O(m k) and block terms weigh more at this small n): 11.8
+    # while every product gathered an nnz x b block at once (4 n^2) and the solver kept
+    # the Z step's gradient beside the product (ops.gram_matmul, solver._Direction), 14.3
+    # while BCOO's own products and jnp indexing kept one wrapped copy of X's indices per
+    # product (ops.x_matmul).
     import scipy.sparse as sp
 
     from sccase_jax import api
@@ -405,3 +409,31 @@ def test_fit_plan_working_memory(gram, z_step, bound):
     ma = run_donated.lower(prob.data, prob.factors, prob.hp, config=cfg).compile()
     temps = ma.memory_analysis().temp_size_in_bytes / (4.0 * n * n)
     assert temps < bound, temps
+
+
+def test_sparse_z_step_gradient_formed_at_each_use_has_the_same_bits():
+    # Through sparse X the Z step forms its gradient afresh at each use (solver._Direction),
+    # each copy tied to a runtime tag by adding -0.0: the same bits as the one stored D of
+    # the dense path, also on gathered columns and with a tag that is -0.0, NaN or inf.
+    from jax.experimental import sparse as jsparse
+
+    from sccase_jax import solver as S
+
+    data, f0, hp = tiny_problem(3, m=30, n=12, k=3)
+    st = init_state(data, f0, hp, SolverConfig())
+    sparse = data._replace(X=jsparse.BCOO.fromdense(data.X), G=None)
+    idx = jnp.asarray([3, 0, 7, 7], jnp.int32)
+
+    @jax.jit
+    def both(st, tags):
+        ref = S._direction(st, data, hp)
+        dirn = S._direction(st, sparse, hp)
+        return ref.full(), ref.cols(idx), dirn.full(), [dirn.full(t) for t in tags], dirn.cols(idx)
+
+    tags = [jnp.float64(0.25), jnp.float64(-0.0), jnp.float64(jnp.nan), jnp.float64(-jnp.inf)]
+    D, Dc, D0, Dt, Dcs = both(st, tags)
+    for A in [D0, *Dt]:
+        np.testing.assert_array_equal(np.asarray(A), np.asarray(D))
+    np.testing.assert_array_equal(np.asarray(Dcs), np.asarray(Dc))
+    np.testing.assert_array_equal(np.asarray(S._negative_zero(jnp.nan, jnp.float32)).view(np.int32),
+                                  np.int32(-(2**31)))
