@@ -53,9 +53,11 @@ GRAM_MODES = ("dense", "sparse", "auto")
 # faster at 0.1-0.5 % density, 1.5x slower at 3.7 %, where dense wins by 100x anyway);
 # 122..214 on an H200 at 4,000 cells (7..90 at 1,000-2,000 cells, where both products
 # take well under a millisecond; measured before the sequential blocks).  The TPU figure
-# is unmeasured.  All measured before the products stepped through X's entries in
-# cache-sized slices (session 9: one G A 2.1-3.1x faster on the CPU at 1,000-2,000 cells),
-# not re-measured since.
+# is unmeasured.  Session 10, with the products stepping through X's entries in
+# cache-sized slices (CPU only), timed inside a jitted loop as in a fit and X's entries in
+# row-major order (api.device_matrix): 55..172 on the CPU (172 at 0.1 % density and 1,000
+# cells, where the many small steps dominate; 55 at 2,000 cells), so 150 stays.  The GPU
+# figures predate both changes (the GPU keeps one gather over all entries per block).
 SPARSE_PENALTY = {"cpu": 150.0, "gpu": 150.0, "tpu": 150.0}
 
 

@@ -148,3 +148,17 @@ def test_prepare_sparse_gram_keeps_g_unformed():
 def test_bad_gram_mode_is_input_error():
     with pytest.raises(InputError, match="gram must be"):
         sccase_jax.fit(_sparse(30, 20, density=0.3), 2, max_iter=1, gram="fast")
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "dense"])
+def test_device_matrix_sparse_stores_entries_row_major(fmt):
+    # The sparse products step through X's entries in stored order and are much faster
+    # with row-major order; a CSC input (a transposed AnnData X) must not keep its
+    # column-major order.  Values are kept exactly.
+    X = _sparse(30, 20, density=0.3, seed=3)
+    Xin = X.toarray() if fmt == "dense" else X.asformat(fmt)
+    B = api.device_matrix(Xin, jnp.float64, "sparse")
+    idx = np.asarray(B.indices)
+    order = idx[:, 0] * X.shape[1] + idx[:, 1]
+    assert np.all(np.diff(order) > 0)
+    np.testing.assert_array_equal(np.asarray(B.todense()), X.toarray())
