@@ -172,7 +172,7 @@ class _Direction(NamedTuple):
     besides.  With D stored, the sparse fit needed the same four n x n arrays as the dense
     path at once, but the product's block temporaries and long-lived small buffers between
     them made XLA's heap place a fifth (5.25 n^2 of temporaries at 1,000 cells, 5.13 at
-    2,000, against 4.24 and 4.12 this way).  A use costs one more pass over G S and Z.
+    2,000, against 4.25 and 4.12 this way).  A use costs one more pass over G S and Z.
     """
 
     full: Any

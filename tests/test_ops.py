@@ -50,17 +50,25 @@ def test_sparse_blocks_and_steps_give_the_same_bits(monkeypatch, cols, step):
     data = Data(X=jsparse.BCOO.from_scipy_sparse(X.tocoo().astype(np.float32)), G=None,
                 R=None, P=None, M=None)
     monkeypatch.setattr(ops, "SPARSE_BLOCK_BUDGET", 1e9)  # the width is set by cols alone
-    whole = np.asarray(jax.jit(ops.gram_matmul)(data, A))  # one block, one step
+    # A fresh function for each trace: jax.jit(ops.gram_matmul) twice would reuse the first
+    # trace and ignore the patched block and step sizes.
+    traced = lambda: jax.jit(lambda d, a: ops.gram_matmul(d, a))  # noqa: E731
+    backend = jax.default_backend()  # the steps' table is per backend: test this one
+    monkeypatch.setattr(ops, "SPARSE_STEP", {backend: 10**9})
+    whole = np.asarray(traced()(data, A))  # one block, one step
+    assert "while" not in traced().lower(data, A).as_text()
     monkeypatch.setattr(ops, "SPARSE_BLOCK_COLS", cols)
     if step is None:  # a backend without steps: blocks of SPARSE_GATHER_BUDGET n^2 / nnz
         monkeypatch.setattr(ops, "SPARSE_STEP", {})
         monkeypatch.setattr(ops, "SPARSE_GATHER_BUDGET", (cols + 0.5) * data.X.nse / 100)
     else:
-        monkeypatch.setattr(ops, "SPARSE_STEP", {"cpu": step * cols})
+        monkeypatch.setattr(ops, "SPARSE_STEP", {backend: step * cols})
         assert ops._step_entries(cols, 100) == step
     assert ops._block_cols(60, 10, data.X.nse) == cols
     A0 = np.asarray(A).copy()
-    np.testing.assert_array_equal(np.asarray(jax.jit(ops.gram_matmul)(data, A)), whole)
+    f = traced()
+    assert "while" in f.lower(data, A).as_text()  # blocks (and steps) really loop
+    np.testing.assert_array_equal(np.asarray(f(data, A)), whole)
     np.testing.assert_array_equal(np.asarray(A), A0)
     np.testing.assert_allclose(whole, X.toarray().T @ (X.toarray() @ A0), rtol=1e-5)
     B = jnp.asarray(np.random.default_rng(7).random((60, 3)), jnp.float32)
@@ -68,12 +76,16 @@ def test_sparse_blocks_and_steps_give_the_same_bits(monkeypatch, cols, step):
 
 
 def test_block_width_bounds_the_intermediate(monkeypatch):
+    import jax
+
+    # The CPU's steps, on whichever backend runs the tests.
+    monkeypatch.setattr(ops, "SPARSE_STEP", {jax.default_backend(): 2**17})
     cols, budget = ops.SPARSE_BLOCK_COLS, ops.SPARSE_BLOCK_BUDGET
     assert ops._block_cols(m=10, n=1000) == cols
     # X A_b is m x b: at most budget n^2 floats.
     assert ops._block_cols(m=400, n=100) == int(budget * 100 * 100) // 400
     assert ops._block_cols(m=10**6, n=10) == 1
-    assert ops._step_entries(cols, 10**6) * cols == ops.SPARSE_STEP["cpu"]
+    assert ops._step_entries(cols, 10**6) * cols == 2**17
     # A backend without steps: one step over all entries, the nnz x b gather bounds b.
     monkeypatch.setattr(ops, "SPARSE_STEP", {})
     gather = ops.SPARSE_GATHER_BUDGET
@@ -133,9 +145,24 @@ def test_solver_without_g_matches_solver_with_g():
     data, f0, hp = tiny_problem(seed=2, m=20, n=9, k=3)
     cfg = SolverConfig(max_iter=4, tol=0.0)
     a = run(data, f0, hp, cfg)
-    b = run(data._replace(G=None), f0, hp, cfg)  # X^T (X A), 3 column blocks of A
+    b = run(data._replace(G=None), f0, hp, cfg)  # X^T (X A) through the dense X
     np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-10)
     np.testing.assert_allclose(a.factors.Z, b.factors.Z, rtol=1e-8, atol=1e-13)
+
+
+@pytest.mark.parametrize("z_step", ["free", "gradient", "auto"])
+@pytest.mark.parametrize("guard", [True, False])
+def test_solver_through_bcoo_x_matches_solver_with_g(z_step, guard):
+    # The sparse path as a fit runs it: X as BCOO, G never formed, the Z gradient formed
+    # afresh at each use (solver._Direction), every Z step and the unguarded one.
+    data, f0, hp = tiny_problem(seed=4, m=30, n=12, k=3)
+    cfg = SolverConfig(max_iter=5, tol=0.0, z_step=z_step, guard=guard)
+    a = run(data, f0, hp, cfg)
+    sparse = data._replace(G=None, X=jsparse.BCOO.fromdense(data.X))
+    b = run(sparse, f0, hp, cfg)
+    np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-9)
+    np.testing.assert_allclose(a.factors.Z, b.factors.Z, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(a.factors.W, b.factors.W, rtol=1e-7, atol=1e-12)
 
 
 def test_prepare_sparse_gram_keeps_g_unformed():

@@ -397,9 +397,13 @@ def test_fit_plan_working_memory(gram, z_step, bound):
     # product (ops.x_matmul).
     import scipy.sparse as sp
 
-    from sccase_jax import api
+    from sccase_jax import api, ops
     from sccase_jax.solver import run_donated
 
+    if gram == "sparse" and not ops._stepped():
+        # Backends without the stepped sparse products (GPU, TPU) gather all entries of a
+        # block at once: about 8.6 n^2 of temporaries (docs/scaling.md), not guarded here.
+        pytest.skip("sparse plan bound is for the stepped products (CPU)")
     n = 500
     rng = np.random.default_rng(0)
     X = sp.random(10 * n, n, density=0.05, random_state=rng, format="csr")
