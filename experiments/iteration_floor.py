@@ -18,31 +18,22 @@ backtracking trials, no crossing test, no correction):
 
 Its arithmetic is not the solver's (the values are meaningless, kept finite and from being
 optimised away), only its memory traffic and products are.  An iteration of any
-implementation of the method in XLA costs at least about this; the ratio printed is the
-floor of ``iteration / product`` that the 1.3x target is measured against.  Shapes: the
-real 2k data after the package's preprocessing (8,742 peaks x 2,055 cells, k = 6) and the
-synthetic 4k and 8k data of ``benchmark.py`` (19,134 x 4,000 and 25,310 x 8,000, k = 9);
-inputs random, X dense.  Loops of ``--loop`` iterations against as many products in a
-loop, interleaved, best of ``--reps``.
+implementation of the method in XLA costs at least about this: the floor of
+``iteration / product`` that the 1.3x target is measured against.  It is timed on real
+problems, beside the solver and the product in the same process, by
 
-    python experiments/iteration_floor.py real2k synth4k      # experiments/results/iteration_floor.txt
+    python experiments/iteration_profile.py real2k synth4k --floor    # experiments/results/iteration_floor.txt
 """
 
 from __future__ import annotations
 
-import argparse
-import time
 from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from sccase_jax.ops import inner
-
-SHAPES = {"real2k": (8742, 2055, 6), "synth2k": (12672, 2000, 9),
-          "synth4k": (19134, 4000, 9), "synth8k": (25310, 8000, 9)}
 
 
 @partial(jax.jit, static_argnames=("iters", "product", "x_passes"))
@@ -78,58 +69,3 @@ def skeleton(G, X, R, Z, GS, W, H, iters, product=True, x_passes=True):
 
     return lax.fori_loop(0, iters, body, (Z, GS, W, H, zero))
 
-
-@partial(jax.jit, static_argnames="iters")
-def products(G, A, iters):
-    # G's largest eigenvalue is about 1 (see run): the iterates neither overflow nor decay,
-    # and no scaling pass is fused onto the product (which XLA:CPU would take off its
-    # fast matmul path).
-    return lax.fori_loop(0, iters, lambda _, A: G @ A, A)
-
-
-def timed(f, *args, **kw):
-    t = time.perf_counter()
-    jax.block_until_ready(f(*args, **kw))
-    return time.perf_counter() - t
-
-
-def run(name, loop, reps):
-    m, n, k = SHAPES[name]
-    rng = np.random.default_rng(0)
-    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
-    X = f32(rng.random((m, n), dtype=np.float32) * (rng.random((m, n)) < 0.05))
-    A = rng.random((n, n), dtype=np.float32)
-    G = f32((A + A.T) / n)  # entries about 1 / n: largest eigenvalue about 1
-    del A
-    R = jnp.asarray(rng.random((n, n)) < 0.8)
-    Z = f32(rng.random((n, n), dtype=np.float32) / n)
-    GS = G @ jnp.where(R, Z, 0)
-    W = f32(rng.random((m, k), dtype=np.float32))
-    H = f32(rng.random((k, n), dtype=np.float32))
-    args = (G, X, R, Z, GS, W, H)
-    for it in (1, 1 + loop):  # compile
-        timed(skeleton, *args, iters=it)
-        timed(products, G, Z, iters=it)
-    sk, pr = [], []
-    for _ in range(reps):
-        sk.append(timed(skeleton, *args, iters=1 + loop) - timed(skeleton, *args, iters=1))
-        pr.append(timed(products, G, Z, iters=1 + loop) - timed(products, G, Z, iters=1))
-    it, p = min(sk) / loop, min(pr) / loop
-    print(f"| {name} ({m} x {n}, k = {k}) | {it:.4g} | {p:.4g} | {it / p:.2f} |", flush=True)
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("data", nargs="+", choices=sorted(SHAPES))
-    ap.add_argument("--loop", type=int, default=5)
-    ap.add_argument("--reps", type=int, default=3)
-    a = ap.parse_args()
-    print(f"JAX {jax.__version__}, {jax.devices()[0].device_kind}; loops of {a.loop}, best of {a.reps}")
-    print("| data | skeleton iteration s | product s | floor of iteration / product |")
-    print("|---|---|---|---|")
-    for name in a.data:
-        run(name, a.loop, a.reps)
-
-
-if __name__ == "__main__":
-    main()

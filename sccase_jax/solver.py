@@ -205,11 +205,9 @@ def _direction(state, data, hp):
         return grad_z_gram(GS + z, Bz, Hz, gap(Z + z, Hz), data.R, hp.lam)
 
     def cols(idx):
-        # grad_z_gram on the columns idx: the same operations per entry as full().
-        Q = minus_outer(Z[:, idx], H, H[:, idx])
-        return 2.0 * masked(minus_outer(GS[:, idx], B, H[:, idx]), data.R[:, idx]) + (
-            2.0 * hp.lam * Q
-        )
+        # grad_z_gram on the columns idx (the gap's too): the same operations per entry.
+        Hc = H[:, idx]
+        return grad_z_gram(GS[:, idx], B, Hc, minus_outer(Z[:, idx], H, Hc), data.R[:, idx], hp.lam)
 
     return _Direction(full, cols)
 
