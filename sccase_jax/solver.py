@@ -53,14 +53,13 @@ masked sweep members in :mod:`sccase_jax.sweeps`) share them with :func:`update`
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sccase_jax.gradients import grad_h_gram, grad_w_gram, grad_z_gram
+from sccase_jax.gradients import grad_w_gram, grad_z_gram
 from sccase_jax.losses import gram_loss
 from sccase_jax.ops import gap, gram_matmul, masked, minus_outer, select_sum, wt_x, x_matmul
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
