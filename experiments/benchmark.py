@@ -97,7 +97,7 @@ counts = sp.load_npz(path).T.tocsr().astype(np.float64)
 rss_input = rss()
 t = {}
 t0 = time.perf_counter()
-X, peak_mask, cell_mask = preprocess(counts)
+X, peak_mask, cell_mask = preprocess(counts, min_cells_frac=0.01, tfidf_variant="paper")
 t["preprocess"] = time.perf_counter() - t0
 t0 = time.perf_counter()
 prob = prepare(X, k, gram=gram, dtype=jnp.float32)

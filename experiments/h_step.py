@@ -77,7 +77,7 @@ def main():
     rows = []
     for name in args.datasets:
         adata = ad.read_h5ad(Path(args.data) / f"{name}.h5ad")
-        X = preprocess(adata.X.T)
+        X = preprocess(adata.X.T, min_cells_frac=0.01, tfidf_variant="paper")
         k = DATASETS.get(name, 10) + 1  # the released code's k + 1 rule
         prob = prepare(X, k, lam=args.lam, seed=0)
         runs = {}

@@ -90,7 +90,8 @@ def problem(name):
     if name not in SYNTH:
         return ab_problem(name)
     C, _ = synthetic_counts(*SYNTH[name])
-    X, _, _ = preprocess(C.T.tocsr().astype(np.float64))
+    X, _, _ = preprocess(C.T.tocsr().astype(np.float64), min_cells_frac=0.01,
+                         tfidf_variant="paper")
     return prepare(X, 9, seed=0)
 
 

@@ -35,7 +35,8 @@ def plan(n: int, config: dict, gram: str = "dense") -> dict:
     from sccase_jax.solver import run_donated
 
     C, _ = synthetic_counts(n, 10 * n)
-    X, _, _ = preprocess(C.T.tocsr().astype(np.float64))
+    X, _, _ = preprocess(C.T.tocsr().astype(np.float64), min_cells_frac=0.01,
+                         tfidf_variant="paper")
     prob = prepare(X, 9, gram=gram, dtype=jnp.float32, nmf_iter=5)
     ma = (
         run_donated.lower(prob.data, prob.factors, prob.hp, config=SolverConfig(**config))

@@ -119,7 +119,7 @@ def main(argv):
                 kw = {} if kpart == "est" else {"n_components": int(kpart)}
                 if lam:
                     kw["lam"] = float(lam)
-                out = enhance(a, seed=s, **kw)
+                out = enhance(a, seed=s, store_z="full", **kw)
                 np.savez(f, Z=np.asarray(out.obsp["sccase_Z"], np.float32), H=out.obsm["X_sccase"],
                          obs=out.obs_names.to_numpy().astype(str),
                          var=out.var_names.to_numpy().astype(str))

@@ -43,7 +43,7 @@ def problem(name):
 
         n = int(name.removeprefix("synth").removesuffix("k")) * 1000
         C, _ = synthetic_counts(n, 10 * n)
-        X, _, _ = preprocess(C.T.tocsr().astype(np.float64))
+        X, _, _ = preprocess(C.T.tocsr().astype(np.float64), min_cells_frac=0.01, tfidf_variant="paper")
         k = 9
     return prepare(X, k, seed=0)
 

@@ -1,51 +1,67 @@
-"""sccase_jax: scCASE enhancement of scATAC-seq count matrices in JAX."""
+"""sccase_jax: scCASE enhancement of scATAC-seq count matrices in JAX.
 
-from sccase_jax import datasets as datasets
-from sccase_jax import ops as ops
-from sccase_jax import reference as reference
-from sccase_jax import sharding as sharding
-from sccase_jax.api import FitResult as FitResult
-from sccase_jax.api import InputError as InputError
-from sccase_jax.api import fit as fit
-from sccase_jax.clustering import evaluate_clustering as evaluate_clustering
-from sccase_jax.estimate import estimate_n_components as estimate_n_components
-from sccase_jax.io import write_enhanced_h5ad as write_enhanced_h5ad
-from sccase_jax.params import Data as Data
-from sccase_jax.params import Factors as Factors
-from sccase_jax.params import Hyperparams as Hyperparams
-from sccase_jax.params import SolverConfig as SolverConfig
-from sccase_jax.params import release_config as release_config
-from sccase_jax.recovery import run_recovery as run_recovery
-from sccase_jax.sweeps import SweepResult as SweepResult
-from sccase_jax.sweeps import sweep as sweep
-from sccase_jax.tl import enhance as enhance
-from sccase_jax.variants import OBJECTIVES as OBJECTIVES
-from sccase_jax.variants import fit_variant as fit_variant
-from sccase_jax.variants import register_objective as register_objective
+The names below are loaded on first use (PEP 562), so that ``import sccase_jax`` and the
+command line's start-up do not import JAX, anndata and scipy until they are needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "OBJECTIVES",
-    "Data",
-    "Factors",
-    "FitResult",
-    "Hyperparams",
-    "InputError",
-    "SolverConfig",
-    "SweepResult",
-    "datasets",
-    "enhance",
-    "estimate_n_components",
-    "evaluate_clustering",
-    "fit",
-    "fit_variant",
-    "ops",
-    "reference",
-    "register_objective",
-    "release_config",
-    "run_recovery",
-    "sharding",
-    "sweep",
-    "write_enhanced_h5ad",
-]
+# name -> module that defines it
+_EXPORTS = {
+    "FitResult": "api",
+    "InputError": "api",
+    "fit": "api",
+    "evaluate_clustering": "clustering",
+    "estimate_n_components": "estimate",
+    "write_enhanced_h5ad": "io",
+    "Data": "params",
+    "Factors": "params",
+    "Hyperparams": "params",
+    "SolverConfig": "params",
+    "release_config": "params",
+    "preprocess": "preprocessing",
+    "run_recovery": "recovery",
+    "SweepResult": "sweeps",
+    "sweep": "sweeps",
+    "enhance": "tl",
+    "OBJECTIVES": "variants",
+    "fit_variant": "variants",
+    "register_objective": "variants",
+}
+_SUBMODULES = ("datasets", "ops", "reference", "sharding", "tl")
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"sccase_jax.{_EXPORTS[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"sccase_jax.{name}")
+    else:
+        raise AttributeError(f"module 'sccase_jax' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from sccase_jax import datasets, ops, reference, sharding, tl  # noqa: F401
+    from sccase_jax.api import FitResult, InputError, fit  # noqa: F401
+    from sccase_jax.clustering import evaluate_clustering  # noqa: F401
+    from sccase_jax.estimate import estimate_n_components  # noqa: F401
+    from sccase_jax.io import write_enhanced_h5ad  # noqa: F401
+    from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig, release_config  # noqa: F401
+    from sccase_jax.preprocessing import preprocess  # noqa: F401
+    from sccase_jax.recovery import run_recovery  # noqa: F401
+    from sccase_jax.sweeps import SweepResult, sweep  # noqa: F401
+    from sccase_jax.tl import enhance  # noqa: F401
+    from sccase_jax.variants import OBJECTIVES, fit_variant, register_objective  # noqa: F401

@@ -8,7 +8,8 @@ import numpy as np
 
 __all__ = ["report", "stage"]
 
-_STATUS = {0: "", 1: "  converged", 2: "  max_iter", 3: "  non-finite F, stopped"}
+_STATUS = {0: "", 1: "  converged", 2: "  iteration budget reached (max_iter)",
+           3: "  non-finite F, stopped"}
 
 
 def report(iteration, loss, rel_change, status) -> None:

@@ -16,7 +16,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 
@@ -51,83 +50,31 @@ def _read_h5ad(path: str, what: str = "input"):
                        f"({type(exc).__name__}: {exc})") from None
 
 
-def _same_file(a: str, b: str) -> bool:
-    """Whether two paths name the same file, through symlinks, ``..`` and hard links."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
-
-
 def _check_output(out: str, inp: str | None = None, reference: str | None = None) -> str:
-    """Validate the output path; return where to write it (symlinks resolved).
+    """Check the output path before anything is read; return it.
 
-    An output that is a symlink is written through to its target.  The output may not be
-    the input or the reference file under any alias (symlink, ``..``, hard link).
+    :func:`sccase_jax.io.check_out_file`: an ``.h5ad`` name in a directory where a file can
+    really be created, never the input or the reference under any alias (symlink, ``..``,
+    hard link).  An existing output is replaced; a symlink is written through to its target.
     """
-    if not out.endswith(".h5ad"):
-        raise CLIError(f"output must end in .h5ad: {os.path.abspath(out)}")
-    for what, src in (("input", inp), ("reference", reference)):
-        if src is not None and _same_file(src, out):
-            raise CLIError(f"output path {out} is the {what} file {src}; the {what} is never "
-                           "overwritten")
-    out = os.path.realpath(out)  # a symlink is written through to its target
-    parent = os.path.dirname(out)
-    if not os.path.isdir(parent):
-        raise CLIError(f"output directory does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise CLIError(f"output directory is not writable: {parent}")
-    if os.path.isdir(out):
-        raise CLIError(f"output path is a directory: {out}")
-    return out
+    from sccase_jax.io import check_out_file
 
-
-def _file_mode() -> int:
-    """The mode a newly created file gets under the current umask (0o666 & ~umask)."""
-    old = os.umask(0o022)  # there is no way to read the umask without setting it
-    os.umask(old)
-    return 0o666 & ~old
-
-
-def _temp_beside(out: str) -> str:
-    try:
-        fd, tmp = tempfile.mkstemp(suffix=".h5ad.part", dir=os.path.dirname(out))
-    except OSError as exc:
-        raise CLIError(f"cannot write {out}: {exc}") from None
-    os.close(fd)
-    return tmp
-
-
-def _finish(tmp: str, out: str) -> None:
-    """Give the written temporary file normal permissions and rename it to ``out``."""
-    os.chmod(tmp, _file_mode())  # mkstemp creates 0600
-    os.replace(tmp, out)
-
-
-def _remove(path: str | None) -> None:
-    if path is not None and os.path.lexists(path):
-        try:
-            os.remove(path)
-        except OSError:
-            pass
+    return check_out_file(out, protect=(("input", inp), ("reference", reference)),
+                          overwrite=True, what="output")
 
 
 def write_h5ad_atomic(adata, out: str) -> None:
     """Write to a temporary file beside ``out`` and rename: no partial file is left.
 
-    The file gets the permissions of a normally created file (``0o666 & ~umask``).
+    The file gets the permissions of a normally created file (``0o666 & ~umask``);
+    :func:`sccase_jax.io.write_h5ad_atomic`, with its errors as :class:`CLIError`.
     """
-    tmp = _temp_beside(out)
+    from sccase_jax import io
+
     try:
-        adata.write_h5ad(tmp)
-        _finish(tmp, out)
-    except BaseException as exc:
-        _remove(tmp)
-        if isinstance(exc, OSError):
-            raise CLIError(f"cannot write {out}: {exc}") from None
-        raise
+        io.write_h5ad_atomic(adata, out)
+    except io.OutputError as exc:
+        raise CLIError(str(exc)) from None
 
 
 # argparse types: a bad value ends with one ``sccase-jax: error: ...`` line (exit status
@@ -167,6 +114,23 @@ def neighbors_arg(text: str):
 
 
 neighbors_arg.__name__ = "neighbors"
+
+
+def store_z_arg(text: str):
+    """argparse type of ``--store-z``: ``auto``, ``full``, ``none`` or a positive integer."""
+    if text in ("auto", "full", "none"):
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(
+            f"store_z must be 'auto', 'full', 'none' or a positive integer, got {text!r}")
+    return v
+
+
+store_z_arg.__name__ = "store_z"
 
 
 def number_in(name: str, low: float = 0.0, high: float | None = None, *, low_open: bool = False):
@@ -285,6 +249,9 @@ def _fit_kwargs(args) -> dict:
         scale_output=args.scale_output,
         neighbors=args.neighbors,
         progress=not args.quiet,
+        store_z=getattr(args, "store_z", "auto"),
+        layer_dtype=getattr(args, "layer_dtype", "float32"),
+        store_layer=getattr(args, "store_layer", True),
         k_ref=args.k_ref,
         alpha=args.alpha,
         peak_match=args.peak_match,
@@ -303,6 +270,7 @@ def _log(args, msg: str) -> None:
 
 
 def cmd_enhance(args) -> int:
+    from sccase_jax import io
     from sccase_jax.tl import enhance
 
     if args.reference is None and (args.k_ref is not None or args.alpha is not None):
@@ -314,12 +282,12 @@ def cmd_enhance(args) -> int:
     if args.reference is not None:
         kwargs["reference"] = _read_h5ad(args.reference, "reference")
         _log(args, f"read {args.reference}: {kwargs['reference'].n_obs} reference profiles")
-    out_file = None
-    try:
-        if args.out_of_core or adata.n_obs * adata.n_vars >= OUT_OF_CORE_ENTRIES:
-            # Everything that can be checked without the fit has been: the temporary file
-            # exists only from here, and the finally clause removes it on any failure.
-            out_file = kwargs["out_file"] = _temp_beside(out)
+    out_of_core = args.out_of_core or adata.n_obs * adata.n_vars >= OUT_OF_CORE_ENTRIES
+    with io.atomic_output(out) as tmp:
+        if out_of_core and kwargs["store_layer"]:
+            # Everything that can be checked without the fit has been; enhance writes the
+            # file block by block under the temporary name, renamed when all is done.
+            kwargs.update(out_file=tmp, overwrite=True)
             _log(args, "writing the enhanced layer block by block (out of core)")
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
@@ -332,20 +300,29 @@ def cmd_enhance(args) -> int:
             r = info["reference"]
             _log(args, f"reference: {r['n_matched']} of {r['n_target_peaks']} target peaks matched "
                        f"({r['frac_matched']:.1%}, by {r['match_method']}); k_ref = {r['k_ref']}")
-        _log(args, f"fit: {info['n_iter']} iterations, {info['status']}, "
+        _log(args, f"fit: {info.get('message', info.get('status'))}; "
                    f"{time.perf_counter() - t0:.1f} s; {result.n_obs} cells x {result.n_vars} peaks kept")
-        if out_file is None:
-            write_h5ad_atomic(result, out)
-        else:  # already written block by block beside ``out``
-            try:
-                _finish(out_file, out)
-            except OSError as exc:
-                raise CLIError(f"cannot write {out}: {exc}") from None
-            out_file = None
-    finally:
-        _remove(out_file)  # only set here when something failed
+        if "out_file" not in kwargs:
+            _log(args, f"writing {out}: about {io.format_bytes(io.h5ad_bytes(result))}"
+                       f" ({_size_parts(result)})")
+            result.write_h5ad(tmp)
     _log(args, f"wrote {out}")
     return 0
+
+
+def _size_parts(adata) -> str:
+    """What makes up the written file, largest first: 'enhanced layer 72.0 MB float32, ...'."""
+    from sccase_jax import io
+
+    parts = []
+    for name, group in (("layer", adata.layers), ("obsp", adata.obsp)):
+        for key in group.keys():
+            a = group[key]
+            kind = "sparse" if hasattr(a, "indptr") else "dense"
+            parts.append((io.array_bytes(a), f"{name} {key} {{}} {a.dtype} {kind}"))
+    parts.append((io.array_bytes(adata.X), "counts {}"))
+    parts.sort(key=lambda p: -p[0])
+    return ", ".join(label.format(io.format_bytes(b)) for b, label in parts[:4])
 
 
 def cmd_demo(args) -> int:
@@ -361,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="input .h5ad (counts in X or --layer)")
     p.add_argument("output", help="output .h5ad")
     _add_fit_args(p)
+    p.add_argument("--store-z", type=store_z_arg, default="auto", metavar="auto|full|none|N",
+                   help="what obsp keeps of Z: 'auto' = the neighbours the output used (sparse; "
+                        "the whole dense Z when it used every cell), N = each cell's N largest "
+                        "weights, 'full' = dense n x n, 'none' (default auto)")
+    p.add_argument("--layer-dtype", choices=["float32", "float16"], default="float32",
+                   help="dtype of the enhanced layer (float16: half the file size)")
+    p.add_argument("--no-layer", dest="store_layer", action="store_false",
+                   help="leave the enhanced layer out of the output (the largest part of it; "
+                        "sccase_jax.tl.enhanced_layer recomputes it from the stored Z)")
     p.add_argument("--out-of-core", action="store_true",
                    help="write the enhanced layer to the output in cell blocks (automatic from"
                         f" {OUT_OF_CORE_ENTRIES:.0e} cells x peaks)")
@@ -379,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Parse ``argv`` and run the command; returns the exit status (2 for a user error)."""
     from sccase_jax.api import InputError
 
     parser = build_parser()
@@ -399,5 +386,52 @@ def main(argv=None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def exit_on_signal() -> None:
+    """Make Ctrl-C (SIGINT) and SIGTERM end the process at once, without unwinding.
+
+    A ``KeyboardInterrupt`` raised while XLA compiles or runs, or while the interpreter
+    shuts down with XLA's threads still busy, crashed the process (segmentation fault in
+    2 of 4 tries), and libraries that catch every exception on import swallowed it.  So
+    the signal never becomes an exception: Python's C-level handler writes its number to
+    a pipe (``signal.set_wakeup_fd``) even while the main thread is inside compiled code,
+    and a thread waiting on that pipe removes the temporary output files being written
+    (:func:`sccase_jax.io.discard_temporaries`), prints one line and leaves with
+    ``os._exit`` (status 130 for SIGINT, 143 for SIGTERM).  Only the command line
+    installs this (:func:`run`); :func:`main` called from Python keeps the usual
+    ``KeyboardInterrupt``.
+    """
+    import signal
+    import threading
+
+    lock = threading.Lock()
+
+    def leave(signum: int) -> None:
+        if not lock.acquire(blocking=False):
+            return
+        io = sys.modules.get("sccase_jax.io")  # no output is being written before its import
+        if io is not None:
+            io.discard_temporaries()
+        os.write(2, b"\nsccase-jax: interrupted\n")
+        os._exit(128 + int(signum))
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+
+    def watch() -> None:
+        byte = os.read(r, 1)
+        leave(byte[0] if byte else signal.SIGINT)
+
+    threading.Thread(target=watch, name="sccase-jax-signals", daemon=True).start()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: leave(signum))
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+
+def run() -> None:
+    """The ``sccase-jax`` console script: :func:`main` with :func:`exit_on_signal`."""
+    exit_on_signal()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -8,9 +8,17 @@ labelled types is refused.  DIR receives
 
 * ``metrics.json`` and ``metrics.md``: ARI / AMI / FMI (mean over Leiden seeds, resolution
   searched to the number of labels), label silhouette (1 - Pearson), imbalance index,
-  for raw (TF-IDF) and enhanced data;
+  for the raw counts under each TF-IDF (``--tfidf both``, the default: Eq. 1 of the paper
+  and the L2 variant that ``enhance`` uses) and for the enhanced data;
 * ``umap.png`` (and ``tsne.png`` with ``--tsne``): raw vs enhanced coloured by label;
-* ``loss.png``: the objective per iteration, when the fit recorded it.
+* ``loss.png``: the objective per iteration, when the fit recorded it (two panels: from the
+  start, and from the first iteration on its own scale).
+
+A label column must hold cell types: a continuous column (FRiP) or one with more classes
+than ``--max-classes`` (100) or than half the cells (total reads) is refused up front.
+Without the enhanced layer, an ``enhance`` output written with ``--no-layer`` gets it
+recomputed from its stored Z (:func:`sccase_jax.tl.enhanced_layer`); any other input is
+enhanced with the default settings first.
 """
 
 from __future__ import annotations
@@ -26,6 +34,11 @@ import numpy as np
 __all__ = ["add_parser", "markdown_table", "run"]
 
 _METRICS = ("ari", "ami", "fmi", "silhouette")
+
+# Label columns with more classes than this are refused (a continuous or per-cell column
+# such as total reads is not a cell typing).
+MAX_CLASSES = 100
+TFIDF_NAMES = {"paper": "raw (TF-IDF, Eq. 1)", "l2": "raw (L2 TF-IDF)"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,8 +61,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="neighbour graph: scanpy's UMAP connectivities or a plain kNN graph")
     p.add_argument("--n-pcs", type=int_at_least("n_pcs"), default=50,
                    help="principal components of the embedding (default 50; at most cells - 1)")
-    p.add_argument("--tfidf", choices=["paper", "l2"], default="paper",
-                   help="TF-IDF variant applied to the raw counts")
+    p.add_argument("--tfidf", choices=["both", "paper", "l2"], default="both",
+                   help="TF-IDF of the raw baseline: 'paper' (Eq. 1), 'l2' (what enhance uses "
+                        "by default) or 'both' (default: two raw rows)")
+    p.add_argument("--max-classes", type=int_at_least("max_classes", 2), default=MAX_CLASSES,
+                   help=f"refuse label columns with more classes than this (default {MAX_CLASSES})")
     p.add_argument("--tsne", action="store_true", help="also write tsne.png")
     p.add_argument("--no-umap", action="store_true", help="skip umap.png")
     p.add_argument("--seed", type=seed_type(), default=0,
@@ -91,7 +107,7 @@ def run(args) -> int:
     if args.labels not in adata.obs:
         have = ", ".join(map(repr, adata.obs.columns)) or "none"
         raise _error(f"labels column {args.labels!r} not in obs (available: {have})")
-    labels, labelled = _labels(adata, args.labels)  # refuses fewer than two labelled types
+    labels, labelled = _labels(adata, args.labels, args.max_classes)  # refused up front
     if args.counts_layer is not None and args.counts_layer not in adata.layers:
         raise _error(f"counts layer {args.counts_layer!r} not in layers")
     if args.layer is not None and args.layer not in adata.layers:
@@ -99,12 +115,18 @@ def run(args) -> int:
         raise _error(f"layer {args.layer!r} not in layers (available: {have}); leave out "
                      "--layer to enhance the input first")
     t0 = time.perf_counter()
-    if args.layer is None and "sccase" not in adata.layers:
+    if args.layer is None and "sccase" not in adata.layers and _recomputable(adata):
+        from sccase_jax.tl import enhanced_layer
+
+        log("no layer 'sccase': recomputing it from the stored counts, settings and Z")
+        adata.layers["sccase"] = enhanced_layer(adata)
+        layer = "sccase"
+    elif args.layer is None and "sccase" not in adata.layers:
         from sccase_jax.tl import enhance
 
         log("no layer 'sccase': enhancing with the default settings first")
         adata = enhance(adata, seed=args.seed, layer=args.counts_layer)
-        labels, labelled = _labels(adata, args.labels)
+        labels, labelled = _labels(adata, args.labels, args.max_classes)
         layer = "sccase"
     else:
         layer = args.layer or "sccase"
@@ -125,23 +147,41 @@ def run(args) -> int:
         raise
 
 
-def _labels(adata, column):
+def _labels(adata, column, max_classes: int = MAX_CLASSES):
     """The labels of the labelled cells (as str) and the mask of labelled cells.
 
     Cells whose label is missing (NaN / None) are not a class of their own: they are left
-    out.  Fewer than two labelled types is refused.
+    out.  Refused, up front: a numeric column with non-integral values (a continuous
+    measurement such as FRiP, not cell types), more than ``max_classes`` classes or a class
+    per cell on average of fewer than two cells (such as total reads), fewer than two
+    labelled types.
     """
     import pandas as pd
 
     col = adata.obs[column]
     labelled = ~pd.isna(col).to_numpy()
-    labels = col[labelled].astype(str).to_numpy()
+    values = col[labelled]
+    if (pd.api.types.is_float_dtype(values.dtype)
+            and not np.all(np.asarray(values, np.float64) == np.round(np.asarray(values, np.float64)))):
+        raise _error(f"labels column {column!r} holds continuous values ({values.dtype}, e.g. "
+                     f"{values.iloc[0]!r}), not cell types; pass a categorical column")
+    labels = values.astype(str).to_numpy()
     n_types = len(np.unique(labels))
+    if n_types > max_classes or (n_types > 2 and 2 * n_types > len(labels)):
+        raise _error(f"labels column {column!r} has {n_types} distinct values over {len(labels)} "
+                     f"labelled cells: not cell types (at most {max_classes} classes, and fewer "
+                     "than one per two cells; --max-classes raises the first limit)")
     if n_types < 2:
         unl = adata.n_obs - int(labelled.sum())
         extra = f" ({unl} of {adata.n_obs} cells have no label)" if unl else ""
         raise _error(f"labels column {column!r} has fewer than two classes{extra}")
     return labels, labelled
+
+
+def _recomputable(adata) -> bool:
+    """Whether ``adata`` is an enhance output written without its layer (store_layer=False)."""
+    info = adata.uns.get("sccase")
+    return isinstance(info, dict) and "params" in info and "sccase_Z" in adata.obsp
 
 
 def _evaluate(args, adata, counts, enhanced, labels, layer, n_unlabelled, out_dir, t0, log) -> int:
@@ -150,11 +190,13 @@ def _evaluate(args, adata, counts, enhanced, labels, layer, n_unlabelled, out_di
     from sccase_jax.plotting import plot_embeddings, plot_loss
 
     common = dict(n_pcs=args.n_pcs, method=args.method, seeds=tuple(args.seeds), graph=args.graph)
-    log("clustering raw counts (TF-IDF)")
-    raw = evaluate_clustering(counts, labels, transform="tfidf", tfidf_variant=args.tfidf, **common)
+    rows = {}
+    for variant in (("paper", "l2") if args.tfidf == "both" else (args.tfidf,)):
+        log(f"clustering {TFIDF_NAMES[variant]} of the counts")
+        rows[TFIDF_NAMES[variant]] = evaluate_clustering(counts, labels, transform="tfidf",
+                                                          tfidf_variant=variant, **common)
     log("clustering enhanced matrix")
-    enh = evaluate_clustering(enhanced, labels, transform=None, **common)
-    rows = {"raw (TF-IDF)": raw, f"enhanced ({layer})": enh}
+    rows[f"enhanced ({layer})"] = evaluate_clustering(enhanced, labels, transform=None, **common)
     report = {
         "input": os.path.abspath(args.input),
         "cells": int(len(labels)),

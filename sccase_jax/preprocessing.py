@@ -79,12 +79,18 @@ def tfidf(C, variant: str = "paper"):
 def preprocess(
     C,
     *,
-    min_cells_frac: float = 0.01,
-    tfidf_variant: str = "paper",
+    min_cells_frac: float = 0.0,
+    tfidf_variant: str = "l2",
     binarize_counts: bool = False,
     drop_empty_cells: bool = False,
 ):
-    """Peak filter, optional binarisation, TF-IDF.
+    """Peak filter, optional binarisation, TF-IDF: the ``X`` that :func:`sccase_jax.fit` takes.
+
+    ``C`` is raw counts, peaks x cells (the transpose of an AnnData's cells x peaks X:
+    ``preprocess(adata.X.T)``).  The defaults are :func:`sccase_jax.enhance`'s: no peak
+    filter beyond dropping peaks without any read (``min_cells_frac=0``; the paper's 1 %
+    is ``min_cells_frac=0.01``) and the L2 TF-IDF (``tfidf_variant="paper"`` is Eq. 1),
+    chosen by measured clustering quality (docs/results.md).
 
     Returns ``(X, peak_mask, cell_mask)``: X is the preprocessed peaks x cells CSR matrix
     over the kept peaks and cells.  Cells left without counts by the peak filter make TF-IDF

@@ -123,6 +123,7 @@ class Result(NamedTuple):
     num_steps: Any
     converged: Any
     status: Any
+    rel_change: Any  # |change of F| / |F| of the last iteration (inf before any)
 
 
 def _sq(A):
@@ -658,6 +659,7 @@ def to_result(state) -> Result:
         num_steps=state.iteration,
         converged=(state.status == CONVERGED) & jnp.isfinite(state.loss),
         status=state.status,
+        rel_change=state.rel_change,
     )
 
 

@@ -74,7 +74,7 @@ class SweepResult(NamedTuple):
     final_loss
         F of the returned iterate as :func:`~sccase_jax.fit` reports it
         (``loss[-1]``, or ``initial_loss`` when no iteration ran).
-    initial_loss, n_iter, converged, status
+    initial_loss, n_iter, converged, status, rel_change
         As in :class:`~sccase_jax.api.FitResult`; ``status`` holds the solver's codes
         (:data:`~sccase_jax.solver.CONVERGED` etc.).
     loss_history
@@ -98,6 +98,7 @@ class SweepResult(NamedTuple):
     n_iter: np.ndarray
     converged: np.ndarray
     status: np.ndarray
+    rel_change: np.ndarray
     loss_history: np.ndarray
     W: np.ndarray | None
     H: np.ndarray | None
@@ -119,6 +120,7 @@ class SweepResult(NamedTuple):
             converged=bool(self.converged[i, j]),
             status=_STATUS_NAMES.get(int(self.status[i, j]), "running"),
             params=params,
+            rel_change=float(self.rel_change[i, j]),
         )
 
     def best(self, key: str = "final_loss", maximize: bool = False) -> tuple[int, int]:
@@ -297,6 +299,7 @@ def sweep(
         n_iter=n_iter,
         converged=res.converged,
         status=res.status,
+        rel_change=res.rel_change,
         loss_history=hist,
         W=W,
         H=H,

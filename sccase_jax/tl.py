@@ -31,8 +31,8 @@ from sccase_jax.params import SolverConfig, release_config
 from sccase_jax.preprocessing import check_preprocessed, preprocess
 
 __all__ = [
-    "DEFAULT_NEIGHBORS", "OUTPUTS", "enhance", "get_counts", "keep_largest", "minmax_scale",
-    "output_weights", "resolve_neighbors",
+    "DEFAULT_NEIGHBORS", "OUTPUTS", "enhance", "enhanced_layer", "get_counts", "keep_largest",
+    "minmax_scale", "output_weights", "resolve_neighbors",
 ]
 
 
@@ -159,21 +159,91 @@ def output_weights(Z, output: str = "blend", blend: float = 0.8,
     Z = np.asarray(Z)
     if not np.issubdtype(Z.dtype, np.floating):
         Z = Z.astype(np.float64)  # integer weights would be scaled to 0
-    owned = neighbors is not None  # keep_largest's result is a fresh array: scaled in place
-    if owned:
-        Z = keep_largest(Z, int(neighbors))
+    if neighbors is None:
+        return _weights(Z, output, blend, inplace=False)
+    # keep_largest's result is a fresh array: scaled in place
+    return _weights(keep_largest(Z, int(neighbors)), output, blend, inplace=True)
+
+
+def _weights(Z, output: str, blend: float, inplace: bool) -> np.ndarray:
+    """:func:`output_weights` of a Z already cut to its neighbours (scaled in place if
+    ``inplace``)."""
     if output == "xz":
         return Z
     s = Z.sum(axis=0)
     empty = ~(s > 0)
     scale = (float(blend) / np.where(empty, 1, s)).astype(Z.dtype)
-    if owned:
+    if inplace:
         Z *= scale
         B = Z
     else:
         B = Z * scale
     B[np.diag_indices_from(B)] += np.where(empty, 1.0, 1.0 - float(blend)).astype(Z.dtype)
     return B
+
+
+LAYER_DTYPES = ("float32", "float16")
+STORE_Z = ("auto", "full", "none")
+
+
+def _check_store_z(store_z):
+    """``store_z`` as given ("auto", "full", "none") or a positive int, else InputError."""
+    if isinstance(store_z, str) and store_z in STORE_Z:
+        return store_z
+    if isinstance(store_z, (int, np.integer)) and not isinstance(store_z, bool) and store_z >= 1:
+        return int(store_z)
+    raise InputError(f"store_z must be 'auto', 'full', 'none' or a positive integer, got {store_z!r}")
+
+
+def _stored_z(store_z, neighbors):
+    """What obsp keeps: ``"full"``, ``"none"`` or a number of neighbours per cell."""
+    if store_z == "auto":
+        return "full" if neighbors is None else int(neighbors)
+    return store_z
+
+
+def enhanced_layer(adata, key: str = "sccase", *, block: int = 1024) -> np.ndarray:
+    """Recompute the enhanced layer of an :func:`enhance` output from what it stores.
+
+    From the raw counts in ``adata.X`` (kept cells x kept peaks), the settings in
+    ``uns[key]["params"]`` (TF-IDF variant, binarisation, output, blend, neighbours,
+    scaling) and Z in ``obsp[f"{key}_Z"]``: the same matrix as ``layers[key]`` (float32;
+    to the bit when the counts are whole numbers), for outputs written with
+    ``store_layer=False``.  The stored Z must cover the output's neighbours (the default
+    ``store_z="auto"`` does); otherwise an :class:`~sccase_jax.api.InputError` says why.
+    """
+    from sccase_jax.preprocessing import binarize, tfidf
+
+    info = adata.uns.get(key)
+    if not isinstance(info, dict) or "params" not in info:
+        raise InputError(f"uns[{key!r}] holds no enhance settings: not an enhance output")
+    params = info["params"]
+    zkey = f"{key}_Z"
+    if zkey not in adata.obsp:
+        raise InputError(f"obsp[{zkey!r}] is missing (written with store_z='none'): Z is needed "
+                         "to recompute the enhanced layer")
+    neighbors = params.get("neighbors")
+    neighbors = None if neighbors in (None, "none") else int(neighbors)
+    stored = params.get("store_z", "full")
+    if stored not in ("full", "none") and (neighbors is None or int(stored) < neighbors):
+        used = "every cell" if neighbors is None else f"{neighbors} neighbours per cell"
+        raise InputError(f"obsp[{zkey!r}] keeps {stored} neighbours per cell but the output used "
+                         f"{used}; write with store_z='full' (or a larger store_z) to recompute it")
+    Z = adata.obsp[zkey]
+    Z = Z.toarray() if sp.issparse(Z) else np.asarray(Z)
+    C = sp.csr_matrix(adata.X, dtype=np.float64).T.tocsr()  # peaks x cells
+    if params.get("binarize"):
+        C = binarize(C)
+    X = tfidf(C, params.get("tfidf", "l2"))
+    if neighbors is not None:
+        Z = keep_largest(Z, neighbors)
+    output = params.get("output", "blend")
+    blend = 0.0 if output != "blend" else float(params["blend"])
+    B = _weights(Z, output, blend, inplace=neighbors is not None)
+    E = enhanced_matrix(X, B, block=block)
+    if params.get("scale_output"):
+        minmax_scale(E)
+    return E
 
 
 def _plain(v: Any):
@@ -216,8 +286,12 @@ def enhance(
     scale_output: bool | None = None,
     neighbors: int | str | None = "auto",
     key_added: str = "sccase",
+    store_z: int | str = "auto",
+    layer_dtype: str = "float32",
+    store_layer: bool = True,
     progress: bool = False,
     out_file: str | None = None,
+    overwrite: bool = False,
     block: int = 1024,
     **fit_options,
 ):
@@ -318,6 +392,21 @@ def enhance(
         still above raw 0.681/0.784): pass ``neighbors=None`` for balanced, very noisy data.
     key_added
         Prefix of the written keys (a non-empty string).
+    store_z
+        What ``obsp[f"{key_added}_Z"]`` keeps of Z.  ``"auto"`` (default): the neighbours
+        the output used (each cell's ``neighbors`` largest weights, a sparse matrix), or
+        the whole dense Z when the output used every cell (``output="xz"``,
+        ``neighbors="all"``); an integer N: each cell's N largest weights (sparse);
+        ``"full"``: the dense n x n Z (4 n^2 bytes: 17 MB at 2,000 cells, 430 MB at
+        10,000); ``"none"``: not stored.  :func:`enhanced_layer` recomputes the enhanced
+        layer from what is stored whenever it covers the output's neighbours.
+    layer_dtype
+        dtype of ``layers[key_added]``: ``"float32"`` (default) or ``"float16"`` (half the
+        size, about three significant digits).
+    store_layer
+        Keep the enhanced layer (default).  ``False`` leaves it out (the largest part of
+        the output: cells x peaks dense); :func:`enhanced_layer` recomputes it from the
+        stored counts, settings and Z.
     progress
         Print to stderr each stage before the iterations (the K estimate and its result,
         the start), then one line per iteration (:func:`~sccase_jax.api.fit`).
@@ -326,8 +415,13 @@ def enhance(
         the .h5ad ``out_file``, with ``layers[key_added]`` computed and written ``block``
         cells at a time (a positive integer; :func:`sccase_jax.io.write_enhanced_h5ad`);
         the returned AnnData then lacks that layer.  ``out_file`` is checked before the
-        fit (an ``.h5ad`` name in an existing, writable directory) and written under a
-        temporary name beside it, renamed when complete: a failure leaves no file.
+        fit (an ``.h5ad`` name in a directory where a file can be created, not the file of
+        a backed ``adata`` or ``reference``) and written under a temporary name beside it,
+        renamed when complete: a failure leaves no file.
+    overwrite
+        Replace an existing ``out_file``.  Default False: an existing file is refused
+        before any work (an AnnData read into memory keeps no record of its file, so this
+        is what keeps ``enhance(read_h5ad(p), out_file=p)`` from replacing the input).
     **fit_options
         Passed on to :func:`~sccase_jax.api.fit` (``x_format``, ``dtype``, ``nmf_iter``,
         ``jaccard_normalize``, ``gram``, ``init``).  An unknown keyword is a ``TypeError``
@@ -347,7 +441,8 @@ def enhance(
     :func:`output_weights`: the blend by default, ``Z`` with ``output="xz"``),
     ``obsm[f"X_{key_added}"] = H^T``, ``varm[f"{key_added}_W"] = W``,
     ``obsp[f"{key_added}_Z"] = Z``, ``uns[key_added] = {"loss", "initial_loss", "n_iter",
-    "converged", "status", "params", "time_s"}`` and, with a reference,
+    "converged", "status", "message", "rel_change", "params", "time_s"}`` and, with a
+    reference,
     ``uns[key_added]["reference"]`` (profiles, k_ref, alpha, how many peaks matched).
     """
     import anndata as ad
@@ -386,10 +481,19 @@ def enhance(
     if not isinstance(key_added, str) or not key_added:
         raise InputError(f"key_added must be a non-empty string, got {key_added!r}")
     block = check_int("block", block, 1, integral_float=False)
+    store_z = _check_store_z(store_z)
+    if layer_dtype not in LAYER_DTYPES:
+        raise InputError(f"layer_dtype must be one of {LAYER_DTYPES}, got {layer_dtype!r}")
+    for name, v in (("store_layer", store_layer), ("overwrite", overwrite)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise InputError(f"{name} must be True or False, got {v!r}")
     if out_file is not None:
-        from sccase_jax.io import check_out_file
+        from sccase_jax.io import check_out_file, source_file
 
-        out_file = check_out_file(out_file)
+        out_file = check_out_file(
+            out_file, overwrite=bool(overwrite),
+            protect=(("input", source_file(adata)), ("reference", source_file(reference))),
+        )
     if "dtype" in fit_options:
         fit_options["dtype"] = check_dtype(fit_options["dtype"])
     if "jaccard_normalize" in fit_options:
@@ -487,8 +591,17 @@ def enhance(
             RuntimeWarning,
             stacklevel=2,
         )
-    B = output_weights(res.Z, output, blend, neighbors)
-    if out_file is None:
+    # The neighbours the output uses, selected once: for the output and for obsp.
+    z_kept = _stored_z(store_z, neighbors)
+    Zk = res.Z if neighbors is None else keep_largest(res.Z, int(neighbors))
+    z_store = None
+    if z_kept == "full":
+        z_store = res.Z
+    elif z_kept != "none":
+        z_store = sp.csr_matrix(Zk if z_kept == neighbors else keep_largest(res.Z, z_kept))
+    B = _weights(Zk, output, blend, inplace=neighbors is not None)
+    del Zk
+    if out_file is None and store_layer:
         E = enhanced_matrix(X, B)
         if scale_output:
             minmax_scale(E)
@@ -498,22 +611,27 @@ def enhance(
         obs=adata.obs.iloc[np.flatnonzero(cell_mask)].copy(),
         var=adata.var.iloc[np.flatnonzero(peak_mask)].copy(),
     )
-    if out_file is None:
-        out.layers[key_added] = E
+    if out_file is None and store_layer:
+        out.layers[key_added] = E.astype(layer_dtype, copy=False)
     out.obsm[f"X_{key_added}"] = res.H.T.copy()
     out.varm[f"{key_added}_W"] = res.W
-    out.obsp[f"{key_added}_Z"] = res.Z
+    if z_store is not None:
+        out.obsp[f"{key_added}_Z"] = z_store
     params = dict(res.params, min_cells_frac=min_cells_frac, tfidf=tfidf, binarize=binarize,
                   drop_empty_cells=drop_empty_cells, preset=preset, output=output,
                   blend=float(blend) if output == "blend" else None, scale_output=scale_output,
                   neighbors=None if neighbors is None else int(neighbors),
-                  layer=layer, n_components_estimated=n_components_estimated)
+                  layer=layer, n_components_estimated=n_components_estimated,
+                  store_z=z_kept, layer_dtype=layer_dtype,
+                  store_layer=bool(store_layer) and out_file is None)
     record = {
         "loss": res.loss,
         "initial_loss": res.initial_loss,
         "n_iter": res.n_iter,
         "converged": res.converged,
         "status": res.status,
+        "message": res.message,
+        "rel_change": res.rel_change,
         "params": params,
         "time_s": time.perf_counter() - t0,
     }
@@ -521,9 +639,21 @@ def enhance(
         record["reference"] = ref_info
     out.uns[key_added] = _plain(record)
     if out_file is not None:
-        from sccase_jax.io import write_enhanced_h5ad
+        from sccase_jax import io
 
-        write_enhanced_h5ad(out, out_file, X, B, key=key_added, block=block, scale=scale_output)
+        if store_layer:
+            extra = ((out.n_obs, out.n_vars), layer_dtype)
+            if progress:
+                from sccase_jax._progress import stage
+
+                stage(f"writing {out_file}: about "
+                      f"{io.format_bytes(io.h5ad_bytes(out, extra))}, the enhanced layer "
+                      f"({io.format_bytes(out.n_obs * out.n_vars * np.dtype(layer_dtype).itemsize)}"
+                      f" {layer_dtype}) block by block")
+            io.write_enhanced_h5ad(out, out_file, X, B, key=key_added, block=block,
+                                   scale=scale_output, dtype=np.dtype(layer_dtype))
+        else:
+            io.write_h5ad_atomic(out, out_file)
     return out
 
 

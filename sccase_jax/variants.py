@@ -93,8 +93,11 @@ class Objective:
 
 OBJECTIVES: dict[str, Objective] = {}
 
+# The objectives this module registers; register_objective never replaces them.
+BUILTIN = frozenset({"sccase", "sccase_l1z", "sccase_laplacian"})
 
-def register_objective(name: str, **defaults: float):
+
+def register_objective(name: str, *, replace: bool = False, **defaults: float):
     """Decorator: register ``loss(X, Z, R, W, H, hp)`` under ``name`` with default weights.
 
     .. code-block:: python
@@ -102,13 +105,33 @@ def register_objective(name: str, **defaults: float):
         @register_objective("sccase_l2z", lam=1e6, gamma1=1.0, gamma2=1.0, eta=0.1)
         def sccase_l2z(X, Z, R, W, H, hp):
             return scc(X, Z, R, W, H, hp) + hp["eta"] * jnp.vdot(Z, Z)
-    """
 
+    A name already registered is refused (``ValueError``); ``replace=True`` replaces an
+    objective registered by the user, never a built-in one (:data:`BUILTIN`).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"an objective's name must be a non-empty string, got {name!r}")
+    if name in BUILTIN:
+        raise ValueError(f"{name!r} is a built-in objective and cannot be replaced; register "
+                         "yours under another name")
+    if name in OBJECTIVES and not replace:
+        raise ValueError(f"an objective named {name!r} is already registered; pass replace=True "
+                         "to replace it")
+
+    return _adder(name, defaults)
+
+
+def _adder(name: str, defaults: dict):
     def deco(loss):
         OBJECTIVES[name] = Objective(name, loss, tuple(defaults.items()), loss.__doc__ or "")
         return loss
 
     return deco
+
+
+def _builtin(name: str, **defaults: float):
+    assert name in BUILTIN and name not in OBJECTIVES
+    return _adder(name, defaults)
 
 
 def get_objective(objective) -> Objective:
@@ -121,19 +144,19 @@ def get_objective(objective) -> Objective:
         raise ValueError(f"unknown objective {objective!r}; registered: {sorted(OBJECTIVES)}") from None
 
 
-@register_objective("sccase", lam=1e6, gamma1=1.0, gamma2=1.0)
+@_builtin("sccase", lam=1e6, gamma1=1.0, gamma2=1.0)
 def scc(X, Z, R, W, H, hp):
     """scCASE, paper Eq. 2."""
     return sccase_loss(X, Z, R, W, H, lam=hp["lam"], gamma1=hp["gamma1"], gamma2=hp["gamma2"])
 
 
-@register_objective("sccase_l1z", lam=1e6, gamma1=1.0, gamma2=1.0, beta=1e-2)
+@_builtin("sccase_l1z", lam=1e6, gamma1=1.0, gamma2=1.0, beta=1e-2)
 def sccase_l1z(X, Z, R, W, H, hp):
     """scCASE plus ``beta * ||Z||_1`` (``= beta * sum(Z)`` on ``Z >= 0``)."""
     return scc(X, Z, R, W, H, hp) + hp["beta"] * jnp.sum(Z)
 
 
-@register_objective("sccase_laplacian", lam=1e6, gamma1=1.0, gamma2=1.0, mu=1.0)
+@_builtin("sccase_laplacian", lam=1e6, gamma1=1.0, gamma2=1.0, mu=1.0)
 def sccase_laplacian(X, Z, R, W, H, hp):
     """scCASE plus ``mu * tr(H L H^T)``, ``L`` the Laplacian of ``(Z + Z^T) / 2``."""
     A = 0.5 * (Z + Z.T)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 
 from sccase_jax.params import Data, Factors, Hyperparams
 from sccase_jax.init import dropout_mask
@@ -38,3 +39,8 @@ def typed_counts(n_per=40, k=3, peaks=200, block=40, p_on=0.5, p_off=0.03, seed=
         p[t * block : (t + 1) * block] = p_on
         rows.append(rng.random((n_per, peaks)) < p)
     return np.vstack(rows), np.repeat(np.arange(k), n_per)
+
+
+def dense(a):
+    """A dense ndarray of a scipy sparse matrix or an array (obsp Z is stored sparse)."""
+    return a.toarray() if sp.issparse(a) else np.asarray(a)

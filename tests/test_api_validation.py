@@ -109,7 +109,7 @@ def test_failed_write_leaves_no_file_and_keeps_an_old_one(adata, baseline, tmp_p
     assert list(tmp_path.iterdir()) == []
     path.write_bytes(b"old")
     with pytest.raises(RuntimeError, match="disk full"):
-        sccase_jax.enhance(adata, 2, out_file=str(path), block=4, **FAST)
+        sccase_jax.enhance(adata, 2, out_file=str(path), block=4, overwrite=True, **FAST)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.h5ad"]
 

@@ -39,7 +39,7 @@ def test_evaluate_writes_metrics_and_figures(h5ad, tmp_path):
     rep = json.loads((out / "metrics.json").read_text())
     enh = rep["results"]["enhanced (sccase)"]
     assert enh["ari"] == pytest.approx(1.0) and enh["reached"]
-    assert rep["results"]["raw (TF-IDF)"]["ari"] > 0.5
+    assert rep["results"]["raw (TF-IDF, Eq. 1)"]["ari"] > 0.5 and rep["results"]["raw (L2 TF-IDF)"]["ari"] > 0.5
     assert rep["n_types"] == 3 and rep["imbalance_index"] == pytest.approx(0.0, abs=1e-12)
     assert rep["enhance_params"]["lam"] == 1e6
     assert sorted(rep["figures"]) == ["loss.png", "tsne.png"]
