@@ -1,0 +1,39 @@
+"""fit, sweep, enhance and the command line give the results recorded in tests/data/golden.json.
+
+The record was made before the package was reorganised (``python tests/golden.py
+--record``); a change of structure must not change one bit of a result.  See golden.py for
+what is recorded and how platforms other than the recording's are compared.
+"""
+
+import json
+
+import pytest
+
+import golden
+
+RECORD = json.loads(golden.GOLDEN.read_text())
+SAME_PLATFORM = golden.platform_id() == RECORD["platform"]
+
+
+def compare(got, want, where=""):
+    if isinstance(want, dict) and "sha256" in want:
+        assert got["shape"] == want["shape"] and got["dtype"] == want["dtype"], where
+        if SAME_PLATFORM:
+            assert got["sha256"] == want["sha256"], f"{where}: not bit-identical"
+        else:
+            assert got["sum"] == pytest.approx(want["sum"], rel=1e-4, abs=1e-6), where
+    elif isinstance(want, dict):
+        assert set(got) == set(want), where
+        for k in want:
+            compare(got[k], want[k], f"{where}/{k}")
+    elif isinstance(want, float) and not SAME_PLATFORM:
+        assert got == pytest.approx(want, rel=1e-4), where
+    else:
+        assert got == want, where
+
+
+@pytest.mark.parametrize("key", sorted(RECORD["results"]))
+def test_results_as_recorded(key, tmp_path):
+    entry, name = key.split("/")
+    args = (name, tmp_path) if entry == "cli" else (name,)
+    compare(golden.RUNS[entry](*args), RECORD["results"][key], key)
