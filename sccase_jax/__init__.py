@@ -13,27 +13,29 @@ __version__ = "0.1.0"
 
 # name -> module that defines it
 _EXPORTS = {
-    "FitResult": "api",
-    "InputError": "api",
-    "fit": "api",
-    "evaluate_clustering": "clustering",
-    "estimate_n_components": "estimate",
-    "write_enhanced_h5ad": "io",
+    "InputError": "validate",
+    "Options": "options",
     "Data": "params",
     "Factors": "params",
     "Hyperparams": "params",
     "SolverConfig": "params",
     "release_config": "params",
+    "FitResult": "result",
+    "Status": "result",
     "preprocess": "preprocessing",
-    "run_recovery": "recovery",
-    "SweepResult": "sweeps",
+    "fit": "fitting",
+    "fit_variant": "fitting",
     "sweep": "sweeps",
+    "OBJECTIVES": "objectives",
+    "register_objective": "objectives",
+    "estimate_n_components": "estimate",
     "enhance": "tl",
-    "OBJECTIVES": "variants",
-    "fit_variant": "variants",
-    "register_objective": "variants",
+    "write_enhanced_h5ad": "io",
+    "evaluate_clustering": "evaluation.clustering",
+    "run_recovery": "evaluation.recovery",
 }
-_SUBMODULES = ("datasets", "ops", "reference", "sharding", "tl")
+_SUBMODULES = ("datasets", "evaluation", "io", "objectives", "ops", "options", "output",
+               "reference", "sharding", "solver", "tl")
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 
@@ -54,14 +56,29 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from sccase_jax import datasets, ops, reference, sharding, tl  # noqa: F401
-    from sccase_jax.api import FitResult, InputError, fit  # noqa: F401
-    from sccase_jax.clustering import evaluate_clustering  # noqa: F401
+    from sccase_jax import (  # noqa: F401
+        datasets,
+        evaluation,
+        io,
+        objectives,
+        ops,
+        options,
+        output,
+        reference,
+        sharding,
+        solver,
+        tl,
+    )
     from sccase_jax.estimate import estimate_n_components  # noqa: F401
+    from sccase_jax.evaluation.clustering import evaluate_clustering  # noqa: F401
+    from sccase_jax.evaluation.recovery import run_recovery  # noqa: F401
+    from sccase_jax.fitting import fit, fit_variant  # noqa: F401
     from sccase_jax.io import write_enhanced_h5ad  # noqa: F401
+    from sccase_jax.objectives import OBJECTIVES, register_objective  # noqa: F401
+    from sccase_jax.options import Options  # noqa: F401
     from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig, release_config  # noqa: F401
     from sccase_jax.preprocessing import preprocess  # noqa: F401
-    from sccase_jax.recovery import run_recovery  # noqa: F401
-    from sccase_jax.sweeps import SweepResult, sweep  # noqa: F401
+    from sccase_jax.result import FitResult, Status  # noqa: F401
+    from sccase_jax.sweeps import sweep  # noqa: F401
     from sccase_jax.tl import enhance  # noqa: F401
-    from sccase_jax.variants import OBJECTIVES, fit_variant, register_objective  # noqa: F401
+    from sccase_jax.validate import InputError  # noqa: F401

@@ -46,7 +46,7 @@ def simulate_from_bulk(
     Returns a cells x peaks AnnData: ``X`` the counts (CSR float32), ``obs[label_key]`` the
     profile each cell came from, ``obs["n_reads"]``, ``layers["truth"]`` the noise-free
     profile ``p`` of the cell's type and ``layers["open"]`` the binary truth ``p >= 1 / m``
-    (peaks enriched in that type, for :func:`sccase_jax.metrics.signal_scores`).  ``uns``
+    (peaks enriched in that type, for :func:`sccase_jax.evaluation.metrics.signal_scores`).  ``uns``
     records the settings.  Deterministic for a given ``seed``.
     """
     import anndata as ad

@@ -15,7 +15,7 @@ preprocessed cells:
 The estimate is the mean of the three, rounded up, clipped to the range.  On small data the
 range is clipped to what the data allow (at most ``n_cells - 1`` and at most the number of
 distinct cell profiles); data that allow no estimate at all (fewer than 3 cells, fewer
-than 2 peaks, or all cells alike) raise :class:`~sccase_jax.api.InputError`.  The released
+than 2 peaks, or all cells alike) raise :class:`~sccase_jax.validate.InputError`.  The released
 code then fits with k + 1 components (scCASE) or round(1.3 k) + k // 2500 (scCASER); that
 rule belongs to the caller (:func:`sccase_jax.tl.enhance` adds 1, and with a reference
 takes k at least its number of profiles).
@@ -31,8 +31,9 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from sccase_jax.api import InputError, check_int
-from sccase_jax.metrics import openmp_single_thread, require
+from sccase_jax.evaluation.clustering import knn_graph, partition, pca_embedding
+from sccase_jax.evaluation.metrics import openmp_single_thread, require
+from sccase_jax.validate import InputError, check_int
 
 __all__ = ["KEstimate", "estimate_n_components", "kneedle", "n_distinct_rows"]
 
@@ -71,7 +72,7 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
     ----------
     X
         Preprocessed (TF-IDF) peaks x cells, sparse or dense (the orientation of
-        :func:`~sccase_jax.api.fit`).
+        :func:`~sccase_jax.fit`).
     k_min, k_max
         Search range; ``k_max`` defaults to ``min(30, max(5, n_cells // 20))``.  The range is
         clipped to at most ``n_cells - 1`` and the number of distinct cell profiles, and
@@ -96,7 +97,6 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
     """
     cluster = require("sklearn.cluster")
     skm = require("sklearn.metrics")
-    from sccase_jax.clustering import knn_graph, partition, pca_embedding
 
     M = X.T.tocsr() if sp.issparse(X) else np.asarray(X).T
     n, m = M.shape

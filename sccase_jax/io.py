@@ -7,6 +7,8 @@ under a temporary name beside its target and renamed when complete
 (:func:`atomic_output`, :func:`write_h5ad_atomic`), so a failure or an interrupt never
 leaves a partial file behind that reads back as a valid result.
 
+Inputs.  :func:`read_h5ad` reads an ``.h5ad`` file with one-line errors naming it.
+
 Large enhanced layers.  For large data the dense cells x peaks result does not fit in
 memory (10k cells x 100k peaks is 4 GB in float32).  :func:`write_enhanced_h5ad` writes the
 AnnData without that layer, then creates ``layers/<key>`` with h5py in anndata's on-disk
@@ -25,113 +27,28 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from sccase_jax.api import InputError, check_int
+from sccase_jax import output
+from sccase_jax.validate import InputError, check_int
 
 __all__ = [
-    "OutputError", "array_bytes", "atomic_output", "block_product", "check_out_file", "discard_temporaries",
-    "enhanced_blocks", "file_mode", "format_bytes", "h5ad_bytes", "same_file", "source_file",
-    "write_enhanced_h5ad", "write_h5ad_atomic",
+    "OutputError",
+    "array_bytes",
+    "atomic_output",
+    "check_out_file",
+    "discard_temporaries",
+    "file_mode",
+    "format_bytes",
+    "h5ad_bytes",
+    "read_h5ad",
+    "same_file",
+    "source_file",
+    "write_enhanced_h5ad",
+    "write_h5ad_atomic",
 ]
 
 # Suffixes accepted for an output file: ``.h5ad``, and ``.h5ad.part`` for a temporary name
 # that the caller renames itself (the command line's out-of-core path).
 OUT_SUFFIXES = (".h5ad", ".h5ad.part")
-
-
-# Most entries of the nse x block temporary of one BCOO slab product (block_product).
-BCOO_SLAB_ENTRIES = 1 << 26
-
-
-def block_product(X, Z, block: int = 1024, dtype=np.float32, device: bool | None = None):
-    """A function ``raw(j)`` giving rows ``j:j+block`` of ``(X Z)^T`` (cells x peaks).
-
-    On the host (``device=False``) X stays scipy sparse and each block is one sparse x dense
-    product.  On device (``device=True``; default on a GPU or TPU) X and Z are copied to the
-    device once (X dense up to :func:`~sccase_jax.api.dense_limit` entries, else ``BCOO``)
-    and each block is one true-float32 product there, so at most one m x ``block`` slab of
-    the result is in device memory.  ``block`` must be a positive integer.
-    """
-    block = check_int("block", block, 1, integral_float=False)
-    if device is None:
-        import jax
-
-        device = jax.default_backend() != "cpu"
-    if not device:
-        X = X.tocsr() if sp.issparse(X) else np.asarray(X)
-        Z = np.asarray(Z)
-
-        def raw(j):
-            return np.asarray(X @ Z[:, j : j + block]).T.astype(dtype, copy=False)
-
-        return raw
-    import jax
-    import jax.numpy as jnp
-
-    from sccase_jax.api import device_matrix
-
-    Zd = jnp.asarray(Z)
-    Xd = device_matrix(X, Zd.dtype, "auto")
-    n = Zd.shape[1]
-    width = block
-    nse = getattr(Xd, "nse", 0)
-    if nse:
-        # A BCOO X times a dense slab gathers one slab row per stored entry (an nse x width
-        # temporary): a block is then computed in slabs narrow enough to keep that within
-        # BCOO_SLAB_ENTRIES.
-        width = max(1, min(block, BCOO_SLAB_ENTRIES // nse))
-
-    @jax.jit
-    def prod(Xd, Zd, j):
-        with jax.default_matmul_precision("highest"):
-            b = min(width, Zd.shape[1])
-            return (Xd @ jax.lax.dynamic_slice_in_dim(Zd, j, b, axis=1)).T
-
-    def raw(j):
-        # A slab that would run past the last cell is taken as the final full-width slab and
-        # trimmed on the host, so one program serves every slab.
-        stop = min(j + block, n)
-        parts = []
-        for i in range(j, stop, width):
-            start = min(i, max(n - width, 0))
-            E = np.asarray(prod(Xd, Zd, start))
-            parts.append(E[i - start : i - start + min(width, stop - i)])
-        E = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return E.astype(dtype, copy=False)
-
-    return raw
-
-
-def enhanced_blocks(X, Z, block: int = 1024, dtype=np.float32, scale: bool = False,
-                    device: bool | None = None):
-    """Yield ``(start, E_block)``: rows ``start:start+b`` of ``(X Z)^T`` (cells x peaks).
-
-    ``X`` is peaks x cells (scipy sparse or dense), ``Z`` cells x cells.  With ``scale``
-    each block is min-max scaled per peak (over all cells: a first pass collects the
-    per-peak minimum and maximum) and then per cell, as the released code does.
-    ``device``: where the block products run (:func:`block_product`).
-    """
-    m, n = X.shape
-    raw = block_product(X, Z, block, dtype, device)
-
-    if scale:
-        lo = np.full(m, np.inf, dtype)
-        hi = np.full(m, -np.inf, dtype)
-        for j in range(0, n, block):
-            E = raw(j)
-            np.minimum(lo, E.min(axis=0), out=lo)
-            np.maximum(hi, E.max(axis=0), out=hi)
-        span = hi - lo
-        span[span <= 0] = 1
-    for j in range(0, n, block):
-        E = raw(j)
-        if scale:
-            E -= lo
-            E /= span
-            rlo = E.min(axis=1, keepdims=True)
-            rspan = E.max(axis=1, keepdims=True) - rlo
-            E -= rlo
-            E /= np.where(rspan > 0, rspan, 1)
-        yield j, E
 
 
 def write_enhanced_h5ad(adata, path: str, X, Z, *, key: str = "sccase", block: int = 1024,
@@ -162,7 +79,7 @@ def write_enhanced_h5ad(adata, path: str, X, Z, *, key: str = "sccase", block: i
                                        chunks=(rows, m) if n and m else None)
             ds.attrs["encoding-type"] = "array"
             ds.attrs["encoding-version"] = "0.2.0"
-            for j, E in enhanced_blocks(X, Z, block, np.float32, scale, device):
+            for j, E in output.enhanced_blocks(X, Z, block, np.float32, scale, device):
                 ds[j : j + E.shape[0]] = E.astype(dtype, copy=False)
 
 
@@ -174,6 +91,24 @@ def write_h5ad_atomic(adata, path: str) -> None:
     """
     with atomic_output(path) as tmp:
         adata.write_h5ad(tmp)
+
+
+def read_h5ad(path, what: str = "input"):
+    """Read an .h5ad file; ``what`` names it in errors ("input", "reference")."""
+    import anndata as ad
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{what} file not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"{what} is a directory, not an .h5ad file: {path}")
+    if not path.endswith(".h5ad"):
+        raise InputError(f"{what} must be an .h5ad file: {path}")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many types for a corrupt file
+        raise InputError(f"cannot read {what} {path} as an .h5ad file "
+                         f"({type(exc).__name__}: {exc})") from None
 
 
 # -- Output paths: checked before any work, written atomically --------------------------------
@@ -233,7 +168,7 @@ def check_out_file(path, *, protect=(), overwrite: bool = True, what: str = "out
     file can really be created (tried), and not name any of the files in ``protect`` (the
     input, the reference) under any alias (symlink, ``..``, hard link).  An existing file
     is refused unless ``overwrite``.  ``what`` names the path in messages (``"out_file"``,
-    ``"output"``).  Raises :class:`OutputError` (an :class:`~sccase_jax.api.InputError`).
+    ``"output"``).  Raises :class:`OutputError` (an :class:`~sccase_jax.validate.InputError`).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise OutputError(f"{what} must be a path (str or os.PathLike), got {path!r}")

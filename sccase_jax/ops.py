@@ -15,7 +15,7 @@ Which one runs is decided by the *structure* of :class:`~sccase_jax.params.Data`
 ``None`` or not), so it is static under ``jit`` and needs no config field.
 :func:`choose_gram` picks the cheaper one from the flop counts, weighted by how much slower
 a sparse multiply-add is than a dense one on the backend (measured by
-``experiments/benchmark.py``, see ``docs/performance.md``).
+``python -m experiments.benchmark``, see ``docs/performance.md``).
 
 Shapes: ``X`` m x n (peaks x cells), ``A`` n x p, ``G`` n x n.
 """
@@ -47,18 +47,11 @@ __all__ = [
 GRAM_MODES = ("dense", "sparse", "auto")
 
 # Cost of one sparse (BCOO) multiply-add relative to one dense float32 multiply-add, per
-# backend, measured by ``experiments/benchmark.py crossover`` (docs/performance.md):
-# 137..222 on an idle 2-core CPU (76..110 under heavy load, when the dense products slow
-# down more); 56..166 with the sequential blocks of :func:`gram_matmul` (2026-11-27:
-# faster at 0.1-0.5 % density, 1.5x slower at 3.7 %, where dense wins by 100x anyway);
-# 122..214 on an H200 at 4,000 cells (7..90 at 1,000-2,000 cells, where both products
-# take well under a millisecond; measured before the sequential blocks).  The TPU figure
-# is unmeasured.  Session 10, with the products stepping through X's entries in
-# cache-sized slices (CPU only), timed inside a jitted loop as in a fit and X's entries in
-# row-major order (api.device_matrix): 55..172 on the CPU (172 at 0.1 % density and 1,000
-# cells, where the many small steps dominate; 55 at 2,000 cells), so the CPU's penalty is
-# now 175, the largest measured (150 before).  The GPU figures predate both changes (the
-# GPU keeps one gather over all entries per block).
+# backend, measured by ``python -m experiments.benchmark crossover`` (docs/performance.md):
+# 55..172 on the 2-core CPU (172 at 0.1 % density and 1,000 cells, where the many small
+# steps of the sparse products dominate; 55 at 2,000 cells), so the CPU's penalty is the
+# largest measured; 122..214 on an H200 at 4,000 cells (7..90 at 1,000-2,000 cells, where
+# both products take well under a millisecond).  The TPU figure is unmeasured.
 SPARSE_PENALTY = {"cpu": 175.0, "gpu": 150.0, "tpu": 150.0}
 
 
@@ -89,7 +82,7 @@ def choose_gram(X, mode: str = "auto", backend: str | None = None) -> str:
 # stored entries of X (``X A_b``, ``X^T Y``, the thin ``X (S H^T)`` and ``X^T W``) runs over
 # them SPARSE_STEP / p at a time, so that a step's gathered rows and their updates (step x p
 # floats each, 512 KB) stay in cache.  Measured on the 2-core CPU (synthetic data of
-# experiments/benchmark.py, 5.7 % dense, m = 6.3 n; products inside a jitted loop, as in
+# python -m experiments.benchmark, 5.7 % dense, m = 6.3 n; products inside a jitted loop, as in
 # the fit): one G A took 0.22 s at 1,000 cells and 1.9 s at 2,000, against 0.47 s and 6.0 s
 # with one step over all nnz entries per block of 10-11 columns (b = 4 n^2 / nnz: an
 # nnz x b gather, 3.6 n^2, written to memory and read back twice per block).  At 2,000
@@ -97,7 +90,7 @@ def choose_gram(X, mode: str = "auto", backend: str | None = None) -> str:
 # 32 columns 1.2x.  SPARSE_STEP is per backend: one not listed (GPU, TPU: unmeasured, and
 # there every step of a loop costs a kernel launch) takes one step over all entries per
 # block, with SPARSE_GATHER_BUDGET n^2 / max(m, nnz) columns per block (an nnz x b gather
-# of at most that many n x n arrays), as before the steps.
+# of at most that many n x n arrays).
 SPARSE_BLOCK_COLS = 64
 SPARSE_STEP = {"cpu": 2**17}
 SPARSE_BLOCK_BUDGET = 0.5
@@ -135,13 +128,11 @@ def gram_matmul(data, A):
     array, no zero-filled one), and where it is, XLA copies A once.  The columns left over
     by whole blocks (p mod b) are one more block, outside the loop.  Inside a block every
     product steps through X's stored entries (:func:`x_matmul`), so a block's temporaries
-    are the m x b ``X A_b``, the n x b result and one step's gather and updates.  History:
-    an unrolled Python loop let XLA schedule all blocks at once (about 380 n x n arrays of
-    temporaries in XLA's plan of a whole fit at 1,000 cells of 3.7 % density); sequential
-    blocks with one step over all entries (an nnz x b gather, b = 4 n^2 / nnz) held 10.4 of
-    them; these steps and the result in A's buffer brought it to 5.1-5.3 at 1,000-2,000
-    cells, and the Z step's gradient formed at each use (``solver._Direction``) to 4.1-4.3
-    (``experiments/memory_plan.py --gram sparse``, docs/scaling.md).
+    are the m x b ``X A_b``, the n x b result and one step's gather and updates: about 4.1-4.3
+    n x n arrays of temporaries in XLA's plan of a whole fit at 1,000-2,000 cells, with the
+    Z step's gradient formed at each use (``solver.z_step._Direction``;
+    ``python -m experiments.memory_plan --gram sparse``, docs/scaling.md).  Sequential
+    blocks matter: a Python loop over blocks lets XLA schedule all of them at once.
     Each column is accumulated in the same order of X's entries whatever the block and step
     sizes, so the values are the same to the bit as with one block.
     """

@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sccase_jax.api import InputError
+from sccase_jax.validate import InputError
 
-__all__ = ["binarize", "check_preprocessed", "filter_peaks", "preprocess", "tfidf"]
+__all__ = ["binarize", "check_preprocessed", "filter_peaks", "idf", "preprocess", "tfidf"]
 
 TFIDF_VARIANTS = ("paper", "l2")
 
@@ -53,22 +53,32 @@ def binarize(C):
     return C
 
 
+def idf(C, variant: str = "paper") -> np.ndarray:
+    """The inverse document frequency of each peak of the peaks x cells counts ``C``.
+
+    ``"paper"``: ``log(n / total count of the peak)``, clipped at 0; ``"l2"``:
+    ``log(n / number of cells where the peak is open)``.  A peak without any read gets
+    ``log(n)``.
+    """
+    C = _csr(C)
+    n = C.shape[1]
+    if variant == "paper":
+        row = np.asarray(C.sum(axis=1)).ravel()
+        return np.maximum(np.log(n / np.where(row > 0, row, 1.0)), 0.0)
+    df = np.asarray((C > 0).sum(axis=1)).ravel()
+    return np.log(n / np.where(df > 0, df, 1.0))
+
+
 def tfidf(C, variant: str = "paper"):
     """TF-IDF of peaks x cells counts; cells must have at least one count (see module doc)."""
     if variant not in TFIDF_VARIANTS:
         raise InputError(f"tfidf variant must be one of {TFIDF_VARIANTS}, got {variant!r}")
     C = _csr(C)
-    m, n = C.shape
     if variant == "paper":
         col = np.asarray(C.sum(axis=0)).ravel()
-        row = np.asarray(C.sum(axis=1)).ravel()
-        idf = np.log(n / np.where(row > 0, row, 1.0))
-        idf = np.maximum(idf, 0.0)
-        X = sp.diags(idf) @ C @ sp.diags(1.0 / np.where(col > 0, col, 1.0))
+        X = sp.diags(idf(C, variant)) @ C @ sp.diags(1.0 / np.where(col > 0, col, 1.0))
     else:
-        df = np.asarray((C > 0).sum(axis=1)).ravel()
-        idf = np.log(n / np.where(df > 0, df, 1.0))
-        X = sp.diags(idf) @ C
+        X = sp.diags(idf(C, variant)) @ C
         norm = np.sqrt(np.asarray(X.multiply(X).sum(axis=0)).ravel())
         X = X @ sp.diags(1.0 / np.where(norm > 0, norm, 1.0))
     X = sp.csr_matrix(X)
@@ -94,7 +104,7 @@ def preprocess(
 
     Returns ``(X, peak_mask, cell_mask)``: X is the preprocessed peaks x cells CSR matrix
     over the kept peaks and cells.  Cells left without counts by the peak filter make TF-IDF
-    undefined: they raise :class:`~sccase_jax.api.InputError` (naming how many) unless
+    undefined: they raise :class:`~sccase_jax.validate.InputError` (naming how many) unless
     ``drop_empty_cells`` is set, which removes them.
     """
     C, peak_mask = filter_peaks(C, min_cells_frac)
@@ -128,8 +138,8 @@ def check_preprocessed(X) -> int:
     the idf of a peak with more reads than cells at 0), so counts that are not zero can
     still give zero profiles: a single cell, identical cells, or cells whose only peaks
     are open everywhere.  An all-zero ``X`` (peaks x cells) leaves nothing to fit and raises
-    :class:`~sccase_jax.api.InputError`; the caller decides what to do about the returned
-    number of all-zero cells (:func:`sccase_jax.tl.enhance` warns).
+    :class:`~sccase_jax.validate.InputError`; the caller decides what to do about the returned
+    number of all-zero cells (:func:`sccase_jax.enhance` warns).
     """
     X = sp.csr_matrix(X)
     if X.count_nonzero() == 0:

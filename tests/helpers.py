@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sccase_jax.params import Data, Factors, Hyperparams
-from sccase_jax.init import dropout_mask
+from sccase_jax.start import dropout_mask
 
 SHAPES = [(12, 9, 3), (7, 10, 2), (15, 6, 4)]
 

@@ -64,7 +64,7 @@ def test_default_output_blends_each_cell_with_its_z_average(small, enhanced):
 
 
 def test_xz_output_is_minmax_scaled_by_default(small):
-    from sccase_jax.tl import minmax_scale
+    from sccase_jax.output import minmax_scale
 
     out = sccase_jax.enhance(small, 4, max_iter=3, seed=1, output="xz")
     X, _, _ = preprocess(small.X.T, min_cells_frac=0.0, tfidf_variant="l2")
@@ -79,7 +79,7 @@ def test_xz_output_is_minmax_scaled_by_default(small):
 
 
 def test_output_weights():
-    from sccase_jax.tl import output_weights
+    from sccase_jax.output import output_weights
 
     Z = np.array([[2.0, 0.0, 1.0], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0]], np.float32)
     np.testing.assert_array_equal(output_weights(Z, "xz"), Z)
@@ -105,27 +105,28 @@ def test_output_weights_neighbors_words(monkeypatch):
     # is "auto"; neither the cut nor the copy path changes the caller's Z.
     import inspect
 
+    import sccase_jax.output as output
     import sccase_jax.tl as tl
 
     assert inspect.signature(tl.enhance).parameters["neighbors"].default == "auto"
-    assert tl.DEFAULT_NEIGHBORS == 300
-    monkeypatch.setattr(tl, "DEFAULT_NEIGHBORS", 2)
+    assert output.DEFAULT_NEIGHBORS == 300
+    monkeypatch.setattr(output, "DEFAULT_NEIGHBORS", 2)
     rng = np.random.default_rng(3)
     Z = rng.random((5, 5)).astype(np.float32)
     before = Z.copy()
-    np.testing.assert_array_equal(tl.output_weights(Z, "blend", 0.8, neighbors="auto"),
-                                  tl.output_weights(Z, "blend", 0.8, neighbors=2))
-    np.testing.assert_array_equal(tl.output_weights(Z, "xz", neighbors="auto"), Z)
-    np.testing.assert_array_equal(tl.output_weights(Z, "blend", 0.8, neighbors="all"),
-                                  tl.output_weights(Z, "blend", 0.8))
-    tl.output_weights(Z, "blend", 0.8, neighbors=50)  # >= n: a copy, scaled in place
+    np.testing.assert_array_equal(output.output_weights(Z, "blend", 0.8, neighbors="auto"),
+                                  output.output_weights(Z, "blend", 0.8, neighbors=2))
+    np.testing.assert_array_equal(output.output_weights(Z, "xz", neighbors="auto"), Z)
+    np.testing.assert_array_equal(output.output_weights(Z, "blend", 0.8, neighbors="all"),
+                                  output.output_weights(Z, "blend", 0.8))
+    output.output_weights(Z, "blend", 0.8, neighbors=50)  # >= n: a copy, scaled in place
     np.testing.assert_array_equal(Z, before)
     with pytest.raises(sccase_jax.InputError, match="neighbors"):
-        tl.output_weights(Z, "blend", 0.8, neighbors="most")
+        output.output_weights(Z, "blend", 0.8, neighbors="most")
 
 
 def test_output_weights_keep_each_cells_largest_weights():
-    from sccase_jax.tl import keep_largest, output_weights
+    from sccase_jax.output import keep_largest, output_weights
 
     rng = np.random.default_rng(5)
     Z = rng.random((6, 6)).astype(np.float32)
@@ -150,6 +151,7 @@ def test_output_weights_keep_each_cells_largest_weights():
 def test_keep_largest_in_column_blocks(monkeypatch):
     # Blocks of columns (a short last one too) select exactly what one whole-matrix
     # argpartition selects, ties included, and the caller's Z is left as it was.
+    import sccase_jax.output as output
     import sccase_jax.tl as tl
 
     rng = np.random.default_rng(7)
@@ -160,14 +162,14 @@ def test_keep_largest_in_column_blocks(monkeypatch):
     idx = np.argpartition(-Z, 8, axis=0)[:9]
     ref = np.zeros_like(Z)
     np.put_along_axis(ref, idx, np.take_along_axis(Z, idx, axis=0), axis=0)
-    monkeypatch.setattr(tl, "KEEP_BLOCK", 7)
-    np.testing.assert_array_equal(tl.keep_largest(Z, 9), ref)
-    B = tl.output_weights(Z, "blend", 0.8, neighbors=9)
+    monkeypatch.setattr(output, "KEEP_BLOCK", 7)
+    np.testing.assert_array_equal(output.keep_largest(Z, 9), ref)
+    B = output.output_weights(Z, "blend", 0.8, neighbors=9)
     expect = ref * (0.8 / ref.sum(axis=0)).astype(np.float32)
     expect[np.diag_indices(40)] += 0.2
     np.testing.assert_array_equal(B, expect)
     np.testing.assert_array_equal(Z, before)
-    tl.output_weights(Z, "blend", 0.8)
+    output.output_weights(Z, "blend", 0.8)
     np.testing.assert_array_equal(Z, before)
 
 
@@ -188,9 +190,10 @@ def test_enhance_with_neighbors(small):
 def test_enhance_default_neighbors(small, monkeypatch):
     # The default ("auto") keeps DEFAULT_NEIGHBORS weights a cell for the blend and all of Z
     # for X Z; shrunk here below the 150 cells so that it cuts.
+    import sccase_jax.output as output
     import sccase_jax.tl as tl
 
-    monkeypatch.setattr(tl, "DEFAULT_NEIGHBORS", 7)
+    monkeypatch.setattr(output, "DEFAULT_NEIGHBORS", 7)
     fit = dict(n_components=3, max_iter=1, seed=2)
     auto = tl.enhance(small, **fit)
     assert auto.uns["sccase"]["params"]["neighbors"] == 7
@@ -203,9 +206,9 @@ def test_enhance_default_neighbors(small, monkeypatch):
     assert not np.allclose(every.layers["sccase"], auto.layers["sccase"])
     for kw in ({"output": "xz"}, {"preset": "release"}):
         assert tl.enhance(small, **fit, **kw).uns["sccase"]["params"]["neighbors"] == "none"
-    assert tl.resolve_neighbors("auto", "blend") == 7
-    assert tl.resolve_neighbors("auto", "xz") is None
-    assert tl.resolve_neighbors(12, "xz") == 12
+    assert output.resolve_neighbors("auto", "blend") == 7
+    assert output.resolve_neighbors("auto", "xz") is None
+    assert output.resolve_neighbors(12, "xz") == 12
 
 
 def test_input_untouched(small):

@@ -4,7 +4,7 @@ Tiny synthetic data (30 cells x 60 peaks, k = 2, one iteration); the fit is comp
 for the module (``baseline``), and checks that need no fit stub it out.
 """
 
-import functools
+import dataclasses
 
 import anndata as ad
 import jax
@@ -13,8 +13,11 @@ import pytest
 import scipy.sparse as sp
 
 import sccase_jax
-from sccase_jax import api, io, tl
-from sccase_jax.api import InputError, enhanced_matrix
+from sccase_jax import io, output, validate
+from sccase_jax.tl import frontend
+from sccase_jax.tl import get_counts
+from sccase_jax.output import enhanced_matrix
+from sccase_jax.validate import InputError
 from sccase_jax.estimate import estimate_n_components, n_distinct_rows
 from sccase_jax.params import SolverConfig, release_config
 from sccase_jax.preprocessing import check_preprocessed
@@ -47,7 +50,7 @@ def no_work(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("enhance reached preprocessing with a bad argument")
 
-    monkeypatch.setattr(tl, "preprocess", boom)
+    monkeypatch.setattr(frontend, "preprocess", boom)
 
 
 class _Stop(Exception):
@@ -59,12 +62,12 @@ def fit_calls(monkeypatch):
     """Record the arguments enhance passes to fit, then stop (no compilation)."""
     calls = []
 
-    @functools.wraps(api.fit)  # same signature: enhance checks its keywords against fit's
-    def record(X, n_components, **kwargs):
-        calls.append(dict(kwargs, X=X, n_components=n_components))
+    def record(X, n_components, opts, **kwargs):
+        fields = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+        calls.append(dict(fields, **kwargs, X=X, n_components=n_components))
         raise _Stop
 
-    monkeypatch.setattr(tl, "fit", record)
+    monkeypatch.setattr(frontend, "fit_with", record)
     return calls
 
 
@@ -90,7 +93,7 @@ def test_block_functions_refuse_non_positive_blocks(tmp_path, block):
     with pytest.raises(InputError, match="block"):
         enhanced_matrix(X, Z, block=block)  # -1 used to return uninitialised memory
     with pytest.raises(InputError, match="block"):
-        list(io.enhanced_blocks(X, Z, block=block))
+        list(output.enhanced_blocks(X, Z, block=block))
     with pytest.raises(InputError, match="block"):
         io.write_enhanced_h5ad(ad.AnnData(X=sp.csr_matrix(X.T)), str(tmp_path / "w.h5ad"), X, Z,
                                block=block)
@@ -102,7 +105,7 @@ def test_failed_write_leaves_no_file_and_keeps_an_old_one(adata, baseline, tmp_p
         yield 0, np.zeros((min(block, Z.shape[1]), X.shape[0]), np.float32)
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(io, "enhanced_blocks", broken)
+    monkeypatch.setattr(output, "enhanced_blocks", broken)
     path = tmp_path / "out.h5ad"
     with pytest.raises(RuntimeError, match="disk full"):
         sccase_jax.enhance(adata, 2, out_file=str(path), block=4, **FAST)
@@ -303,11 +306,11 @@ def test_bad_dtype_refused(adata, no_work, dtype):
 
 
 def test_float64_without_x64_warns_and_uses_float32(adata, fit_calls):
-    assert api.check_dtype("float32") is jax.numpy.float32
-    assert api.check_dtype(np.float64) is jax.numpy.float64  # x64 is on in the tests
+    assert validate.check_dtype("dtype", "float32") is jax.numpy.float32
+    assert validate.check_dtype("dtype", np.float64) is jax.numpy.float64  # x64 is on in the tests
     with jax.enable_x64(False):
         with pytest.warns(UserWarning, match="jax_enable_x64"):
-            assert api.check_dtype(np.float64) is jax.numpy.float32
+            assert validate.check_dtype("dtype", np.float64) is jax.numpy.float32
         with pytest.warns(UserWarning, match="jax_enable_x64"):
             with pytest.raises(_Stop):
                 sccase_jax.enhance(adata, 2, dtype=np.float64, **FAST)
@@ -389,7 +392,7 @@ def test_get_counts_reads_backed_x(tmp_path, sparse):
     ad.AnnData(X=sp.csr_matrix(C) if sparse else C).write_h5ad(path)
     backed = ad.read_h5ad(path, backed="r")
     try:
-        np.testing.assert_array_equal(tl.get_counts(backed).toarray(), C.T)
+        np.testing.assert_array_equal(get_counts(backed).toarray(), C.T)
     finally:
         backed.file.close()
 

@@ -263,12 +263,12 @@ def test_usage_errors_are_one_line(capsys, tmp_path):
 
 
 def test_evaluate_failure_leaves_no_empty_directory(tmp_path, capsys, monkeypatch):
-    import sccase_jax.clustering
+    import sccase_jax.evaluation.clustering
 
     def boom(*a, **k):
         raise sccase_jax.cli.CLIError("clustering failed")
 
-    monkeypatch.setattr(sccase_jax.clustering, "evaluate_clustering", boom)
+    monkeypatch.setattr(sccase_jax.evaluation.clustering, "evaluate_clustering", boom)
     inp = tmp_path / "in.h5ad"
     tiny_adata(enhanced=True).write_h5ad(inp)
     code, err = run_cli(capsys, "evaluate", inp, "--labels", "cell_type", "--out", tmp_path / "ev", "--quiet")
@@ -308,7 +308,7 @@ def test_evaluate_refuses_fewer_than_two_labelled_types(tmp_path, capsys):
 
 @pytest.mark.parametrize("missing", [None, np.nan])
 def test_pseudobulk_reference_skips_unlabelled(missing):
-    from sccase_jax.api import InputError
+    from sccase_jax.validate import InputError
     from sccase_jax.reference import pseudobulk_reference
 
     C = np.eye(5)
@@ -325,8 +325,8 @@ def test_pseudobulk_reference_skips_unlabelled(missing):
 # 6. evaluate_clustering checks its arguments first -----------------------------------------
 
 def test_evaluate_clustering_validates_before_the_pca():
-    from sccase_jax.clustering import evaluate_clustering, pca_embedding
-    from sccase_jax.metrics import clustering_scores, label_silhouette
+    from sccase_jax.evaluation.clustering import evaluate_clustering, pca_embedding
+    from sccase_jax.evaluation.metrics import clustering_scores, label_silhouette
 
     X = np.random.default_rng(0).random((30, 20))
     lab = np.repeat(["a", "b", "c"], 10)

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from helpers import typed_counts
-from sccase_jax.clustering import cluster_to_k, evaluate_clustering, knn_graph, pca_embedding
+from sccase_jax.evaluation.clustering import cluster_to_k, evaluate_clustering, knn_graph, pca_embedding
 
 
 def blobs(n_per=40, k=4, dim=12, sep=6.0, seed=0):
@@ -59,7 +59,7 @@ def test_pca_embedding_dense_and_sparse_agree():
 
 
 def test_evaluate_clustering_refuses_missing_labels_before_the_pca():
-    from sccase_jax.clustering import evaluate_clustering
+    from sccase_jax.evaluation.clustering import evaluate_clustering
 
     M = np.random.default_rng(0).random((6, 4))
     for labels in (np.array(["a", "b", None, "a", "b", "a"], dtype=object),
@@ -73,7 +73,7 @@ def test_neighbor_graph_above_scanpys_approximate_threshold():
     # neighbour code cannot read with scipy >= 1.15 (the 10k Granja evaluation failed):
     # the graph uses exact neighbours at every size, the same ones below the threshold.
     pytest.importorskip("scanpy")
-    from sccase_jax.clustering import neighbor_graph
+    from sccase_jax.evaluation.clustering import neighbor_graph
 
     X, _ = blobs(n_per=2060, k=4, dim=8)  # 8,240 cells
     g = neighbor_graph(X, 15)

@@ -7,8 +7,8 @@ import pytest
 import scipy.sparse as sp
 
 import sccase_jax
-from sccase_jax.api import prepare
-from sccase_jax.init import gram_matrix, jaccard_similarity, jaccard_similarity_device
+from sccase_jax.problem import prepare
+from sccase_jax.start import gram_matrix, jaccard_similarity, jaccard_similarity_device
 
 
 def _data(seed=0, m=60, n=30):

@@ -7,15 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import SHAPES, tiny_problem
-from sccase_jax.gradients import (
+from sccase_jax.objectives.sccase import (
     grad_h_gram,
     grad_w_gram,
     grad_z_gram,
     sccase_grads,
     sccaser_grads,
 )
-from sccase_jax.losses import gram_loss, sccase_loss, sccaser_loss
-from sccase_jax.solver import wt_x
+from sccase_jax.objectives.sccase import gram_loss, sccase_loss, sccaser_loss
+from sccase_jax.ops import wt_x
 
 problems = st.builds(
     tiny_problem,

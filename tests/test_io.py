@@ -8,9 +8,11 @@ import scipy.sparse as sp
 
 from helpers import dense
 from sccase_jax import cli
-from sccase_jax.api import enhanced_matrix
-from sccase_jax.io import enhanced_blocks, write_enhanced_h5ad
-from sccase_jax.tl import enhance, minmax_scale
+from sccase_jax.output import enhanced_matrix
+from sccase_jax.io import write_enhanced_h5ad
+from sccase_jax.output import enhanced_blocks
+from sccase_jax.output import minmax_scale
+from sccase_jax.tl import enhance
 
 
 def _xz(m=15, n=10, seed=0):
@@ -46,10 +48,10 @@ def test_device_blocks_equal_host_blocks(block):
 def test_device_blocks_with_bcoo_x_in_narrow_slabs(monkeypatch, slab_entries):
     # X over the dense limit goes to the device as BCOO; each block is then computed in
     # slabs whose gather temporary (stored entries x slab width) stays within the budget.
-    from sccase_jax import api, io
+    from sccase_jax import output, problem
 
-    monkeypatch.setattr(api, "dense_limit", lambda dtype: 0)
-    monkeypatch.setattr(io, "BCOO_SLAB_ENTRIES", slab_entries)
+    monkeypatch.setattr(problem, "dense_limit", lambda dtype: 0)
+    monkeypatch.setattr(output, "BCOO_SLAB_ENTRIES", slab_entries)
     X, Z = _xz(m=15, n=10)
     want = enhanced_matrix(X, Z, device=False)
     for block in (3, 4, 10):

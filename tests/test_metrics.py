@@ -12,7 +12,7 @@ from sklearn.metrics import (
     silhouette_score,
 )
 
-from sccase_jax.metrics import (
+from sccase_jax.evaluation.metrics import (
     clustering_scores,
     imbalance_index,
     label_silhouette,

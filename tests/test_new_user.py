@@ -6,7 +6,6 @@ unwritable output found before any work; 6. the end-of-fit message; 7. the loss 
 and the raw baselines' names; 8. preprocess/fit/sweep defaults and warnings, objectives.
 """
 
-import functools
 import json
 import os
 import signal
@@ -23,8 +22,10 @@ import scipy.sparse as sp
 
 import sccase_jax
 from helpers import dense
-from sccase_jax import api, cli, io, tl
-from sccase_jax.api import InputError, status_message
+from sccase_jax import cli, io, output, tl
+from sccase_jax.tl import frontend
+from sccase_jax.result import status_message
+from sccase_jax.validate import InputError
 from sccase_jax.datasets import granja_bm600
 from sccase_jax.preprocessing import preprocess
 
@@ -54,7 +55,7 @@ def no_fit(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("enhance started the work with an output it cannot write")
 
-    monkeypatch.setattr(tl, "preprocess", boom)
+    monkeypatch.setattr(frontend, "preprocess", boom)
 
 
 # 1. the input file is never replaced ---------------------------------------------------
@@ -118,7 +119,7 @@ def test_z_is_stored_sparse_with_the_outputs_neighbours(small):
     full = sccase_jax.enhance(small, 3, neighbors=5, store_z="full", **FAST)
     Zf = full.obsp["sccase_Z"]
     assert not sp.issparse(Zf) and Zf.shape == (60, 60)
-    np.testing.assert_array_equal(dense(Z), tl.keep_largest(Zf, 5))  # the same fit
+    np.testing.assert_array_equal(dense(Z), output.keep_largest(Zf, 5))  # the same fit
     np.testing.assert_array_equal(out.layers["sccase"], full.layers["sccase"])
     assert "sccase_Z" not in sccase_jax.enhance(small, 3, store_z="none", **FAST).obsp
     assert sp.issparse(sccase_jax.enhance(small, 3, store_z=8, **FAST).obsp["sccase_Z"])
@@ -230,7 +231,7 @@ def test_evaluate_max_classes(labelled_file, tmp_path, capsys):
 def _run_and_interrupt(args, tmp_path, wait_for=None, delay=0.0):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("XLA_FLAGS", None)
-    p = subprocess.Popen([sys.executable, "-m", "sccase_jax.cli", *map(str, args)],
+    p = subprocess.Popen([sys.executable, "-m", "sccase_jax", *map(str, args)],
                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
                          cwd=tmp_path)
     seen = []
@@ -311,7 +312,7 @@ def test_enhance_records_and_prints_the_message(small, capsys):
 def test_loss_figure_has_a_panel_without_the_start(tmp_path):
     from matplotlib import image
 
-    from sccase_jax.plotting import plot_loss
+    from sccase_jax.evaluation.plotting import plot_loss
 
     one = image.imread(plot_loss([600.0, 590.0, 589.0], str(tmp_path / "a.png")))
     two = image.imread(plot_loss([600.0, 590.0, 589.0], str(tmp_path / "b.png"),
@@ -337,14 +338,13 @@ def test_metrics_name_each_tfidf(labelled_file, tmp_path):
 
 def test_preprocess_defaults_are_enhances(small, monkeypatch):
     seen = {}
-    real_fit = tl.fit
+    real_fit = frontend.fit_with
 
-    @functools.wraps(real_fit)  # enhance checks its keywords against fit's signature
     def record(X, *args, **kwargs):
         seen["X"] = X
         return real_fit(X, *args, **kwargs)
 
-    monkeypatch.setattr(tl, "fit", record)
+    monkeypatch.setattr(frontend, "fit_with", record)
     sccase_jax.enhance(small, 3, **FAST)
     X, peaks, cells = sccase_jax.preprocess(small.X.T)
     assert (seen["X"] != X).nnz == 0 and seen["X"].shape == X.shape
@@ -365,7 +365,7 @@ def test_fit_warns_on_raw_counts_and_on_a_transposed_matrix(small):
 
 
 def test_register_objective_never_replaces_silently():
-    from sccase_jax.variants import BUILTIN, OBJECTIVES, register_objective
+    from sccase_jax.objectives import BUILTIN, OBJECTIVES, register_objective
 
     builtin = OBJECTIVES["sccase"]
     for name in BUILTIN:

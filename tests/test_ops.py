@@ -8,8 +8,8 @@ from helpers import tiny_problem
 from jax.experimental import sparse as jsparse
 
 import sccase_jax
-from sccase_jax import api, ops
-from sccase_jax.api import InputError
+from sccase_jax import ops, problem
+from sccase_jax.validate import InputError
 from sccase_jax.params import Data, Factors, SolverConfig
 from sccase_jax.solver import run
 
@@ -103,7 +103,7 @@ def test_sparse_path_fit_plan_stays_within_a_few_n2():
 
     n = 120
     X = _sparse(10 * n, n, density=0.2, seed=4)
-    prob = api.prepare(X, 3, gram="sparse", dtype=jnp.float32, nmf_iter=2)
+    prob = problem.prepare(X, 3, gram="sparse", dtype=jnp.float32, nmf_iter=2)
     ma = run_donated.lower(prob.data, prob.factors, prob.hp, config=SolverConfig()).compile()
     temps = ma.memory_analysis().temp_size_in_bytes / (4.0 * n * n)
     assert temps < 40.0, temps  # 274 with the unrolled blocks; 20 now (O(m k) terms at this small n)
@@ -146,7 +146,7 @@ def test_solver_without_g_matches_solver_with_g():
     cfg = SolverConfig(max_iter=4, tol=0.0)
     a = run(data, f0, hp, cfg)
     b = run(data._replace(G=None), f0, hp, cfg)  # X^T (X A) through the dense X
-    np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-10)
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-10)
     np.testing.assert_allclose(a.factors.Z, b.factors.Z, rtol=1e-8, atol=1e-13)
 
 
@@ -160,7 +160,7 @@ def test_solver_through_bcoo_x_matches_solver_with_g(z_step, guard):
     a = run(data, f0, hp, cfg)
     sparse = data._replace(G=None, X=jsparse.BCOO.fromdense(data.X))
     b = run(sparse, f0, hp, cfg)
-    np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-9)
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-9)
     np.testing.assert_allclose(a.factors.Z, b.factors.Z, rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(a.factors.W, b.factors.W, rtol=1e-7, atol=1e-12)
 
@@ -168,8 +168,8 @@ def test_solver_through_bcoo_x_matches_solver_with_g(z_step, guard):
 def test_prepare_sparse_gram_keeps_g_unformed():
     X = _sparse(40, 20, density=0.3, seed=3)
     init = Factors(np.ones((40, 2)), np.ones((2, 20)), np.eye(20))  # skips the NMF compile
-    assert api.prepare(X, 2, gram="sparse", init=init).data.G is None
-    assert api.prepare(X, 2, gram="dense", init=init).data.G.shape == (20, 20)
+    assert problem.prepare(X, 2, gram="sparse", init=init).data.G is None
+    assert problem.prepare(X, 2, gram="dense", init=init).data.G.shape == (20, 20)
 
 
 def test_bad_gram_mode_is_input_error():
@@ -184,7 +184,7 @@ def test_device_matrix_sparse_stores_entries_row_major(fmt):
     # column-major order.  Values are kept exactly.
     X = _sparse(30, 20, density=0.3, seed=3)
     Xin = X.toarray() if fmt == "dense" else X.asformat(fmt)
-    B = api.device_matrix(Xin, jnp.float64, "sparse")
+    B = problem.device_matrix(Xin, jnp.float64, "sparse")
     idx = np.asarray(B.indices)
     order = idx[:, 0] * X.shape[1] + idx[:, 1]
     assert np.all(np.diff(order) > 0)

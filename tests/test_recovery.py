@@ -6,7 +6,7 @@ import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 
 import helpers
-from sccase_jax.recovery import hide_counts, knn_average, recovery_scores
+from sccase_jax.evaluation.recovery import hide_counts, knn_average, recovery_scores
 
 
 def typed_counts(n_per=30, k=3, peaks=90, seed=0):

@@ -33,7 +33,7 @@ try:
 except ValueError as e:
     uneven = str(e)
 print(json.dumps(dict(
-    loss_one=np.asarray(one.loss_history).tolist(), loss_many=np.asarray(many.loss_history).tolist(),
+    loss_one=np.asarray(one.loss).tolist(), loss_many=np.asarray(many.loss).tolist(),
     z_err=float(np.max(np.abs(np.asarray(one.factors.Z) - np.asarray(many.factors.Z)))),
     z_scale=float(np.max(np.abs(np.asarray(one.factors.Z)))),
     w_err=float(np.max(np.abs(np.asarray(one.factors.W) - np.asarray(many.factors.W)))),

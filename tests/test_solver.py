@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from helpers import tiny_problem
+from sccase_jax import ops
 from sccase_jax.params import Hyperparams, SolverConfig, release_config
-from sccase_jax.solver import CONVERGED, MAX_ITER, NONFINITE, init_state, run, run_donated, update
+from sccase_jax.result import CONVERGED, MAX_ITER, NONFINITE
+from sccase_jax.solver import init_state, run, run_donated, update
 
 
 @pytest.mark.parametrize("h_step", ["backtrack", "exact"])
@@ -16,8 +18,8 @@ from sccase_jax.solver import CONVERGED, MAX_ITER, NONFINITE, init_state, run, r
 def test_loss_never_increases(seed, k_ref, h_step):
     data, f0, hp = tiny_problem(seed, k_ref=k_ref, lam=5.0)
     res = run(data, f0, hp, SolverConfig(max_iter=40, tol=0.0, h_step=h_step))
-    hist = np.concatenate([[float(res.initial_loss)], np.asarray(res.loss_history)])
-    assert int(res.num_steps) == 40
+    hist = np.concatenate([[float(res.initial_loss)], np.asarray(res.loss)])
+    assert int(res.n_iter) == 40
     assert np.all(np.diff(hist) <= 1e-12 * np.abs(hist[:-1]))
     assert hist[-1] < hist[0]
     for A in res.factors:
@@ -27,17 +29,17 @@ def test_loss_never_increases(seed, k_ref, h_step):
 def test_stops_at_max_iter():
     data, f0, hp = tiny_problem(0)
     res = run(data, f0, hp, SolverConfig(max_iter=3, tol=0.0))
-    assert int(res.num_steps) == 3
+    assert int(res.n_iter) == 3
     assert int(res.status) == MAX_ITER
     assert not bool(res.converged)
-    assert np.all(np.isfinite(res.loss_history))
+    assert np.all(np.isfinite(res.loss))
 
 
 def test_max_iter_zero_returns_the_start():
     data, f0, hp = tiny_problem(0)
     res = run(data, f0, hp, SolverConfig(max_iter=0))
-    assert int(res.num_steps) == 0 and int(res.status) == MAX_ITER
-    assert res.loss_history.shape == (0,)
+    assert int(res.n_iter) == 0 and int(res.status) == MAX_ITER
+    assert res.loss.shape == (0,)
     for a, b in zip(res.factors, f0):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -48,10 +50,10 @@ def test_stops_early_on_easy_problem():
     # point, 0; see docs/model.md.)
     data, f0, hp = tiny_problem(1, lam=1e6)
     res = run(data, f0, hp, SolverConfig(max_iter=500, tol=1e-4))
-    n = int(res.num_steps)
+    n = int(res.n_iter)
     assert 1 <= n < 500
     assert bool(res.converged) and int(res.status) == CONVERGED
-    hist = np.asarray(res.loss_history)
+    hist = np.asarray(res.loss)
     assert np.all(np.isfinite(hist[:n])) and np.all(np.isnan(hist[n:]))
     rel = abs(hist[n - 1] - hist[n - 2]) / abs(hist[n - 2]) if n > 1 else 0.0
     assert rel < 1e-4
@@ -67,7 +69,7 @@ def test_nonfinite_input_is_reported(where):
         f0 = f0._replace(Z=f0.Z.at[1, 1].set(jnp.inf))
     res = run(data, f0, hp, SolverConfig(max_iter=50))
     assert int(res.status) == NONFINITE
-    assert int(res.num_steps) == 0
+    assert int(res.n_iter) == 0
     assert not bool(res.converged)
 
 
@@ -102,7 +104,7 @@ def test_vmap_over_lambda_equals_separate_runs():
     vm = jax.vmap(lambda h: run(data, f0, h, cfg), in_axes=(Hyperparams(0, None, None, None),))(batched_hp)
     for i, lam in enumerate(lams):
         one = run(data, f0, hp._replace(lam=lam), cfg)
-        assert int(vm.num_steps[i]) == int(one.num_steps)
+        assert int(vm.n_iter[i]) == int(one.n_iter)
         for a, b in zip(jax.tree.leaves(vm), jax.tree.leaves(one)):
             np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b), rtol=1e-9, atol=1e-12)
 
@@ -118,7 +120,7 @@ def test_float32_stays_float32():
 def test_release_config_runs_three_iterations_and_rescales_h():
     data, f0, hp = tiny_problem(7)
     res = run(data, f0, hp, release_config())
-    assert int(res.num_steps) == 3
+    assert int(res.n_iter) == 3
     # Each iteration starts by rescaling H's rows to sum 1; the H move then changes them,
     # but not by much with the tiny released trial steps.
     assert res.factors.H.shape == f0.H.shape
@@ -155,21 +157,23 @@ def test_each_step_reports_the_exact_change_of_f(k_ref, z_step):
     # The Z, W and H steps accept on F(new) - F(old) computed from differences (not by
     # comparing two rounded values of F); in float64 that must equal the full objective.
     from sccase_jax import solver as S
-    from sccase_jax.losses import gram_loss, similarity_term
+    from sccase_jax.solver import wh_steps as WH
+    from sccase_jax.solver import z_step as ZS
+    from sccase_jax.objectives.sccase import gram_loss, similarity_term
     from sccase_jax.ops import masked
 
     data, f0, hp = tiny_problem(3, k_ref=k_ref)
     cfg = SolverConfig(z_step=z_step)
     st = init_state(data, f0, hp, cfg)
     full = lambda Sm, GS, B, W, H, Z: float(gram_loss(Sm, GS, B, W, H, Z, data.P, data.M, hp))  # noqa: E731
-    Z, F1, GS, _, _, _ = S._z_step(st, data, hp, cfg, st.loss)
+    Z, F1, GS, _, _, _ = S.get_rule('z_step', cfg.z_step)(st, data, hp, cfg, st.loss)
     Sm = masked(Z, data.R)
     np.testing.assert_allclose(np.asarray(GS), np.asarray(data.G @ Sm), rtol=1e-12, atol=1e-14)
     assert float(F1) == pytest.approx(full(Sm, GS, st.B, st.W, st.H, Z), rel=1e-12)
-    W, F2 = S._w_step(st.W, st.H, Sm, data, hp, cfg, F1)
-    B = S.wt_x(data.X, W)
+    W, F2 = WH.w_move(st.W, st.H, Sm, data, hp, cfg, F1)
+    B = ops.wt_x(data.X, W)
     assert float(F2) == pytest.approx(full(Sm, GS, B, W, st.H, Z), rel=1e-12)
-    H, F3, sim = S._h_step(W, st.H, Z, Sm, B, hp, cfg, F2)
+    H, F3, sim = WH.h_move(W, st.H, Z, Sm, B, hp, cfg, F2)
     assert float(F3) == pytest.approx(full(Sm, GS, B, W, H, Z), rel=1e-12)
     assert float(sim) == pytest.approx(float(similarity_term(Z, H)), rel=1e-10)
     assert float(F3) <= float(F2) <= float(F1) <= float(st.loss)
@@ -181,17 +185,19 @@ def test_h_trial_bound_is_a_lower_bound_and_skips_only_rejected_trials(monkeypat
     # bound must never exceed the exact change, it must fire for the paper's large first
     # trials, and the H step must come out the same with and without it.
     from sccase_jax import solver as S
+    from sccase_jax.solver import wh_steps as WH
+    from sccase_jax.solver import z_step as ZS
     from sccase_jax.ops import gap, masked
 
-    from sccase_jax.gradients import grad_h_gram
-    from sccase_jax.losses import gram_loss
+    from sccase_jax.objectives.sccase import grad_h_gram
+    from sccase_jax.objectives.sccase import gram_loss
 
     data, f0, hp = tiny_problem(4, lam=1e3)
     W, H, _ = f0
     # Z close to H^T H, as in a fit: the paper's first trials overshoot by far.
     Z = H.T @ H * (1.0 + 0.01 * jnp.cos(jnp.arange(H.shape[1] ** 2).reshape(H.shape[1], -1)))
     Sm = masked(Z, data.R)
-    GS, B = data.G @ Sm, S.wt_x(data.X, W)
+    GS, B = data.G @ Sm, ops.wt_x(data.X, W)
     F = lambda Hc: gram_loss(Sm, GS, B, W, Hc, Z, data.P, data.M, hp)  # noqa: E731
     Q = gap(Z, H)
     qq = jnp.vdot(Q, Q)
@@ -202,17 +208,17 @@ def test_h_trial_bound_is_a_lower_bound_and_skips_only_rejected_trials(monkeypat
         E = Hc.T @ Hc - H.T @ H
         exact = float(F(Hc) - F(H))
         rest = exact - float(hp.lam * (jnp.vdot(E, E) - 2.0 * jnp.vdot(Q, E)))
-        low, scale = S._h_trial_bound(rest, jnp.vdot(E, E), qq, hp.lam)
+        low, scale = WH._h_trial_bound(rest, jnp.vdot(E, E), qq, hp.lam)
         assert float(low) <= exact + 1e-9 * float(scale)
-        if low > S.H_BOUND_MARGIN * scale:
+        if low > WH.H_BOUND_MARGIN * scale:
             fired += 1
             assert exact > 0
     assert fired >= 3
 
     cfg = SolverConfig()
-    with_bound = S._h_step(W, H, Z, Sm, B, hp, cfg, jnp.zeros(()))
-    monkeypatch.setattr(S, "H_BOUND_MARGIN", float("inf"))
-    without = S._h_step(W, H, Z, Sm, B, hp, cfg, jnp.zeros(()))
+    with_bound = WH.h_move(W, H, Z, Sm, B, hp, cfg, jnp.zeros(()))
+    monkeypatch.setattr(WH, "H_BOUND_MARGIN", float("inf"))
+    without = WH.h_move(W, H, Z, Sm, B, hp, cfg, jnp.zeros(()))
     assert float(without[1]) < 0  # a step was taken, after the bound rejected the first trials
     for a, b in zip(with_bound, without):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -223,6 +229,8 @@ def test_z_step_sees_decreases_below_the_float32_resolution_of_f():
     # float32 spacing far above what one Z step changes; the step must still be taken and
     # its change computed to float32 accuracy of the change itself.
     from sccase_jax import solver as S
+    from sccase_jax.solver import wh_steps as WH
+    from sccase_jax.solver import z_step as ZS
 
     cfg = SolverConfig()
     changes = {}
@@ -230,7 +238,7 @@ def test_z_step_sees_decreases_below_the_float32_resolution_of_f():
         data, f0, hp = tiny_problem(4, dtype=dtype)
         hp = hp._replace(gamma1=jnp.asarray(1e9, dtype))
         st = init_state(data, f0, hp, cfg)
-        Z, dF, _, _, _, _ = S._z_step(st, data, hp, cfg, jnp.zeros((), dtype))  # the change alone
+        Z, dF, _, _, _, _ = S.get_rule('z_step', cfg.z_step)(st, data, hp, cfg, jnp.zeros((), dtype))  # the change alone
         changes[dtype] = float(dF)
         if dtype == jnp.float32:
             spacing = float(np.spacing(np.float32(st.loss)))
@@ -288,14 +296,16 @@ def test_free_z_step_keeps_gs_exact_through_crossings(monkeypatch, block):
     # iteration (block 4: 14 columns cross).  Either way the change of F it reports is
     # exact and the state's G S is G (Z o R).
     from sccase_jax import solver as S
-    from sccase_jax.losses import gram_loss
+    from sccase_jax.solver import wh_steps as WH
+    from sccase_jax.solver import z_step as ZS
+    from sccase_jax.objectives.sccase import gram_loss
     from sccase_jax.ops import masked
 
-    monkeypatch.setattr(S, "Z_CLIP_BLOCK", block)
+    monkeypatch.setattr(ZS, "Z_CLIP_BLOCK", block)
     data, f0, hp = crossing_problem()
     cfg = SolverConfig(z_step="free")
     st = init_state(data, f0, hp, cfg)
-    Z, dF, GS, _, stale, rough = S._z_step(st, data, hp, cfg, jnp.zeros(()))
+    Z, dF, GS, _, stale, rough = S.get_rule('z_step', cfg.z_step)(st, data, hp, cfg, jnp.zeros(()))
     assert bool(rough) == bool(stale)  # many crossings: "auto" takes the paper's step next
     R = np.asarray(data.R)
     cut = (np.asarray(st.Z) > 0) & (np.asarray(Z) == 0) & R
@@ -318,8 +328,10 @@ def test_free_z_step_is_exact_along_the_free_direction():
     # entries held at the bound removed: F at the new Z is below F at 0.9 and 1.1 times
     # the step, and the move leaves Z = 0 entries with a positive gradient at 0.
     from sccase_jax import solver as S
-    from sccase_jax.gradients import grad_z_gram
-    from sccase_jax.losses import gram_loss
+    from sccase_jax.solver import wh_steps as WH
+    from sccase_jax.solver import z_step as ZS
+    from sccase_jax.objectives.sccase import grad_z_gram
+    from sccase_jax.objectives.sccase import gram_loss
     from sccase_jax.ops import masked
 
     data, f0, hp = crossing_problem(1)
@@ -332,7 +344,7 @@ def test_free_z_step_is_exact_along_the_free_direction():
     held = (st.Z <= 0) & (D > 0)
     assert int(held.sum()) > 0
     P = jnp.where(held, 0.0, D)
-    Z, dF, _, _, _, _ = S._z_step(st, data, hp, cfg, jnp.zeros(()))
+    Z, dF, _, _, _, _ = S.get_rule('z_step', cfg.z_step)(st, data, hp, cfg, jnp.zeros(()))
     np.testing.assert_array_equal(np.asarray(Z)[np.asarray(held)], 0.0)
     moved = np.abs(np.asarray(P)) > 1e-8
     d = np.median((np.asarray(st.Z) - np.asarray(Z))[moved] / np.asarray(P)[moved])
@@ -351,14 +363,16 @@ def test_auto_z_step_starts_with_the_paper_step_then_goes_free():
     # "auto": the paper's step while the moves are large (from the start), the free step
     # once they are small; the whole fit stays monotone and its G S exact.
     from sccase_jax import solver as S
+    from sccase_jax.solver import wh_steps as WH
+    from sccase_jax.solver import z_step as ZS
     from sccase_jax.ops import masked
 
     data, f0, hp = tiny_problem(2, n=12, lam=1e3)
     auto, paper = SolverConfig(z_step="auto"), SolverConfig(z_step="gradient")
     st = init_state(data, f0, hp, auto)
     assert bool(st.rough)
-    first = S._z_step(st, data, hp, auto, jnp.zeros(()))
-    same = S._z_step(st, data, hp, paper, jnp.zeros(()))
+    first = S.get_rule('z_step', auto.z_step)(st, data, hp, auto, jnp.zeros(()))
+    same = S.get_rule('z_step', paper.z_step)(st, data, hp, paper, jnp.zeros(()))
     np.testing.assert_allclose(np.asarray(first[0]), np.asarray(same[0]), rtol=1e-13)
     assert bool(first[5])  # from a random Z the first move is large
     roughs, losses = [], [float(st.loss)]
@@ -397,7 +411,7 @@ def test_fit_plan_working_memory(gram, z_step, bound):
     # product (ops.x_matmul).
     import scipy.sparse as sp
 
-    from sccase_jax import api, ops
+    from sccase_jax import ops, problem
     from sccase_jax.solver import run_donated
 
     if gram == "sparse" and not ops._stepped():
@@ -408,7 +422,7 @@ def test_fit_plan_working_memory(gram, z_step, bound):
     rng = np.random.default_rng(0)
     X = sp.random(10 * n, n, density=0.05, random_state=rng, format="csr")
     X.data[:] = 1.0
-    prob = api.prepare(X, 9, gram=gram, dtype=jnp.float32, nmf_iter=2)
+    prob = problem.prepare(X, 9, gram=gram, dtype=jnp.float32, nmf_iter=2)
     cfg = SolverConfig(z_step=z_step)
     ma = run_donated.lower(prob.data, prob.factors, prob.hp, config=cfg).compile()
     temps = ma.memory_analysis().temp_size_in_bytes / (4.0 * n * n)
@@ -422,6 +436,8 @@ def test_sparse_z_step_gradient_formed_at_each_use_has_the_same_bits():
     from jax.experimental import sparse as jsparse
 
     from sccase_jax import solver as S
+    from sccase_jax.solver import wh_steps as WH
+    from sccase_jax.solver import z_step as ZS
 
     data, f0, hp = tiny_problem(3, m=30, n=12, k=3)
     st = init_state(data, f0, hp, SolverConfig())
@@ -430,8 +446,8 @@ def test_sparse_z_step_gradient_formed_at_each_use_has_the_same_bits():
 
     @jax.jit
     def both(st, tags):
-        ref = S._direction(st, data, hp)
-        dirn = S._direction(st, sparse, hp)
+        ref = ZS._direction(st, data, hp)
+        dirn = ZS._direction(st, sparse, hp)
         return ref.full(), ref.cols(idx), dirn.full(), [dirn.full(t) for t in tags], dirn.cols(idx)
 
     tags = [jnp.float64(0.25), jnp.float64(-0.0), jnp.float64(jnp.nan), jnp.float64(-jnp.inf)]
@@ -439,5 +455,5 @@ def test_sparse_z_step_gradient_formed_at_each_use_has_the_same_bits():
     for A in [D0, *Dt]:
         np.testing.assert_array_equal(np.asarray(A), np.asarray(D))
     np.testing.assert_array_equal(np.asarray(Dcs), np.asarray(Dc))
-    np.testing.assert_array_equal(np.asarray(S._negative_zero(jnp.nan, jnp.float32)).view(np.int32),
+    np.testing.assert_array_equal(np.asarray(ZS._negative_zero(jnp.nan, jnp.float32)).view(np.int32),
                                   np.int32(-(2**31)))

@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import SHAPES, tiny_problem
-from sccase_jax.gradients import grad_h_gram, grad_w_gram, grad_z_gram
-from sccase_jax.losses import gram_loss
-from sccase_jax.solver import wt_x
-from sccase_jax.steps import (
+from sccase_jax.objectives.sccase import grad_h_gram, grad_w_gram, grad_z_gram
+from sccase_jax.objectives.sccase import gram_loss
+from sccase_jax.ops import wt_x
+from sccase_jax.solver.linesearch import (
     exact_h_step,
     exact_w_step,
     exact_z_step,

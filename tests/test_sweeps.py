@@ -8,12 +8,15 @@ import optax
 import pytest
 
 from helpers import tiny_problem
-from sccase_jax.api import InputError, fit
-from sccase_jax.gradients import sccase_grads
+from sccase_jax.fitting import fit
+from sccase_jax.validate import InputError
+from sccase_jax.objectives.sccase import sccase_grads
 from sccase_jax.params import SolverConfig
 from sccase_jax.solver import run
 from sccase_jax.sweeps import masked_run, pad_factors, sweep
-from sccase_jax.variants import OBJECTIVES, fit_variant, member_solver
+from sccase_jax.fitting import fit_variant
+from sccase_jax.objectives import OBJECTIVES
+from sccase_jax.solver import member_solver
 
 OPTS = dict(max_iter=60, tol=1e-5, nmf_iter=20)
 LAMS, KS = [1e5, 1e6], [2, 3]
@@ -81,8 +84,8 @@ def test_padded_k_equals_unpadded_k(h_step):
     data4 = data._replace(P=jnp.pad(data.P, ((0, 0), (0, 2))), M=jnp.pad(data.M, (0, 2)))
     for res in (run(data4, padded, hp, cfg), jax.jit(masked_run, static_argnames="config")(
             data4, padded, hp, mask, config=cfg)):
-        assert int(res.num_steps) == int(ref.num_steps)
-        np.testing.assert_allclose(res.loss_history, ref.loss_history, rtol=1e-12)
+        assert int(res.n_iter) == int(ref.n_iter)
+        np.testing.assert_allclose(res.loss, ref.loss, rtol=1e-12)
         np.testing.assert_allclose(res.factors.W[:, :2], ref.factors.W, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(res.factors.H[:2], ref.factors.H, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(res.factors.Z, ref.factors.Z, rtol=1e-10, atol=1e-14)

@@ -9,16 +9,13 @@ import pytest
 from jax.test_util import check_grads
 
 from helpers import tiny_problem
-from sccase_jax.gradients import sccase_grads
+from sccase_jax.objectives.sccase import sccase_grads
 from sccase_jax.params import SolverConfig
-from sccase_jax.solver import MAX_ITER, run
-from sccase_jax.variants import (
-    OBJECTIVES,
-    fit_variant,
-    get_objective,
-    register_objective,
-    run_variant,
-)
+from sccase_jax.result import MAX_ITER
+from sccase_jax.solver import run
+from sccase_jax.fitting import fit_variant
+from sccase_jax.objectives import OBJECTIVES, get_objective, register_objective
+from sccase_jax.solver import run_variant
 
 NAMES = sorted(OBJECTIVES)
 # One optimiser object for every test: it is a static argument, so sharing it lets the
@@ -67,7 +64,7 @@ def test_jit_equals_eager(name):
     jitted = run_variant(data, f0, _hp(obj), objective=obj, optimizer=ADAM, config=cfg)
     with jax.disable_jit():
         eager = run_variant(data, f0, _hp(obj), objective=obj, optimizer=ADAM, config=cfg)
-    assert int(jitted.num_steps) == 1 and int(jitted.status) == MAX_ITER
+    assert int(jitted.n_iter) == 1 and int(jitted.status) == MAX_ITER
     for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
 
@@ -82,7 +79,7 @@ def test_vmap_over_weights_equals_separate_runs(name):
     vm = jax.vmap(lambda h: run_variant(data, f0, h, objective=obj, optimizer=ADAM, config=cfg))(hps)
     for i, lam in enumerate(lams):
         one = run_variant(data, f0, _hp(obj, lam=lam), objective=obj, optimizer=ADAM, config=cfg)
-        assert int(vm.num_steps[i]) == int(one.num_steps)
+        assert int(vm.n_iter[i]) == int(one.n_iter)
         for a, b in zip(jax.tree.leaves(vm), jax.tree.leaves(one)):
             np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b), rtol=1e-9, atol=1e-12)
 
@@ -98,7 +95,7 @@ def test_float32_stays_float32_and_nonnegative(name):
             assert leaf.dtype == jnp.float32
     for A in res.factors:
         assert float(jnp.min(A)) >= 0
-    assert np.all(np.isfinite(np.asarray(res.loss_history)[: int(res.num_steps)]))
+    assert np.all(np.isfinite(np.asarray(res.loss)[: int(res.n_iter)]))
 
 
 def test_optax_reaches_analytic_objective_large_lam(seed=1):
@@ -106,10 +103,10 @@ def test_optax_reaches_analytic_objective_large_lam(seed=1):
     # objective gets at least as low.
     data, f0, hp = tiny_problem(seed, lam=1e6)
     a = run(data, f0, hp, SolverConfig(max_iter=500, tol=1e-4))
-    Fa = float(a.loss_history[int(a.num_steps) - 1])
+    Fa = float(a.loss[int(a.n_iter) - 1])
     v = run_variant(data, f0, _hp(OBJECTIVES["sccase"], lam=1e6), objective=OBJECTIVES["sccase"],
                     optimizer=ADAM, config=LONG)
-    Fv = float(v.loss_history[-1])
+    Fv = float(v.loss[-1])
     assert Fv <= Fa * (1 + 1e-3)
     assert Fv < 1e-5 * float(a.initial_loss) + Fa
 
@@ -121,7 +118,7 @@ def test_optax_and_analytic_agree_small_lam():
     v = run_variant(data, f0, _hp(OBJECTIVES["sccase"], lam=5.0), objective=OBJECTIVES["sccase"],
                     optimizer=ADAM, config=LONG)
     F0 = float(a.initial_loss)
-    assert abs(float(v.loss_history[-1]) - float(a.loss_history[-1])) < 1e-6 * F0
+    assert abs(float(v.loss[-1]) - float(a.loss[-1])) < 1e-6 * F0
 
 
 def test_stopping_rule_is_shared():
@@ -129,8 +126,8 @@ def test_stopping_rule_is_shared():
     obj = OBJECTIVES["sccase"]
     res = run_variant(data, f0, _hp(obj, lam=1e6), objective=obj,
                       optimizer=ADAM, config=SolverConfig(max_iter=1000, tol=1e-3))
-    n = int(res.num_steps)
-    hist = np.asarray(res.loss_history)
+    n = int(res.n_iter)
+    hist = np.asarray(res.loss)
     assert bool(res.converged) and 1 <= n < 1000
     assert np.all(np.isnan(hist[n:]))
     prev = hist[n - 2] if n > 1 else float(res.initial_loss)
@@ -169,6 +166,6 @@ def test_registering_a_new_objective():
         data, f0, _ = tiny_problem(2)
         res = run_variant(data, f0, obj.hyper(jnp.float64), objective=obj, optimizer=ADAM,
                           config=CFG)
-        assert float(res.loss_history[int(res.num_steps) - 1]) < float(res.initial_loss)
+        assert float(res.loss[int(res.n_iter) - 1]) < float(res.initial_loss)
     finally:
         del OBJECTIVES["_test_l2z"]

@@ -2,14 +2,14 @@
 
 Each function writes one PNG (matplotlib's Agg backend, no display needed) and returns its
 path.  Embeddings are computed from PCA scores (cells x components), e.g. those returned by
-:func:`sccase_jax.clustering.evaluate_clustering` under ``"embedding"``.
+:func:`sccase_jax.evaluation.clustering.evaluate_clustering` under ``"embedding"``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sccase_jax.metrics import openmp_single_thread, require
+from sccase_jax.evaluation.metrics import openmp_single_thread, require
 
 __all__ = ["embed_2d", "plot_embeddings", "plot_loss"]
 

@@ -167,7 +167,7 @@ def line_search(x, D, d0, shrink, max_trials, objective, F_cur, aux0, accept_any
     shrink = jnp.asarray(shrink, dtype)
     d0 = jnp.asarray(d0, dtype)
 
-    # D may be a function that forms the direction afresh at each use (solver._Direction).
+    # D may be a function that forms the direction afresh at each use (solver.z_step._Direction).
     direction = D if callable(D) else lambda d: D
 
     def trial(d):

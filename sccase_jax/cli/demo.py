@@ -7,13 +7,29 @@ import time
 
 import numpy as np
 
-__all__ = ["run_demo"]
+from sccase_jax.cli.args import seed_type
+
+__all__ = ["add_parser", "run", "run_demo"]
+
+
+def add_parser(subparsers):
+    """Add the ``demo`` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser("demo", help="run the pipeline on the bundled Granja bone-marrow data")
+    p.add_argument("--seed", type=seed_type(), default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    return run_demo(quiet=args.quiet, seed=args.seed)
 
 
 def run_demo(quiet: bool = False, seed: int = 0) -> int:
     """Enhance the bundled 600-cell dataset and print clustering scores before and after."""
-    from sccase_jax.clustering import evaluate_clustering
+    # These import JAX and the evaluation extras: not before the command runs.
     from sccase_jax.datasets import granja_bm600
+    from sccase_jax.evaluation.clustering import evaluate_clustering
     from sccase_jax.preprocessing import preprocess
     from sccase_jax.tl import enhance, get_counts
 

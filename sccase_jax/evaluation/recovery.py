@@ -21,7 +21,10 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from sccase_jax.metrics import require, rowwise_auprc, rowwise_auroc
+from sccase_jax.evaluation.clustering import pca_embedding
+from sccase_jax.evaluation.metrics import require, rowwise_auprc, rowwise_auroc
+from sccase_jax.preprocessing import tfidf
+from sccase_jax.tl.frontend import enhance
 
 __all__ = ["hide_counts", "knn_average", "recovery_scores", "run_recovery"]
 
@@ -79,8 +82,6 @@ def knn_average(X, n_neighbors: int = 15, n_pcs: int = 50, seed: int = 0) -> np.
     """Each cell's profile replaced by the mean of its ``n_neighbors`` nearest cells (itself
     included) in PCA space; ``X`` is cells x peaks (preprocessed).  Returns dense."""
     nb = require("sklearn.neighbors")
-    from sccase_jax.clustering import pca_embedding
-
     emb = pca_embedding(X, n_pcs, transform=None, seed=seed)
     k = min(n_neighbors, X.shape[0])
     A = nb.kneighbors_graph(emb, k - 1, include_self=False) if k > 1 else sp.csr_matrix((X.shape[0],) * 2)
@@ -100,9 +101,6 @@ def run_recovery(adata, *, frac: float = 0.1, seed: int = 0, n_neighbors: int = 
     ``{method: scores | {"time_s": ...}}``.
     """
     import anndata as ad
-
-    from sccase_jax.preprocessing import tfidf
-    from sccase_jax.tl import enhance
 
     C = adata.X if layer is None else adata.layers[layer]
     observed, hidden = hide_counts(C, frac, seed)

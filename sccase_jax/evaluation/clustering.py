@@ -17,7 +17,13 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from sccase_jax.metrics import clustering_scores, label_silhouette, openmp_single_thread, require
+from sccase_jax.preprocessing import tfidf
+from sccase_jax.evaluation.metrics import (
+    clustering_scores,
+    label_silhouette,
+    openmp_single_thread,
+    require,
+)
 
 __all__ = [
     "ClusterResult",
@@ -50,8 +56,6 @@ def pca_embedding(M, n_pcs: int = 50, *, transform: str | None = "tfidf", tfidf_
     _check_n_pcs(n_pcs)
     decomp = require("sklearn.decomposition")
     if transform == "tfidf":
-        from sccase_jax.preprocessing import tfidf
-
         M = tfidf(sp.csr_matrix(M).T, tfidf_variant).T.tocsr()
     elif transform is not None:
         raise ValueError(f"transform must be 'tfidf' or None, got {transform!r}")
@@ -100,13 +104,16 @@ def neighbor_graph(emb: np.ndarray, n_neighbors: int = 15, seed: int = 0):
     return g
 
 
-def knn_graph(emb: np.ndarray, n_neighbors: int = 15):
-    """Unweighted symmetric kNN graph (scikit-learn; no numba compilation, for quick scans)."""
+def knn_graph(emb: np.ndarray, n_neighbors: int = 15, dtype=np.float32):
+    """Unweighted symmetric kNN graph (scikit-learn; no numba compilation, for quick scans).
+
+    The neighbours are searched in ``dtype`` (``None``: the embedding's own).
+    """
     nb = require("sklearn.neighbors")
     ig = require("igraph")
+    emb = np.asarray(emb) if dtype is None else np.asarray(emb, dtype)
     with openmp_single_thread():
-        A = nb.kneighbors_graph(np.asarray(emb, np.float32), min(n_neighbors, emb.shape[0] - 1),
-                                include_self=False)
+        A = nb.kneighbors_graph(emb, min(n_neighbors, emb.shape[0] - 1), include_self=False)
     C = sp.triu(((A + A.T) > 0).astype(np.float64), k=1).tocoo()
     g = ig.Graph(n=emb.shape[0], edges=list(zip(C.row.tolist(), C.col.tolist())), directed=False)
     g.es["weight"] = C.data.tolist()

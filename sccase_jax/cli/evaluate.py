@@ -31,6 +31,10 @@ import time
 
 import numpy as np
 
+from sccase_jax.cli.args import int_at_least, seed_type
+from sccase_jax.io import read_h5ad
+from sccase_jax.validate import InputError
+
 __all__ = ["add_parser", "markdown_table", "run"]
 
 _METRICS = ("ari", "ami", "fmi", "silhouette")
@@ -43,8 +47,6 @@ TFIDF_NAMES = {"paper": "raw (TF-IDF, Eq. 1)", "l2": "raw (L2 TF-IDF)"}
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand to an ``argparse`` subparsers object."""
-    from sccase_jax.cli import int_at_least, seed_type
-
     p = subparsers.add_parser("evaluate", help="clustering scores and figures, raw vs enhanced")
     p.add_argument("input", help="input .h5ad (raw counts in X; enhanced in --layer)")
     p.add_argument("--labels", required=True,
@@ -87,15 +89,11 @@ def markdown_table(rows: dict) -> str:
 
 
 def _error(msg):
-    from sccase_jax.cli import CLIError
-
-    return CLIError(msg)
+    return InputError(msg)
 
 
 def run(args) -> int:
-    """Run the ``evaluate`` subcommand; user errors raise ``CLIError`` (exit status 2)."""
-    from sccase_jax.cli import _read_h5ad
-
+    """Run the ``evaluate`` subcommand; user errors raise ``InputError`` (exit status 2)."""
     def log(msg):
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
@@ -103,7 +101,7 @@ def run(args) -> int:
     out_dir = os.path.abspath(args.out)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise _error(f"--out exists and is not a directory: {out_dir}")
-    adata = _read_h5ad(args.input)
+    adata = read_h5ad(args.input)
     if args.labels not in adata.obs:
         have = ", ".join(map(repr, adata.obs.columns)) or "none"
         raise _error(f"labels column {args.labels!r} not in obs (available: {have})")
@@ -185,9 +183,10 @@ def _recomputable(adata) -> bool:
 
 
 def _evaluate(args, adata, counts, enhanced, labels, layer, n_unlabelled, out_dir, t0, log) -> int:
-    from sccase_jax.clustering import evaluate_clustering
-    from sccase_jax.metrics import imbalance_index
-    from sccase_jax.plotting import plot_embeddings, plot_loss
+    # The evaluation extras: imported when the command runs.
+    from sccase_jax.evaluation.clustering import evaluate_clustering
+    from sccase_jax.evaluation.metrics import imbalance_index
+    from sccase_jax.evaluation.plotting import plot_embeddings, plot_loss
 
     common = dict(n_pcs=args.n_pcs, method=args.method, seeds=tuple(args.seeds), graph=args.graph)
     rows = {}

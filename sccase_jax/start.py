@@ -1,4 +1,4 @@
-"""Starting points: the dropout mask R, the Jaccard start Z0, G = X^T X, and NMF for W, H.
+"""The start of a fit: the dropout mask R, the Jaccard start Z0, G = X^T X, NMF for W, H.
 
 Host-side helpers (:func:`gram_matrix`, :func:`jaccard_similarity`) take scipy-sparse or
 dense peaks x cells matrices and reduce them with sparse products, in column blocks, so
@@ -22,6 +22,7 @@ from sccase_jax.ops import wt_x
 
 __all__ = [
     "dropout_mask",
+    "nnls_h",
     "gram_matrix",
     "gram_matrix_device",
     "jaccard_similarity",
@@ -194,3 +195,16 @@ def nmf(X, k: int, key, n_iter: int = 200):
         raise ValueError(f"n_components must be between 1 and min(peaks, cells) = {min(m, n)}, got {k}")
     with jax.default_matmul_precision("highest"):  # same start on CPU and on tensor cores
         return _nmf(X, key, k, n_iter)
+
+
+def nnls_h(X, W, n_iter: int):
+    """H >= 0 minimising ||X - W H|| for fixed W (multiplicative updates): the start of the
+    reference block's rows of H (scCASER)."""
+    WtX = (X.T @ W).T
+    WtW = W.T @ W
+    H = jnp.full((W.shape[1], X.shape[1]), jnp.mean(WtX) / jnp.maximum(jnp.mean(WtW), 1e-30), X.dtype)
+
+    def body(_, H):
+        return H * WtX / jnp.maximum(WtW @ H, jnp.finfo(X.dtype).tiny)
+
+    return jax.lax.fori_loop(0, n_iter, body, H)

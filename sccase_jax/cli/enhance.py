@@ -1,0 +1,112 @@
+"""``sccase-jax enhance IN.h5ad OUT.h5ad [options]``: :func:`sccase_jax.enhance` on a file.
+
+The output is checked before the input is read (:func:`sccase_jax.io.check_out_file`:
+never the input or the reference under any alias, a directory where a file can really
+be created), written to a temporary file beside it and renamed (no partial file is ever
+left, also on Ctrl-C), with the permissions of a newly created file; the size it will
+have is printed before it is written.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+
+from sccase_jax import io
+from sccase_jax.cli.args import add_options, given_options
+from sccase_jax.validate import InputError
+
+__all__ = ["ENHANCE_OPTIONS", "OUT_OF_CORE_ENTRIES", "add_parser", "run"]
+
+# Above this many cells x peaks (4 GB as float32) the enhanced layer is written block by block.
+OUT_OF_CORE_ENTRIES = 1_000_000_000
+
+# The options of enhance that have a flag here, in the order of the help.
+ENHANCE_OPTIONS = (
+    "n_components", "lam", "gamma1", "gamma2", "keep_prob", "tol", "max_iter", "seed", "layer",
+    "min_cells_frac", "tfidf", "output", "blend", "scale_output", "neighbors", "binarize",
+    "drop_empty_cells", "preset", "k_ref", "alpha", "peak_match", "min_peak_match", "store_z",
+    "layer_dtype",
+)
+
+
+def add_parser(subparsers):
+    """Add the ``enhance`` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser("enhance", help="enhance an .h5ad file (cells x peaks counts)")
+    p.add_argument("input", help="input .h5ad (counts in X or --layer)")
+    p.add_argument("output_file", metavar="output", help="output .h5ad")
+    add_options(p, ENHANCE_OPTIONS)
+    p.add_argument("--reference", default=None, metavar="REF.h5ad",
+                   help="scCASER: reference profiles x peaks (.h5ad); --k stays the total k")
+    p.add_argument("--no-layer", dest="store_layer", action="store_false",
+                   help="leave the enhanced layer out of the output (the largest part of it; "
+                        "sccase_jax.tl.enhanced_layer recomputes it from the stored Z)")
+    p.add_argument("--out-of-core", action="store_true",
+                   help="write the enhanced layer to the output in cell blocks (automatic from"
+                        f" {OUT_OF_CORE_ENTRIES:.0e} cells x peaks)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+    return p
+
+
+def _log(args, msg: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run(args) -> int:
+    """Run ``enhance``; user errors raise :class:`~sccase_jax.validate.InputError`."""
+    from sccase_jax import tl  # imports JAX: not before a command needs it
+
+    if args.reference is None and (args.k_ref is not None or args.alpha is not None):
+        raise InputError("--k-ref and --alpha need --reference")
+    out = io.check_out_file(args.output_file, protect=(("input", args.input),
+                                                  ("reference", args.reference)),
+                            overwrite=True, what="output")
+    adata = io.read_h5ad(args.input)
+    _log(args, f"read {args.input}: {adata.n_obs} cells x {adata.n_vars} peaks")
+    kwargs = dict(given_options(args, ENHANCE_OPTIONS), progress=not args.quiet,
+                  store_layer=args.store_layer)
+    if args.reference is not None:
+        kwargs["reference"] = io.read_h5ad(args.reference, "reference")
+        _log(args, f"read {args.reference}: {kwargs['reference'].n_obs} reference profiles")
+    out_of_core = args.out_of_core or adata.n_obs * adata.n_vars >= OUT_OF_CORE_ENTRIES
+    with io.atomic_output(out) as tmp:
+        if out_of_core and args.store_layer:
+            # Everything that can be checked without the fit has been; enhance writes the
+            # file block by block under the temporary name, renamed when all is done.
+            kwargs.update(out_file=tmp, overwrite=True)
+            _log(args, "writing the enhanced layer block by block (out of core)")
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            result = tl.enhance(adata, **kwargs)
+        for w in caught:  # one line each, even with --quiet
+            print(f"sccase-jax: warning: {w.message}", file=sys.stderr, flush=True)
+        info = result.uns["sccase"]
+        if "reference" in info:
+            r = info["reference"]
+            _log(args, f"reference: {r['n_matched']} of {r['n_target_peaks']} target peaks matched "
+                       f"({r['frac_matched']:.1%}, by {r['match_method']}); k_ref = {r['k_ref']}")
+        _log(args, f"fit: {info.get('message', info.get('status'))}; "
+                   f"{time.perf_counter() - t0:.1f} s; {result.n_obs} cells x {result.n_vars} peaks kept")
+        if "out_file" not in kwargs:
+            _log(args, f"writing {out}: about {io.format_bytes(io.h5ad_bytes(result))}"
+                       f" ({_size_parts(result)})")
+            result.write_h5ad(tmp)
+    _log(args, f"wrote {out}")
+    return 0
+
+
+def _size_parts(adata) -> str:
+    """What makes up the written file, largest first: 'layer sccase 72.0 MB float32 dense, ...'."""
+    parts = []
+    for name, group in (("layer", adata.layers), ("obsp", adata.obsp)):
+        for key in group.keys():
+            a = group[key]
+            kind = "sparse" if hasattr(a, "indptr") else "dense"
+            parts.append((io.array_bytes(a), f"{name} {key} {{}} {a.dtype} {kind}"))
+    parts.append((io.array_bytes(adata.X), "counts {}"))
+    parts.sort(key=lambda p: -p[0])
+    return ", ".join(label.format(io.format_bytes(b)) for b, label in parts[:4])

@@ -1,0 +1,117 @@
+"""The array-level entry points: :func:`fit` scCASE, or :func:`fit_variant` any registered
+objective, to a preprocessed peaks x cells matrix."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from sccase_jax import progress as _progress
+from sccase_jax.objectives.registry import get_objective
+from sccase_jax.options import FIT, VARIANT_MAX_ITER, Options, options_from, signature
+from sccase_jax.params import Factors, SolverConfig
+from sccase_jax.problem import prepare
+from sccase_jax.result import FitResult
+from sccase_jax.solver.alternating import run, run_donated
+from sccase_jax.solver.projected import run_variant
+
+__all__ = ["fit", "fit_options", "fit_variant", "solver_config"]
+
+FIT_OPTIONS = Options.names(FIT)
+
+
+def solver_config(opts: Options) -> SolverConfig:
+    """The :class:`~sccase_jax.params.SolverConfig` of resolved options: their config (the
+    preset's, or the defaults) with their ``max_iter``, ``tol`` and ``progress``."""
+    return (opts.config or SolverConfig())._replace(max_iter=opts.max_iter, tol=opts.tol,
+                                                    progress=opts.progress)
+
+
+def fit_options(opts: Options, n_components: int, k_ref: int, config: SolverConfig, dtype) -> dict:
+    """The settings a fit records in ``FitResult.params``."""
+    return dict(
+        n_components=int(n_components), lam=opts.lam, gamma1=opts.gamma1, gamma2=opts.gamma2,
+        keep_prob=opts.keep_prob, tol=opts.tol, max_iter=opts.max_iter, seed=opts.seed,
+        k_ref=k_ref, alpha=opts.alpha, jaccard_normalize=opts.jaccard_normalize,
+        nmf_iter=opts.nmf_iter, config=config._asdict(), dtype=np.dtype(dtype).name,
+    )
+
+
+def fit(X, n_components: int, *, P=None, init: Factors | None = None, **options) -> FitResult:
+    """Fit scCASE to an already preprocessed peaks x cells matrix.
+
+    ``X``: preprocessed accessibility, peaks x cells (scipy sparse or dense), non-negative;
+    ``X, peaks, cells = sccase_jax.preprocess(adata.X.T)`` builds it from the raw counts of
+    an AnnData (cells x peaks) as :func:`sccase_jax.enhance` does.  X that looks like raw
+    counts or like a cells x peaks matrix is fitted with a warning.  ``n_components``: k.
+    ``P``: scCASER reference loadings (peaks x ``k_ref``) for the first ``k_ref`` columns
+    of W, pulled towards ``P`` with weight ``alpha``.  ``init``: starting
+    :class:`~sccase_jax.params.Factors` (skips NMF and Jaccard).
+
+    ``**options``: the fit's options of :class:`sccase_jax.options.Options` (``lam``,
+    ``gamma1``, ``gamma2``, ``keep_prob``, ``tol``, ``max_iter``, ``seed``, ``preset``,
+    ``config``, ``jaccard_normalize``, ``nmf_iter``, ``x_format``, ``gram``, ``dtype``,
+    ``progress``, ``k_ref``, ``alpha``), with the same defaults and checks as
+    :func:`sccase_jax.enhance`.  ``tol`` and ``max_iter`` default to the config's (the
+    preset's) when one is given, else 1e-6 and 30; 0 iterations return the starting point.
+    ``progress`` prints how long the start took, then iteration, F and relative change.
+    """
+    opts = options_from(options, allowed=FIT_OPTIONS, caller="fit", none_is_default=False)
+    return fit_with(X, n_components, opts, P=P, init=init)
+
+
+fit.__signature__ = signature(fit, FIT, keep=("X", "n_components", "P", "init"))
+
+
+def fit_with(X, n_components: int, opts: Options, *, P=None, init=None) -> FitResult:
+    """:func:`fit` with checked :class:`~sccase_jax.options.Options` (as ``enhance`` calls it)."""
+    opts = opts.resolved()
+    t0 = time.perf_counter()
+    prob = prepare(X, n_components, opts, P=P, k_ref=opts.k_ref, init=init)
+    if opts.progress:
+        n = prob.factors.Z.shape[0]
+        _progress.stage(f"start: {n} cells, k = {int(n_components)}, Gram matrix, Jaccard Z0 "
+                        f"and NMF start in {time.perf_counter() - t0:.1f} s; compiling and "
+                        "running the solver")
+    config = solver_config(opts)
+    # Factors made here are ours to donate (Z0's buffer becomes the iterate); a caller's
+    # ``init`` may share buffers with arrays the caller keeps, so it is not donated.
+    solve = run_donated if init is None else run
+    res = solve(prob.data, prob.factors, prob.hp, config)
+    k_ref = int(np.asarray(prob.data.M).sum())
+    params = fit_options(opts, n_components, k_ref, config, prob.hp.lam.dtype)
+    params["gram"] = "dense" if prob.data.G is not None else "sparse"
+    return res.fetch(params)
+
+
+def fit_variant(X, n_components: int, *, objective="sccase", optimizer=None, hyper=None,
+                **options) -> FitResult:
+    """Like :func:`fit`, for any registered objective (the projected optax solver).
+
+    The start is built by :func:`~sccase_jax.problem.prepare` as for :func:`fit` (NMF,
+    Jaccard Z0, mask R from ``seed``; X kept dense: the objectives take a dense X);
+    ``hyper`` overrides the objective's weights other than ``lam``; ``optimizer`` is an
+    optax ``GradientTransformation`` (default Adam, 1e-3).  ``max_iter`` defaults to
+    :data:`~sccase_jax.options.VARIANT_MAX_ITER` (optimiser steps are small).
+    """
+    objective = get_objective(objective)
+    opts = options_from(options, allowed=FIT_OPTIONS, caller="fit_variant")
+    if opts.max_iter is None:
+        opts = opts.replace(max_iter=VARIANT_MAX_ITER)
+    opts = opts.replace(x_format="dense").resolved()
+    prob = prepare(X, n_components, opts)
+    hp = objective.hyper(prob.hp.lam.dtype, **dict(hyper or {}, lam=opts.lam))
+    config = (opts.config or SolverConfig())._replace(max_iter=int(opts.max_iter),
+                                                      tol=float(opts.tol))
+    res = run_variant(prob.data, prob.factors, hp, objective=objective, optimizer=optimizer,
+                      config=config)
+    return res.fetch(dict(
+        n_components=int(n_components), objective=objective.name, seed=opts.seed, tol=opts.tol,
+        max_iter=opts.max_iter, hyper={k: float(v) for k, v in hp.items()},
+        config=config._asdict(),
+    ))
+
+
+fit_variant.__signature__ = signature(
+    fit_variant, FIT, keep=("X", "n_components", "objective", "optimizer", "hyper"))

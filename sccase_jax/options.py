@@ -1,0 +1,338 @@
+"""Every user-facing setting of sccase_jax, its default, its check and its command-line flag.
+
+:class:`Options` is the one record of them.  ``enhance`` takes all of them, ``fit`` and
+``sweep`` the ones of the fit (:data:`FIT`), and the command line builds its flags from
+the same fields (``sccase_jax.cli.args``): adding an option is one :func:`option` here plus
+the code that uses it.  The record checks every value when it is made (``__post_init__``),
+once; code below it trusts it.
+
+Some defaults depend on others: ``None`` stands for "decided by the preset, the solver
+config or the reference" (``lam``, ``tol``, ``max_iter``, ``min_cells_frac``, ``output``,
+``scale_output``, ``jaccard_normalize``, ``alpha``) and :meth:`Options.resolved` fills
+them in.  A value passed explicitly always wins over a preset's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from typing import Any, Callable
+
+import numpy as np
+
+from sccase_jax import validate as v
+
+__all__ = ["ENHANCE", "FIT", "Options", "option", "options_from", "signature"]
+
+FIT = "fit"  # an option of the fit itself: fit, sweep, enhance and the command line
+ENHANCE = "enhance"  # an option of the AnnData front end: enhance and the command line
+
+DEFAULT_MAX_ITER = 30  # docs/results.md: quality flat from 10 to 100 iterations
+DEFAULT_TOL = 1e-6  # the paper's
+DEFAULT_LAM = 1e6  # the paper's
+DEFAULT_LAM_REFERENCE = 1e5  # MODEL.md (scCASER)
+# The blended output's default: each cell averages its DEFAULT_NEIGHBORS most similar cells
+# under Z (all of them in data of at most that many cells); docs/results.md, "Defaults".
+DEFAULT_NEIGHBORS = 300
+# The projected optax solver's iteration budget (fit_variant): its steps are small.
+VARIANT_MAX_ITER = 1000
+
+PRESETS = ("paper", "release")
+TFIDF = ("l2", "paper")
+OUTPUTS = ("blend", "xz")
+PEAK_MATCH = ("auto", "name", "overlap")
+JACCARD_NORMALIZE = ("column", "row")
+X_FORMATS = ("auto", "dense", "sparse")
+GRAM_MODES = ("auto", "dense", "sparse")
+LAYER_DTYPES = ("float32", "float16")
+STORE_Z = ("auto", "full", "none")
+
+
+def option(default, help: str, check: Callable | None = None, *, scope: str = ENHANCE,
+           flag: str | None = "", parse: Callable | None = None, choices=None,
+           default_text: str | None = None, metavar: str | None = None):
+    """A field of :class:`Options`.
+
+    ``check(name, value)`` returns the canonical value or raises
+    :class:`~sccase_jax.validate.InputError` (``None`` passes unchecked where it is the
+    default).  ``flag`` is the command-line flag (``""``: from the name, ``--min-cells-frac``
+    for ``min_cells_frac``; ``None``: none), ``parse`` turns its text into a value before
+    the check (default: the type of the default), ``choices`` lists the allowed words,
+    ``default_text`` says what the default means where it is ``None``.
+    """
+    meta = dict(help=help, check=check, scope=scope, flag=flag, parse=parse, choices=choices,
+                default_text=default_text, metavar=metavar)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# -- checks that need more than one line --------------------------------------------------
+
+def _nonneg(name, value):
+    return v.check_real(name, value)
+
+
+def _fraction(name, value):
+    return v.check_real(name, value, 0.0, 1.0)
+
+
+def _positive_int(name, value):
+    return v.check_int(name, value, 1, integral_float=False)
+
+
+def _count(name, value):
+    return v.check_int(name, value, 0)
+
+
+def _choice(choices):
+    return lambda name, value: v.check_choice(name, value, choices)
+
+
+def _neighbors(name, value):
+    if value is None or (isinstance(value, str) and value in ("auto", "all")):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    raise v.InputError(f"{name} must be a positive integer, 'auto' or 'all' (or None), got {value!r}")
+
+
+def _store_z(name, value):
+    if isinstance(value, str) and value in STORE_Z:
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    raise v.InputError(f"{name} must be 'auto', 'full', 'none' or a positive integer, got {value!r}")
+
+
+def _optional_bool(name, value):
+    if value is None:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        raise v.InputError(f"{name} must be True, False or None, got {value!r}")
+    return bool(value)
+
+
+def _key(name, value):
+    if not isinstance(value, str) or not value:
+        raise v.InputError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _layer(name, value):
+    if value is not None and not isinstance(value, str):
+        raise v.InputError(f"{name} must be a layer name (a string) or None, got {value!r}")
+    return value
+
+
+def _config(name, value):
+    from sccase_jax.params import SolverConfig
+
+    if value is not None and not isinstance(value, SolverConfig):
+        raise v.InputError(
+            f"{name} must be a SolverConfig (sccase_jax.params.SolverConfig(...) or "
+            f"release_config(...)), got {type(value).__name__}: {value!r}")
+    return value
+
+
+def _dtype(name, value):
+    return None if value is None else v.check_dtype(name, value)
+
+
+def _int_or_word(words):
+    """A command-line parser: one of ``words`` or an integer (else the text, for the check)."""
+
+    def parse(text: str):
+        if text in words:
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            return text
+
+    return parse
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Every user-facing setting with its default (see the module docstring)."""
+
+    # The model (paper Eq. 2) --------------------------------------------------------------
+    n_components: int | None = option(
+        None, "number of components k (default: the estimated number of cell types + 1; "
+        "with a reference round(1.3 c) + c // 2500, c at least the number of profiles)",
+        _positive_int, scope=FIT, flag="--k")
+    lam: float | None = option(
+        None, "weight of ||Z - H^T H||^2", _nonneg, scope=FIT,
+        default_text="1e6; 1e5 with a reference")
+    gamma1: float = option(1.0, "ridge weight on W", _nonneg, scope=FIT)
+    gamma2: float = option(1.0, "ridge weight on H", _nonneg, scope=FIT)
+    keep_prob: float = option(0.95, "keep probability s of the random mask R, in (0, 1]",
+                              v.check_keep_prob, scope=FIT)
+    # Stopping ----------------------------------------------------------------------------
+    tol: float | None = option(
+        None, "relative change of F to stop at", _nonneg, scope=FIT,
+        default_text="1e-6; 0, i.e. run all iterations, with --preset release")
+    max_iter: int | None = option(
+        None, "maximum iterations", _count, scope=FIT,
+        default_text="30; 3 with --preset release")
+    seed: int = option(0, "random seed, 0 to 2**32 - 1 (mask R, NMF start, estimate of k)",
+                       v.check_seed, scope=FIT)
+    # The start and the arithmetic -----------------------------------------------------------
+    jaccard_normalize: str | None = option(
+        None, "normalisation of the Jaccard start Z0", _choice(JACCARD_NORMALIZE), scope=FIT,
+        flag=None, default_text="column (the paper); row with the release preset")
+    nmf_iter: int = option(200, "HALS sweeps of the NMF start", _count, scope=FIT, flag=None)
+    x_format: str = option("auto", "how X is kept on device: dense, sparse (BCOO) or auto",
+                           _choice(X_FORMATS), scope=FIT, flag=None)
+    gram: str = option("auto", "products with G = X^T X: dense (G formed), sparse or auto",
+                       _choice(GRAM_MODES), scope=FIT, flag=None)
+    dtype: Any = option(None, "computation dtype, float32 or float64 (needs jax_enable_x64)",
+                        _dtype, scope=FIT, flag=None, default_text="float32")
+    preset: str = option("paper", "'paper' (default) or 'release': the sccase 0.2.5 solver",
+                         _choice(PRESETS), scope=FIT, choices=PRESETS)
+    config: Any = option(None, "a full SolverConfig (step rules, guard, H rescaling)", _config,
+                         scope=FIT, flag=None)
+    progress: bool = option(False, "print each stage and iteration to stderr", v.check_bool,
+                            scope=FIT, flag=None)
+    # Preprocessing --------------------------------------------------------------------------
+    layer: str | None = option(None, "read counts from this layer instead of X", _layer,
+                               parse=str, metavar="NAME")
+    min_cells_frac: float | None = option(
+        None, "drop peaks open in fewer than this fraction of cells", _fraction,
+        default_text="0: only empty peaks; 0.01 with --preset release")
+    tfidf: str = option("l2", "TF-IDF variant ('paper' is Eq. 1)",
+                        lambda name, value: v.check_choice("tfidf variant", value, TFIDF),
+                        choices=TFIDF)
+    binarize: bool = option(False, "binarise counts before TF-IDF", v.check_bool)
+    drop_empty_cells: bool = option(False, "remove cells with no counts after peak filtering",
+                                    v.check_bool)
+    # scCASER ---------------------------------------------------------------------------------
+    k_ref: int | None = option(None, "reference columns k1", _positive_int, scope=FIT,
+                               default_text="min(profiles, k - 1)")
+    alpha: float | None = option(None, "pull of W1 towards P", _nonneg, scope=FIT,
+                                 default_text="1")
+    peak_match: str = option("auto", "match reference peaks by name or genomic overlap",
+                             _choice(PEAK_MATCH), choices=PEAK_MATCH)
+    min_peak_match: float = option(0.1, "refuse a reference matching fewer target peaks than "
+                                   "this fraction", _fraction)
+    warn_peak_match: float = option(0.5, "warn when a reference matches fewer target peaks "
+                                    "than this fraction", _fraction, flag=None)
+    # The output ------------------------------------------------------------------------------
+    output: str | None = option(
+        None, "enhanced matrix: 'blend' = (1 - w) X + w X Zc, 'xz' = the paper's X Z",
+        _choice(OUTPUTS), choices=OUTPUTS, flag="--output-type",
+        default_text="blend; xz with --preset release")
+    blend: float = option(0.8, "weight w of the Z-weighted cell average in the blend",
+                          _fraction)
+    scale_output: bool | None = option(
+        None, "min-max scale the output per peak then per cell", _optional_bool,
+        default_text="True for xz, False for blend")
+    neighbors: int | str | None = option(
+        "auto", "keep only each cell's N largest weights in Z for the output; 'all' keeps "
+        "every cell", _neighbors, parse=_int_or_word(("auto", "all")), metavar="N|all",
+        default_text="300 for blend, all for xz")
+    key_added: str = option("sccase", "prefix of the written keys", _key, flag=None)
+    store_z: int | str = option(
+        "auto", "what obsp keeps of Z: 'auto' = the neighbours the output used (sparse; the "
+        "whole dense Z when it used every cell), N = each cell's N largest weights, 'full' = "
+        "dense n x n, 'none'", _store_z, parse=_int_or_word(STORE_Z),
+        metavar="auto|full|none|N")
+    layer_dtype: str = option("float32", "dtype of the enhanced layer (float16: half the size)",
+                              _choice(LAYER_DTYPES), choices=LAYER_DTYPES)
+    store_layer: bool = option(True, "keep the enhanced layer (False: recomputable from the "
+                               "stored Z with sccase_jax.tl.enhanced_layer)", v.check_bool,
+                               flag=None)
+    # Files -------------------------------------------------------------------------------------
+    out_file: Any = option(None, "write the result to this .h5ad, the enhanced layer in cell "
+                           "blocks", flag=None)
+    overwrite: bool = option(False, "replace an existing out_file", v.check_bool, flag=None)
+    block: int = option(1024, "cells per block of the enhanced layer", _positive_int,
+                        flag=None)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            check = f.metadata["check"]
+            if check is not None and not (value is None and f.default is None):
+                object.__setattr__(self, f.name, check(f.name, value))
+
+    def replace(self, **changes) -> Options:
+        """A copy with ``changes`` (checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def resolved(self, *, reference: bool = False) -> Options:
+        """The options with every ``None`` default decided (preset, config, reference).
+
+        ``tol`` and ``max_iter``: the config's when one is given, else the preset's (3
+        iterations, ``tol = 0`` for the release), else 30 and 1e-6.
+        """
+        from sccase_jax.params import release_config
+
+        release = self.preset == "release"
+        config = self.config if self.config is not None else (release_config() if release else None)
+        output = self.output or ("xz" if release else "blend")
+        return dataclasses.replace(
+            self,
+            config=config,
+            lam=self.lam if self.lam is not None else (DEFAULT_LAM_REFERENCE if reference else DEFAULT_LAM),
+            tol=self.tol if self.tol is not None else (config.tol if config else DEFAULT_TOL),
+            max_iter=(self.max_iter if self.max_iter is not None
+                      else (config.max_iter if config else DEFAULT_MAX_ITER)),
+            jaccard_normalize=self.jaccard_normalize or ("row" if release else "column"),
+            min_cells_frac=(self.min_cells_frac if self.min_cells_frac is not None
+                            else (0.01 if release else 0.0)),
+            output=output,
+            scale_output=self.scale_output if self.scale_output is not None else output == "xz",
+            alpha=self.alpha if self.alpha is not None else (1.0 if reference else 0.0),
+        )
+
+    @classmethod
+    def names(cls, scope: str | None = None) -> list[str]:
+        """The options' names: all, or those of the fit (:data:`FIT`; every option is one of
+        ``enhance``)."""
+        return [f.name for f in dataclasses.fields(cls)
+                if scope in (None, ENHANCE) or f.metadata["scope"] == scope]
+
+
+def options_from(kwargs: dict, *, allowed=None, caller: str = "enhance",
+                 none_is_default: bool = True) -> Options:
+    """:class:`Options` from keyword arguments, refusing unknown ones as Python would.
+
+    An unknown name (or one outside ``allowed``) is a ``TypeError`` naming ``caller`` and
+    the closest valid name, raised before any work.  Without ``none_is_default`` (the
+    array-level ``fit``, whose options are numbers) an explicit ``None`` is checked like
+    any other value, so ``fit(max_iter=None)`` is refused instead of meaning "the default".
+    """
+    names = set(Options.names() if allowed is None else allowed)
+    for name in kwargs:
+        if name not in names:
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}{hint}")
+    if not none_is_default:
+        fields = {f.name: f for f in dataclasses.fields(Options)}
+        for name, value in kwargs.items():
+            check = fields[name].metadata["check"]
+            if value is None and check is not None and name not in _NONE_ALLOWED:
+                check(name, value)
+    return Options(**kwargs)
+
+
+# Options for which None is a real value, not only "the default" (dtype: JAX's default).
+_NONE_ALLOWED = frozenset({"n_components", "dtype", "config", "k_ref", "jaccard_normalize",
+                           "layer", "scale_output", "neighbors", "out_file", "output",
+                           "min_cells_frac"})
+
+
+def signature(fn: Callable, scope: str | None, keep=()) -> inspect.Signature:
+    """``fn``'s signature with its ``**options`` spelt out as the keyword-only options of
+    ``scope`` and their defaults (what ``help`` and an IDE show); ``keep`` names the
+    parameters of ``fn`` itself kept in front."""
+    own = inspect.signature(fn).parameters
+    params = [own[name] for name in keep]
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params += [inspect.Parameter(f.name, kw, default=f.default)
+               for f in dataclasses.fields(Options)
+               if (scope is None or f.metadata["scope"] == scope or
+                   (scope == ENHANCE and f.metadata["scope"] == FIT)) and f.name not in keep]
+    return inspect.Signature(params)

@@ -1,0 +1,235 @@
+"""A fit ready to run: the device data, the starting point and the weights (:func:`prepare`).
+
+:func:`prepare` is everything :func:`sccase_jax.fit` does before the solver runs; sweeps
+and custom solvers start from it.  It checks X, puts it on the device (dense, or ``BCOO``
+for large sparse inputs: :func:`device_matrix`), forms the cell Gram matrix ``G = X^T X``
+unless the products go through the sparse X (:func:`sccase_jax.ops.choose_gram`), draws the
+mask R and builds the start of :mod:`sccase_jax.start` (NMF for W and H, the Jaccard
+similarity for Z; scCASER: the reference block of W from ``P``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+from jax.experimental import sparse as jsparse
+
+from sccase_jax.ops import choose_gram
+from sccase_jax.options import Options
+from sccase_jax.params import Data, Factors, Hyperparams
+from sccase_jax.start import (
+    dropout_mask,
+    gram_matrix,
+    gram_matrix_device,
+    jaccard_similarity,
+    jaccard_similarity_device,
+    nmf,
+    nnls_h,
+)
+from sccase_jax.validate import InputError, check_int, check_matrix, default_dtype
+
+__all__ = [
+    "Problem",
+    "check_input",
+    "dense_limit",
+    "device_matrix",
+    "prepare",
+    "warn_if_not_preprocessed",
+]
+
+# How many stored values the raw-count check looks at (a seeded sample beyond this).
+LOOKS_RAW_SAMPLE = 1_000_000
+REDUCE_ON = ("auto", "host", "device")
+
+
+class Problem(NamedTuple):
+    """A fit ready to run: ``run(problem.data, problem.factors, problem.hp, config)``."""
+
+    data: Data
+    factors: Factors
+    hp: Hyperparams
+
+
+def dense_limit(dtype) -> int:
+    """Most entries of X kept dense on device by ``x_format="auto"``.
+
+    One sixteenth of the host memory on CPU (the dense X shares the RAM with the n x n
+    arrays of the fit; 1.5 GB of X on a 24 GB machine), one eighth of the device memory on
+    a GPU or TPU.  Dense X makes the start and the thin products faster than ``BCOO``
+    (2x at 8,000 cells on the 2-core CPU, docs/performance.md).  1e8 if the memory size
+    cannot be read.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        try:
+            mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return 100_000_000
+        return int(mem // (16 * itemsize))
+    stats = dev.memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    return 100_000_000 if not limit else int(limit // (8 * itemsize))
+
+
+def device_matrix(X, dtype, fmt: str = "auto"):
+    """Put a peaks x cells matrix on device: dense, or ``BCOO`` for large sparse inputs
+    (more than :func:`dense_limit` entries)."""
+    m, n = X.shape
+    if fmt == "auto":
+        fmt = "dense" if m * n <= dense_limit(dtype) or not sp.issparse(X) else "sparse"
+    if fmt == "dense":
+        # Cast while still sparse: no float64 dense copy of X on the host.
+        return jnp.asarray(X.astype(np.dtype(dtype)).toarray() if sp.issparse(X) else np.asarray(X), dtype)
+    if fmt == "sparse":
+        # Entries in row-major order (a CSC input, such as a transposed AnnData X, would
+        # store them by column): the sparse products step through them in that order
+        # (ops.x_matmul) and gather and scatter with far better locality: one G A in a
+        # loop took 0.56 s instead of 0.85 s at 1,000 cells x 10,000 peaks (3.8 %), 0.12
+        # instead of 0.14 s at 2,000 x 20,000 (0.2 %).
+        Xr = X.astype(np.dtype(dtype)).tocsr() if sp.issparse(X) else np.asarray(X, dtype)
+        return jsparse.BCOO.from_scipy_sparse(sp.coo_matrix(Xr))
+    raise InputError(f"x_format must be 'auto', 'dense' or 'sparse', got {fmt!r}")
+
+
+def check_input(X, n_components):
+    """Validate X (peaks x cells) and k; return X as CSC sparse or a dense ndarray."""
+    X = X.tocsc() if sp.issparse(X) else np.asarray(X)
+    if X.ndim != 2:
+        raise InputError(f"X must be a 2-d peaks x cells matrix, got shape {X.shape}")
+    check_matrix(X)
+    m, n = X.shape
+    n_components = check_int("n_components", n_components, 1, integral_float=False)
+    if n_components > min(m, n):
+        raise InputError(
+            f"n_components = {n_components} exceeds min(peaks, cells) = {min(m, n)}"
+            f" ({m} peaks, {n} cells)"
+        )
+    return X
+
+
+def warn_if_not_preprocessed(X) -> None:
+    """Warn when a peaks x cells ``X`` looks like raw counts or like a cells x peaks matrix.
+
+    :func:`sccase_jax.fit` expects the preprocessed matrix (``sccase_jax.preprocess(counts)[0]``,
+    L2 TF-IDF by default).  Raw (or binarised) counts hold whole numbers only, which TF-IDF
+    never gives; a transposed L2 TF-IDF has rows of unit norm instead of columns.  Both
+    fit without an error and give a poor result, so they are named, not refused.
+    """
+    data = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    data = data[data != 0]
+    if data.size > LOOKS_RAW_SAMPLE:
+        data = np.random.default_rng(0).choice(data, LOOKS_RAW_SAMPLE, replace=False)
+    if data.size and np.all(data == np.round(data)):
+        warnings.warn(
+            "X holds whole numbers only: it looks like raw (or binarised) counts. fit expects "
+            "the preprocessed peaks x cells matrix: X, peaks, cells = "
+            "sccase_jax.preprocess(counts_peaks_x_cells) (L2 TF-IDF), or use sccase_jax.enhance "
+            "on the AnnData", UserWarning, stacklevel=4)
+        return
+    sq = X.multiply(X) if sp.issparse(X) else np.asarray(X) ** 2
+    cols = np.sqrt(np.asarray(sq.sum(axis=0)).ravel())
+    rows = np.sqrt(np.asarray(sq.sum(axis=1)).ravel())
+    unit = lambda v: v.size > 1 and np.allclose(v[v > 0], 1.0, rtol=1e-3)  # noqa: E731
+    if unit(rows) and not unit(cols):
+        warnings.warn(
+            f"X ({X.shape[0]} x {X.shape[1]}) looks transposed: its rows have unit L2 norm, as "
+            "cells do after the L2 TF-IDF. fit expects peaks x cells (an AnnData's X "
+            "transposed)", UserWarning, stacklevel=4)
+
+
+def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_ref=None,
+            init: Factors | None = None, reduce_on: str = "auto", **overrides) -> Problem:
+    """Check X and build the device data, the starting factors and the hyperparameters.
+
+    ``options`` (an :class:`~sccase_jax.options.Options`, default the defaults) with
+    ``overrides`` on top gives the fit's settings (``lam``, ``gamma1``, ``gamma2``,
+    ``alpha``, ``keep_prob``, ``seed``, ``jaccard_normalize``, ``nmf_iter``, ``x_format``,
+    ``dtype``, ``gram``).  ``P`` (peaks x ``k_ref``; ``k_ref`` defaults to its columns)
+    enables the scCASER reference block: the first ``k_ref`` columns of W start from
+    ``P`` and are pulled towards it with weight ``alpha``.  ``init`` replaces the start
+    (NMF and Jaccard) by given :class:`~sccase_jax.params.Factors`.  ``reduce_on`` says
+    where ``G = X^T X`` and the Jaccard start are formed: ``"host"`` (sparse scipy
+    products, float64 accumulation), ``"device"`` (one dense product each on the device
+    copy of X; needs X dense there) or ``"auto"``: device whenever X is dense there (2x
+    faster than the host products on the 2-core CPU at 4k cells, seconds faster still on
+    a GPU), else host.
+    """
+    opts = (options or Options()).replace(**overrides).resolved()
+    X = check_input(X, n_components)
+    warn_if_not_preprocessed(X)
+    m, n = X.shape
+    dtype = opts.dtype or default_dtype()
+    k = int(n_components)
+    k_ref = 0 if P is None and k_ref is None else (np.shape(P)[1] if k_ref is None else k_ref)
+    k_ref = check_int("k_ref", k_ref, 0)
+    if not 0 <= k_ref <= k:
+        raise InputError(f"k_ref must be between 0 and n_components = {k}, got {k_ref}")
+    if reduce_on not in REDUCE_ON:
+        raise InputError(f"reduce_on must be 'auto', 'host' or 'device', got {reduce_on!r}")
+
+    key_mask, key_nmf = jax.random.split(jax.random.PRNGKey(opts.seed))
+    Xd, G, reduce_on = _device_data(X, dtype, opts.gram, opts.x_format, reduce_on)
+    Pfull = np.zeros((m, k), np.dtype(dtype))
+    if k_ref:
+        P = np.asarray(P, np.dtype(dtype))
+        if P.shape != (m, k_ref):
+            raise InputError(f"P must have shape (peaks, k_ref) = {(m, k_ref)}, got {P.shape}")
+        Pfull[:, :k_ref] = P
+    if init is None:
+        init = _start(X, Xd, k, k_ref, Pfull, key_nmf, opts, reduce_on, dtype)
+    else:
+        init = Factors(*(jnp.asarray(a, dtype) for a in init))
+        want = ((m, k), (k, n), (n, n))
+        if tuple(a.shape for a in init) != want:
+            raise InputError(f"init shapes must be W {want[0]}, H {want[1]}, Z {want[2]}")
+    M = np.zeros(k, np.dtype(dtype))
+    M[:k_ref] = 1.0
+    data = Data(X=Xd, G=G, R=dropout_mask(key_mask, n, opts.keep_prob), P=jnp.asarray(Pfull),
+                M=jnp.asarray(M))
+    hp = Hyperparams.create(opts.lam, opts.gamma1, opts.gamma2, opts.alpha, dtype=dtype)
+    return Problem(data, init, hp)
+
+
+def _device_data(X, dtype, gram: str, x_format: str, reduce_on: str):
+    """``(X on device, G or None, where G and Z0 are reduced)``."""
+    gram = choose_gram(X, gram)
+    Xd = device_matrix(X, dtype, "sparse" if gram == "sparse" and x_format == "auto" else x_format)
+    dense_on_device = not isinstance(Xd, jsparse.BCOO)
+    if reduce_on == "auto":
+        reduce_on = "device" if dense_on_device else "host"
+    elif reduce_on == "device" and not dense_on_device:
+        raise InputError("reduce_on='device' needs X dense on device (x_format='dense')")
+    if gram == "sparse":  # G is never formed; the solver multiplies through a BCOO X
+        G = None
+    elif reduce_on == "device":
+        G = gram_matrix_device(Xd)
+    else:
+        G = jnp.asarray(gram_matrix(X, np.dtype(dtype)))
+    return Xd, G, reduce_on
+
+
+def _start(X, Xd, k: int, k_ref: int, Pfull, key_nmf, opts: Options, reduce_on: str, dtype):
+    """The starting :class:`~sccase_jax.params.Factors`: the NMF of X for the free block of
+    W and H, ``P`` and its non-negative least-squares H for the reference block, the
+    Jaccard similarity for Z."""
+    m, n = X.shape
+    if k > k_ref:
+        W0, H0 = nmf(Xd, k - k_ref, key_nmf, n_iter=opts.nmf_iter)
+    else:
+        W0, H0 = jnp.zeros((m, 0), dtype), jnp.zeros((0, n), dtype)
+    if k_ref:
+        P1 = jnp.asarray(Pfull[:, :k_ref])
+        W0 = jnp.concatenate([P1, W0], axis=1)
+        H0 = jnp.concatenate([nnls_h(Xd, P1, opts.nmf_iter), H0], axis=0)
+    if reduce_on == "device":
+        Z0 = jaccard_similarity_device(Xd, opts.jaccard_normalize)
+    else:
+        Z0 = jnp.asarray(jaccard_similarity(X, opts.jaccard_normalize), dtype)
+    return Factors(W0, H0, Z0)

@@ -1,0 +1,140 @@
+"""The loop every solver shares: history, stopping rule, iteration cap, non-finite guard.
+
+Any solver whose state is a NamedTuple carrying the fields that :func:`tracked_fields`
+makes (plus its own iterate, caches or optimiser state) runs in :func:`drive`, a
+:func:`jax.lax.while_loop`, with each step returning its next state through
+:func:`advance`: the same preallocated history of F, the ``|dF| / |F| < tol`` stopping
+rule, the ``max_iter`` cap and the guard that keeps the last finite iterate when F stops
+being finite.  :func:`to_result` turns a final state into a
+:class:`~sccase_jax.result.FitResult` of device arrays.  The alternating solver
+(:mod:`~sccase_jax.solver.alternating`), the projected optax solver
+(:mod:`~sccase_jax.solver.projected`) and the masked sweep members share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sccase_jax import progress
+from sccase_jax.params import SolverConfig
+from sccase_jax.result import CONVERGED, MAX_ITER, NONFINITE, RUNNING, FitResult
+
+__all__ = ["advance", "drive", "matmul_precision", "to_result", "tracked_fields"]
+
+_TRACKED = ("initial_loss", "rel_change", "iteration", "loss_history", "status")
+
+
+def tracked_fields(F0, dtype, config: SolverConfig) -> dict:
+    """The bookkeeping fields of a fresh state with loss ``F0`` (``NONFINITE`` if not finite)."""
+    F0 = jnp.asarray(F0, dtype)
+    return dict(
+        loss=F0,
+        initial_loss=F0,
+        rel_change=jnp.asarray(jnp.inf, dtype),
+        iteration=jnp.asarray(0, jnp.int32),
+        loss_history=jnp.full((config.max_iter,), jnp.nan, dtype),
+        # With max_iter = 0 the fit is the starting point: the loop never runs.
+        status=jnp.where(
+            jnp.isfinite(F0), RUNNING if config.max_iter > 0 else MAX_ITER, NONFINITE
+        ).astype(jnp.int32),
+    )
+
+
+def advance(
+    state, carry: dict, F_new, config: SolverConfig, F_prev=None, change=None, caches=()
+):
+    """Next state from the solver-specific ``carry`` and the new objective value ``F_new``.
+
+    Records ``F_new`` in the history, computes the relative change ``|change| / |F_prev|``
+    (``F_prev`` defaults to ``state.loss``, ``change`` to ``F_new - F_prev``; a solver that
+    knows its change of F more accurately passes it) and the status.  On a non-finite ``F_new`` every field that is
+    not bookkeeping (the iterate, optimiser state and ``loss``) keeps its previous
+    value, so the last finite iterate is what comes back.  The fields named in ``caches``
+    are exempt: a non-finite F ends the fit, whose result never reads a cache, and
+    restoring one would keep the previous value alive beside the new one to the end of the
+    iteration (for ``G S`` one more n x n array at the solver's peak).
+    """
+    F_prev = state.loss if F_prev is None else F_prev
+    finite = jnp.isfinite(F_new)
+    change = F_new - F_prev if change is None else change
+    rel = jnp.abs(change) / jnp.maximum(jnp.abs(F_prev), jnp.finfo(F_new.dtype).tiny)
+    rel = jnp.where(jnp.isfinite(rel), rel, jnp.inf)
+    it = state.iteration + 1
+    status = jnp.where(
+        ~finite,
+        NONFINITE,
+        jnp.where(rel < config.tol, CONVERGED, jnp.where(it >= config.max_iter, MAX_ITER, RUNNING)),
+    ).astype(jnp.int32)
+    new = state._replace(
+        **carry,
+        loss=F_new,
+        rel_change=rel,
+        iteration=it,
+        loss_history=(
+            state.loss_history.at[state.iteration].set(F_new)
+            if state.loss_history.shape[0]  # an empty history (max_iter = 0) is never written
+            else state.loss_history
+        ),
+        status=status,
+    )
+    keep = lambda a, b: jnp.where(finite, a, b)  # noqa: E731
+    new = new._replace(
+        **{
+            f: jax.tree.map(keep, getattr(new, f), getattr(state, f))
+            for f in new._fields
+            if f not in _TRACKED and f not in caches
+        }
+    )
+    if config.progress:
+        jax.debug.callback(_report, it, F_new, rel, status, ordered=False)
+    return new
+
+
+def _report(it, F, rel, status):
+    progress.report(it, F, rel, status)
+
+
+def _keep_going(state):
+    return state.status == RUNNING
+
+
+def drive(state, step, config: SolverConfig):
+    """Run ``state = step(state)`` in a :func:`jax.lax.while_loop` while the status is running.
+
+    ``step`` must return the state through :func:`advance`.  Returns the final state with a
+    run that ended on the cap marked ``MAX_ITER`` (also when ``max_iter == 0``).
+    """
+    state = lax.while_loop(_keep_going, step, state)
+    status = jnp.where(
+        (state.status == RUNNING) & (state.iteration >= config.max_iter), MAX_ITER, state.status
+    )
+    return state._replace(status=status.astype(jnp.int32))
+
+
+def to_result(state) -> FitResult:
+    """The :class:`~sccase_jax.result.FitResult` (device arrays) of a final state: any state
+    with ``W``, ``H``, ``Z`` and the tracked fields.  ``loss`` is the whole history."""
+    return FitResult(
+        W=state.W,
+        H=state.H,
+        Z=state.Z,
+        loss=state.loss_history,
+        initial_loss=state.initial_loss,
+        n_iter=state.iteration,
+        converged=(state.status == CONVERGED) & jnp.isfinite(state.loss),
+        status=state.status,
+        rel_change=state.rel_change,
+    )
+
+
+def matmul_precision(config: SolverConfig):
+    """Context that sets the precision of the products traced inside it (``config.precision``)."""
+    if config.precision is None:
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(config.precision)
+
+
