@@ -3,15 +3,18 @@
 Every measurement runs in its own subprocess (peak RSS from ``getrusage``), on the same
 counts file (scipy ``.npz``, cells x peaks), one after the other.
 
-    python experiments/benchmark.py install-release            # once: experiments/.release-venv
-    python experiments/benchmark.py run synth2k:jax:tol synth2k:release real2k:jax:tol ...
-    python experiments/benchmark.py crossover                  # dense G vs sparse X products
-    python experiments/benchmark.py report                     # -> docs/performance.md
+    python -m experiments.benchmark install-release            # once: experiments/.release-venv
+    python -m experiments.benchmark run synth2k:jax:tol synth2k:release real2k:jax:tol ...
+    python -m experiments.benchmark crossover                  # dense G vs sparse X products
+    python -m experiments.benchmark report                     # -> docs/performance.md
 
 A run spec is ``CASE:IMPL[:ITERS]``: CASE is ``synth1k|synth2k|synth4k|synth8k|real2k|
 real10k``, IMPL ``jax`` or ``release``, ITERS ``tol`` (fit to tol = 1e-6, at most 100
 iterations) or a fixed number of iterations (release: 3 by default; fewer by capping its
-hard-wired loop).  Results go to ``experiments/results/*.json``.
+hard-wired loop).  Results go to ``experiments/results/*.json``; ``report`` rewrites the
+tables between the markers of ``docs/performance.md`` from them, leaving out the runs in
+``SUPERSEDED``.  Children run with the repository root as working directory, so they
+import this checkout's ``sccase_jax`` and ``experiments``.
 """
 
 from __future__ import annotations
@@ -25,45 +28,28 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-RESULTS = os.path.join(HERE, "results")
-RELEASE_VENV = os.path.join(HERE, ".release-venv")
-DATA = os.environ.get("SCCASE_DATA", "/work/shared/data")
+from experiments.common import REAL, RESULTS, ROOT, SYNTH, counts, synthetic_counts
+
+RELEASE_VENV = os.path.join(ROOT, "experiments", ".release-venv")
 RELEASE_PINS = [
     "sccase==0.2.5", "numpy==1.26.4", "scipy==1.13.1", "scikit-learn==1.5.2", "pandas==2.2.3",
     "anndata==0.10.9", "scanpy==1.10.4", "episcanpy==0.3.2", "louvain==0.8.2",
     "leidenalg==0.10.2", "igraph==0.11.9", "setuptools<81", "kneed",
 ]
-SYNTH = {"synth300": (300, 3000), "synth1k": (1000, 10000), "synth2k": (2000, 20000), "synth4k": (4000, 30000),
-         "synth8k": (8000, 40000)}
-REAL = {"real2k": "granja2019_D6T1_2k.h5ad", "real10k": "granja2019_D6T1_10k.h5ad"}
 N_TYPES = {"synth": 8, "real": 16}
+
+# Result files the report leaves out, and why (they stay in experiments/results/; the
+# measurement is recorded in docs/notebook/).
+SUPERSEDED = {
+    "real10k_jax_tol_gpu.json": "ran the sparse X products under the GPU's former sparse "
+    "penalty of 20; real10k_jax_tol_gpu-densegram.json is the same run with the dense G that "
+    "gram='auto' now picks",
+}
 
 
 # -- data ---------------------------------------------------------------------------------
-def synthetic_counts(n, m, density=0.037, n_types=8, seed=0):
-    """scATAC-like binary counts (cells x peaks CSR): type-specific peak probabilities."""
-    import numpy as np
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(seed)
-    types = rng.integers(0, n_types, n)
-    base = rng.gamma(0.6, 1.0, m)
-    prof = base[None, :] * np.exp(rng.normal(0.0, 1.0, (n_types, m)))
-    prof *= density / prof.mean()
-    prof = np.clip(prof, 0, 0.9).astype(np.float32)
-    depth = rng.lognormal(0.0, 0.3, n).astype(np.float32)
-    blocks = []
-    for j in range(0, n, 250):
-        p = prof[types[j : j + 250]] * depth[j : j + 250, None]
-        blocks.append(sp.csr_matrix((rng.random(p.shape, dtype=np.float32) < p).astype(np.float32)))
-    return sp.vstack(blocks).tocsr(), types
-
-
 def counts_file(case, tmp):
     """Write the case's counts (cells x peaks, CSR float32) to ``tmp``; return path and k."""
-    import numpy as np
     import scipy.sparse as sp
 
     path = os.path.join(tmp, f"{case}.npz")
@@ -71,9 +57,7 @@ def counts_file(case, tmp):
         C, _ = synthetic_counts(*SYNTH[case])
         k = N_TYPES["synth"] + 1
     else:
-        import anndata as ad
-
-        C = sp.csr_matrix(ad.read_h5ad(os.path.join(DATA, REAL[case])).X, dtype=np.float32)
+        C = counts(REAL[case])
         k = N_TYPES["real"] + 1
     if not os.path.exists(path):
         sp.save_npz(path, C, compressed=False)
@@ -202,8 +186,7 @@ import json, sys, time
 import jax, jax.numpy as jnp, numpy as np, scipy.sparse as sp
 jax.config.update("jax_default_matmul_precision", "highest")  # as in the fit (SolverConfig.precision)
 from jax.experimental import sparse as jsparse
-sys.path.insert(0, sys.argv[1])
-from benchmark import synthetic_counts
+from experiments.common import synthetic_counts
 from sccase_jax.api import device_matrix
 from sccase_jax.ops import gram_flops, gram_matmul
 from sccase_jax.params import Data
@@ -285,9 +268,8 @@ def run_specs(specs, gram="auto", precision="highest", tag="", z_step="auto"):
                   flush=True)
             if impl == "jax":
                 max_iter, tol = (100, 1e-6) if iters == "tol" else (int(iters), 0.0)
-                env = dict(os.environ, PYTHONPATH=ROOT)
                 res, wall = _child(sys.executable, JAX_CHILD,
-                                   [path, k, max_iter, tol, gram, precision or "none", z_step], ROOT, env)
+                                   [path, k, max_iter, tol, gram, precision or "none", z_step], ROOT)
             elif impl == "release":
                 py = os.path.join(RELEASE_VENV, "bin", "python")
                 if not os.path.exists(py):
@@ -308,8 +290,7 @@ def run_specs(specs, gram="auto", precision="highest", tag="", z_step="auto"):
 
 def crossover(tag=""):
     os.makedirs(RESULTS, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    rows, _ = _child(sys.executable, CROSSOVER_CHILD, [HERE], ROOT, env)
+    rows, _ = _child(sys.executable, CROSSOVER_CHILD, [], ROOT)
     with open(os.path.join(RESULTS, f"crossover{'_' + tag if tag else ''}.json"), "w") as fh:
         json.dump(dict(rows=rows, load_avg=os.getloadavg(), machine=machine()), fh, indent=1)
     for r in rows:
@@ -318,10 +299,11 @@ def crossover(tag=""):
 
 # -- report -------------------------------------------------------------------------------
 def _load(tag=""):
-    """Runs measured with ``tag`` (``""``: the untagged runs on the development machine)."""
+    """Runs measured with ``tag`` (``""``: the untagged runs on the development machine),
+    without the ``SUPERSEDED`` ones."""
     out = {}
     for f in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
-        if f.endswith(".json") and not f.startswith(("crossover", "machine")):
+        if f.endswith(".json") and not f.startswith(("crossover", "machine")) and f not in SUPERSEDED:
             r = json.load(open(os.path.join(RESULTS, f)))
             if r.get("tag", "") == tag:
                 out[(r["case"], r["impl"], r["iters"])] = r
@@ -354,7 +336,7 @@ def _gpu_section(tag, cpu):
     cpu_tag = m.get("backend") == "cpu"
     L = ["", f"## On {'this CPU' if cpu_tag else 'a GPU'} (runs tagged `{tag}`)", "",
          f"Device: {kind} ({m.get('backend', '?')}); host {m.get('cpu', '?')}, {m.get('cores', '?')} cores; "
-         f"JAX {m.get('jax', '?')}; measured {min(r['when'] for r in runs.values())}.  "
+         f"JAX {m.get('jax', '?')}.  "
          "`precision` is `SolverConfig.precision` of the fit and of its reference product "
          "(`highest`: true float32; `tensorfloat32`: tensor cores).  The release ratio "
          "divides the release's per-iteration time on the 2-core development CPU (above) by "
@@ -392,10 +374,12 @@ def _gpu_section(tag, cpu):
 
 def report(path):
     res = _load()
-    mach = machine()
-    json.dump(mach, open(os.path.join(RESULTS, "machine.json"), "w"))
-    L = ["Generated by `python experiments/benchmark.py report` from `experiments/results/*.json`",
-         "(each number measured by `experiments/benchmark.py run ...` in its own subprocess).", "",
+    # The machine as each run recorded it (the untagged runs share one).
+    machines = {json.dumps(r["machine"], sort_keys=True): r["machine"] for r in res.values()
+                if "machine" in r}
+    mach = next(iter(machines.values())) if machines else machine()
+    L = ["Generated by `python -m experiments.benchmark report` from `experiments/results/*.json`",
+         "(each number measured by `python -m experiments.benchmark run ...` in its own subprocess).", "",
          f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_gib']} GiB, no GPU; "
          f"Python {mach['python']}, JAX {mach['jax']} ({mach['backend']}).  Load average (1 min) "
          "before each run: " + ", ".join(f"{c}:{i}:{it} {r['load_before'][0]:.1f}" for (c, i, it), r in sorted(res.items()))
@@ -435,7 +419,7 @@ def report(path):
           "`z_step=\"auto\"` takes once the moves are small (its first, rough iterations take "
           "the paper's step, two products, and count in the averages below), p = 2 with the "
           "paper's step (`z_step=\"gradient\"`: `G (D o R)` for the exact step and the trial's "
-          "`G S`; runs before 2026-11-27 all used it).  `matmul` is the best of 5 jitted float32 "
+          "`G S`).  `matmul` is the best of 5 jitted float32 "
           "n x n products measured in the same subprocess right after the fit.", "",
           "| data | Z step | per iter s | matmul s | per iter / matmul | per iter / (p matmul) "
           "| (peak RSS - input) / (4 n^2 bytes) |",
@@ -474,7 +458,7 @@ def report(path):
         L += ["", "## Dense G vs sparse X: measured crossover", "",
               "One product with an n x n right-hand side: `G @ A` (n^3 multiply-adds) vs "
               "`X^T (X A)` with X as BCOO (2 nnz(X) n), each timed inside a jitted loop as in "
-              "a fit (since session 10; before, single calls).  `penalty` = time per sparse multiply-add "
+              "a fit.  `penalty` = time per sparse multiply-add "
               "/ time per dense one; `auto` takes sparse when penalty x 2 nnz n < n^3 "
               "(`sccase_jax.ops.SPARSE_PENALTY`).", "",
               "| cells x peaks | density | flops sparse / dense | dense s | sparse s | penalty |",

@@ -6,6 +6,7 @@
 #      gpu-zgradient), with tensor-core products (tag gpu-tf32), plus the dense-vs-sparse
 #      crossover;
 #   3. the steady-state iteration against its one product (experiments/iteration_profile.py).
+# Run from the repository root: bash experiments/gpu_check.sh
 # Expects wheels for anndata and its pure-Python dependencies in .whl/ (the GPU image has
 # jax, numpy, scipy, h5py, pandas) and the real data in .gpudata/ (both git-ignored; e.g.
 # `cp ../shared/data/granja2019_D6T1_{2k,10k}.h5ad .gpudata/`).  Results: $OUT.
@@ -27,7 +28,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false  # so the device peak of each run is 
     tests/test_gradients.py tests/test_steps.py tests/test_solver.py tests/test_fit.py tests/test_io.py \
     2>&1 | tail -15 ) | tee "$OUT/tests.txt"
 
-B="python3 experiments/benchmark.py"
+B="python3 -m experiments.benchmark"
 timeout "${BENCH_S:-210}" $B run synth2k:jax:tol synth4k:jax:tol synth8k:jax:tol real2k:jax:tol real10k:jax:tol \
   --tag gpu 2>&1 | grep -v '^{' | tee "$OUT/bench.txt"
 timeout "${ZGRAD_S:-60}" $B run synth8k:jax:tol real10k:jax:tol --tag gpu-zgradient \
@@ -36,7 +37,7 @@ timeout "${TF32_S:-80}" $B run synth4k:jax:tol synth8k:jax:tol real10k:jax:tol -
   --precision tensorfloat32 2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt"
 timeout "${CROSS_S:-50}" $B crossover --tag gpu 2>&1 | tail -8 | tee -a "$OUT/bench.txt"
 # 3. the steady-state iteration (free Z step) against its one product (no trace).
-timeout "${ITER_S:-90}" python3 experiments/iteration_profile.py synth4k synth8k --warm 8 --reps 5 \
+timeout "${ITER_S:-90}" python3 -m experiments.iteration_profile synth4k synth8k --warm 8 --reps 5 \
   2>&1 | grep -v '^E' | tee "$OUT/iteration.txt"
 python3 - <<'EOF'
 import glob, json, os

@@ -5,30 +5,25 @@ Leiden seeds 0-2): raw TF-IDF (Eq. 1 and L2), then per enhancement seed one fit 
 ``enhance`` with the package defaults and ``max_iter`` iterations (10 by default: a
 30-iteration fit takes 10-14 minutes on the 2-core CPU; quality did not depend on the cap
 at 2k, docs/results.md), and from that fit the default output (each cell's 300 largest
-weights in Z), the blend over all cells (the default before session 9) and, with
-``--top1500``, the blend over 1,500 cells (300 / 2,055 of the cells, the share that 300 is
-at 2k).
+weights in Z), the blend over all cells (``neighbors=None``) and, with ``--top1500``, the
+blend over 1,500 cells (300 / 2,055 of the cells, the share that 300 is at 2k).
 
-    python experiments/granja10k.py --seeds 0 --top1500      # with the raw baselines
-    python experiments/granja10k.py --seeds 1 --no-raw
-    # output: docs/results_raw/granja10k.txt (session 9: the two calls above)
+    python -m experiments.granja10k --seeds 0 --top1500      # with the raw baselines
+    python -m experiments.granja10k --seeds 1 --no-raw
+    # output: docs/results_raw/granja10k.txt (the two calls above)
 """
 import argparse
-import os
-import sys
 import time
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import anndata as ad  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-from quality import DATA, fit_for_outputs, score  # noqa: E402
+import numpy as np
+import scipy.sparse as sp
 
-from sccase_jax.api import enhanced_matrix  # noqa: E402
-from sccase_jax.clustering import evaluate_clustering  # noqa: E402
-from sccase_jax.tl import output_weights  # noqa: E402
+from experiments.common import D6T1_10K, load
+from experiments.quality import fit_for_outputs, score
+from sccase_jax.api import enhanced_matrix
+from sccase_jax.clustering import evaluate_clustering
+from sccase_jax.tl import output_weights
 
 
 def main():
@@ -39,7 +34,7 @@ def main():
     ap.add_argument("--top1500", action="store_true")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
-    a = ad.read_h5ad(os.path.join(DATA, "granja2019_D6T1_10k.h5ad"))
+    a = load(D6T1_10K)
     a.X = sp.csr_matrix(a.X)
     lab = a.obs["cell_type"].astype(str).to_numpy()
     print(f"{a.n_obs} cells x {a.n_vars} peaks, {len(set(lab))} types", flush=True)

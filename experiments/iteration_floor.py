@@ -22,7 +22,9 @@ implementation of the method in XLA costs at least about this: the floor of
 ``iteration / product`` that the 1.3x target is measured against.  It is timed on real
 problems, beside the solver and the product in the same process, by
 
-    python experiments/iteration_profile.py real2k synth4k --floor    # experiments/results/iteration_floor.txt
+    python -m experiments.iteration_profile real2k synth4k --floor    # experiments/results/iteration_floor.txt
+
+It is not run on its own.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Steady-state cost of one solver iteration against its unavoidable n x n x n product.
 
-``z_step_ab.py`` and ``benchmark.py`` average whole fits, whose first (rough) iterations
-take the paper's two-product Z step; this script times the iteration the default solver
-runs once the moves are small.  It fits ``--warm`` iterations, then measures from that
+``benchmark.py`` averages whole fits, whose first (rough) iterations take the paper's
+two-product Z step; this script times the iteration the default solver runs once the moves
+are small.  It fits ``--warm`` iterations, then measures from that
 state, best of ``--reps``, two ways:
 
 - **in a fit** (the figure that matters): ``--loop N`` more iterations inside one jitted
@@ -25,15 +25,15 @@ and the fewest n x n passes any implementation of the iteration makes) in the sa
 this machine.  With
 ``--profile`` it also traces three more updates with ``jax.profiler`` and lists the
 compiled operations that took the most time (names from XLA's HLO, with the JAX operation
-they come from), which is how the thin-product and gap passes of ``sccase_jax.ops`` were
-found.
+they come from).
 
-    python experiments/iteration_profile.py real2k synth2k synth4k
-    python experiments/iteration_profile.py real2k --profile --top 25
+    python -m experiments.iteration_profile real2k synth2k synth4k
+    python -m experiments.iteration_profile real2k --profile --top 25
+    python -m experiments.iteration_profile real2k synth4k --floor --reps 5
 
-Data: ``real2k`` as in ``z_step_ab.py`` (Granja D6T1 2k, package preprocessing, k = 6);
-``synth1k`` ... ``synth8k`` with the cells x peaks of ``benchmark.py`` (``benchmark.SYNTH``:
-8,000 x 40,000 before the peak filter at 8k, where ``z_step_ab.py`` takes 10 n peaks).
+Data (``experiments.common.problem``): ``real2k`` is Granja D6T1 2k with the package's
+preprocessing, k = 6; ``synth1k`` ... ``synth8k`` the synthetic counts of ``benchmark.py``
+at its sizes (``common.SYNTH``: 8,000 x 40,000 before the peak filter at 8k), k = 9.
 """
 
 from __future__ import annotations
@@ -45,13 +45,10 @@ import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+from experiments.common import problem
 
 
 def _top_ops(trace_dir, hlo, calls, top):
@@ -77,22 +74,6 @@ def _top_ops(trace_dir, hlo, calls, top):
                     f"{shape[:24]:24s} {op[:70]}")
     listed = sum(total.values()) / calls / 1e3
     return rows, listed
-
-
-def problem(name):
-    import numpy as np
-
-    from benchmark import SYNTH, synthetic_counts
-    from sccase_jax.api import prepare
-    from sccase_jax.preprocessing import preprocess
-    from z_step_ab import problem as ab_problem
-
-    if name not in SYNTH:
-        return ab_problem(name)
-    C, _ = synthetic_counts(*SYNTH[name])
-    X, _, _ = preprocess(C.T.tocsr().astype(np.float64), min_cells_frac=0.01,
-                         tfidf_variant="paper")
-    return prepare(X, 9, seed=0)
 
 
 def _timed(f, *args):
@@ -147,7 +128,7 @@ def measure(name, warm, reps, profile, top, loop, floor=False):
     variants = {"sk": {}, "sk_noprod": dict(product=False), "sk_nox": dict(x_passes=False)}
     sk = {}
     if floor:
-        from iteration_floor import skeleton
+        from experiments.iteration_floor import skeleton
 
         sk_args = (G, prob.data.X, prob.data.R, f0.Z, state.GS, f0.W, f0.H)
         with matmul_precision(cfg):

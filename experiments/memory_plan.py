@@ -6,9 +6,9 @@ reports it: ``temps`` (the working memory of the while-loop fit) and ``solver`` 
 arguments + temps + outputs - donated, without X and without G (the input in Gram form;
 not formed with ``--gram sparse``).
 
-    python experiments/memory_plan.py                       # n = 1000 and 2000, defaults
-    python experiments/memory_plan.py 4000 --config rescale_h=True --config guard=False
-    python experiments/memory_plan.py 1000 --gram sparse    # X kept as BCOO, G never formed
+    python -m experiments.memory_plan                       # n = 1000 and 2000, defaults
+    python -m experiments.memory_plan 4000 --config rescale_h=True --config guard=False
+    python -m experiments.memory_plan 1000 --gram sparse    # X kept as BCOO, G never formed
 
 Each ``--config key=value`` adds a row per size with that ``SolverConfig`` field changed.
 """
@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from experiments.common import synthetic_counts
 
 
 def plan(n: int, config: dict, gram: str = "dense") -> dict:
@@ -28,7 +26,6 @@ def plan(n: int, config: dict, gram: str = "dense") -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from benchmark import synthetic_counts
     from sccase_jax.api import prepare
     from sccase_jax.params import SolverConfig
     from sccase_jax.preprocessing import preprocess

@@ -1,13 +1,14 @@
 """Quality of scCASE on the shared real data: raw vs enhanced vs baselines.
 
-Usage (one dataset per call keeps each run under ~15 minutes on 2 cores)::
+Usage, from the repository root (one dataset per call keeps each run under ~15 minutes on
+2 cores)::
 
-    python experiments/quality.py --dataset granja2019_D6T1_2k --seeds 0 1 2
-    python experiments/quality.py --dataset granja2019_bm600 --seeds 0 1 2
-    python experiments/quality.py --dataset chromvar_example_counts --seeds 0 1 2
-    python experiments/quality.py --dataset sim_corces2016 --seeds 0 1 2   # simulated
-    python experiments/quality.py --dataset granja2019_D6T1_2k_types3pct   # paper: types >= 3 %
-    python experiments/quality.py --report          # docs/results_tables.md from the saved JSONs
+    python -m experiments.quality --dataset granja2019_D6T1_2k --seeds 0 1 2
+    python -m experiments.quality --dataset granja2019_bm600 --seeds 0 1 2
+    python -m experiments.quality --dataset chromvar_example_counts --seeds 0 1 2
+    python -m experiments.quality --dataset sim_corces2016 --seeds 0 1 2   # simulated
+    python -m experiments.quality --dataset granja2019_D6T1_2k_types3pct   # paper: types >= 3 %
+    python -m experiments.quality --report          # docs/results_tables.md from the saved JSONs
 
 Per dataset and enhancement seed it fits scCASE with the package defaults
 (``enhance(adata, seed=s)``: L2 TF-IDF, no peak filter, K estimated + 1, blended output
@@ -16,8 +17,8 @@ paper's formulas (``PAPER_FORMULAS``: Eq. 1 TF-IDF, 1 % filter, X Z unscaled; sa
 with the defaults at K = number of types + 1, and scores, by clustering (TF-IDF -> PCA(50)
 -> UMAP kNN graph -> Leiden searched to the number of types, mean of Leiden seeds 0, 1, 2):
 raw TF-IDF (all peaks, and the kept peaks), the enhanced matrices, output variants built
-from the same fit (``variant_*``; by default ``X Z`` min-max scaled, the default output
-before the blend, and the blend over all cells, the default before ``neighbors = 300``), the NMF reconstruction W H, and a kNN average of the TF-IDF profiles.  Every seed
+from the same fit (``variant_*``; by default ``X Z`` min-max scaled and the blend over all
+cells), the NMF reconstruction W H, and a kNN average of the TF-IDF profiles.  Every seed
 given is run and reported; nothing is dropped.  The recovery benchmark (10 % of nonzero
 counts hidden) runs for the first seed; on simulated data every enhanced matrix is also
 scored against the simulation's truth.
@@ -32,32 +33,28 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import numpy as np
 import scipy.sparse as sp
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-DATA = os.path.join(ROOT, "..", "shared", "data")
-DOCS = os.path.join(ROOT, "docs")
+from experiments.common import DOCS, load
+
 FIG = os.path.join(DOCS, "figures")
 RAW_JSON = os.path.join(DOCS, "results_raw")
 
 
-# The paper's formulas throughout: Eq. 1 TF-IDF, its 1 % peak filter, X Z returned as is
-# (the package defaults before docs/results.md chose L2 TF-IDF, no filter, min-max output).
+# The paper's formulas throughout: Eq. 1 TF-IDF, its 1 % peak filter, X Z returned as is.
 PAPER_FORMULAS = {"tfidf": "paper", "min_cells_frac": 0.01, "output": "xz", "scale_output": False}
 
 
 def output_variant(X, Z, kind: str, beta: float = 0.5):
     """Enhanced matrices built from the fitted Z (cells x peaks; X is peaks x cells).
 
-    ``xz_minmax``: ``X Z`` min-max scaled per peak then per cell (the default output before
-    the blend).  ``mix``: ``(1 - beta) X + beta X Zc``, Zc = Z with columns scaled to sum 1
-    over all cells.  ``blend_all``: ``mix`` with beta = 0.8, the default output before
-    ``neighbors = 300`` became the default (each cell then averages its 300 largest weights
+    ``xz_minmax``: ``X Z`` min-max scaled per peak then per cell (``output="xz"``).
+    ``mix``: ``(1 - beta) X + beta X Zc``, Zc = Z with columns scaled to sum 1 over all
+    cells.  ``blend_all``: ``mix`` with beta = 0.8, the default blend over all cells
+    (``neighbors=None``; the default output averages each cell's 300 largest weights
     only).  ``colnorm``: ``X Zc``.
     """
     from sccase_jax.api import enhanced_matrix
@@ -96,36 +93,6 @@ def score(M, labels, transform, seeds=(0, 1, 2)):
     emb = r.pop("embedding")
     r["eval_s"] = time.perf_counter() - t
     return r, emb
-
-
-# Sorted populations with a known truth: cells sampled from the Corces 2016 bulk profiles
-# of 13 sorted blood types (1,768 marker peaks), 70 % of each cell's reads on random peaks,
-# about 100 reads a cell.  Raw TF-IDF clusters it at ARI ~0.7, in the range of the paper's
-# sorted Buenrostro 2015 data (0.59 raw), which is not available here.
-SIMULATED = {"sim_corces2016": dict(n_cells=100, depth=100.0, depth_sd=0.5, noise=0.7, seed=0)}
-
-
-# The paper's protocol drops cell types below 3 % of the cells ("to ensure evaluation
-# credibility", methods text); the issue's D6T1 target keeps all 16.  Both are reported.
-MIN_TYPE_FRAC = {"granja2019_D6T1_2k_types3pct": ("granja2019_D6T1_2k", 0.03)}
-
-
-def load(name: str):
-    import anndata as ad
-
-    if name in MIN_TYPE_FRAC:
-        base, frac = MIN_TYPE_FRAC[name]
-        a = load(base)
-        share = a.obs["cell_type"].astype(str).map(a.obs["cell_type"].astype(str).value_counts(normalize=True))
-        a = a[share.to_numpy() >= frac].copy()
-        a.obs["cell_type"] = a.obs["cell_type"].astype(str).astype("category")
-        return a
-    if name in SIMULATED:
-        from sccase_jax.datasets import simulate_from_bulk
-
-        bulk = ad.read_h5ad(os.path.join(DATA, "corces2016_bulk_signature.h5ad"))
-        return simulate_from_bulk(bulk, **SIMULATED[name])
-    return ad.read_h5ad(os.path.join(DATA, f"{name}.h5ad"))
 
 
 def truth_scores(E, truth):

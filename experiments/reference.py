@@ -13,7 +13,7 @@ number of cell types, seeds 0-2; ARI/AMI/FMI, label silhouette under 1 - Pearson
   threshold, then run with ``min_peak_match=0`` to show what a poor reference gives.
 
 Every fit uses the package defaults (L2 TF-IDF, no peak filter, the blended output) except
-the iteration cap.  Run from the repository root: ``python experiments/reference.py``.  Writes
+the iteration cap.  Run from the repository root: ``python -m experiments.reference``.  Writes
 ``docs/reference_results.json`` and ``docs/reference_results.md``.  Takes ~10 min on 2 cores.
 These are Granja et al. 2019 data, not the paper's datasets.
 """
@@ -22,23 +22,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import warnings
 
-import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.common import CORCES_BULK, D5T1_PSEUDOBULK, D6T1_2K, DOCS, load
+from sccase_jax import enhance
+from sccase_jax.api import InputError
+from sccase_jax.clustering import evaluate_clustering
+from sccase_jax.reference import self_reference
 
-from sccase_jax import enhance  # noqa: E402
-from sccase_jax.api import InputError  # noqa: E402
-from sccase_jax.clustering import evaluate_clustering  # noqa: E402
-from sccase_jax.reference import self_reference  # noqa: E402
-
-DATA = os.environ.get("SCCASE_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-DOCS = os.path.join(os.path.dirname(__file__), "..", "docs")
 N_TYPES = 16
 # The same cap for every method keeps the run under 15 min on 2 cores; X Z is scored
 # scale-free, and the fits that stop earlier are marked "converged" in the table.
@@ -75,9 +70,9 @@ def run(rows, name, target, **kw):
 
 def main():
     t_all = time.perf_counter()
-    target = ad.read_h5ad(os.path.join(DATA, "granja2019_D6T1_2k.h5ad"))
-    pb = ad.read_h5ad(os.path.join(DATA, "granja2019_D5T1_pseudobulk_ref.h5ad"))
-    bulk = ad.read_h5ad(os.path.join(DATA, "corces2016_bulk_signature.h5ad"))
+    target = load(D6T1_2K)
+    pb = load(D5T1_PSEUDOBULK)
+    bulk = load(CORCES_BULK)
     labels = np.asarray(target.obs["cell_type"]).astype(str)
     assert len(np.unique(labels)) == N_TYPES
     rows: list[dict] = []

@@ -6,9 +6,9 @@ matrices with n x n ones (``S H^T``, ``H S``, ``H Q^T``).  This times each in th
 and paddings one could choose (best and median of 30 calls, one process; inputs random,
 X 10 % nonzero stored dense) and prints the largest difference from the plain form.
 
-    python experiments/thin_products.py            # output: experiments/results/thin_products.txt
+    python -m experiments.archive.thin_products    # output: experiments/results/thin_products.txt
 
-Session 10: padding k from 6 to 8 made ``X A`` about 0.5 ms faster (same values) and
+Measured: padding k from 6 to 8 made ``X A`` about 0.5 ms faster (same values) and
 ``W^T X`` 2 ms slower; no other form beat the solver's.  Inside a fit the two passes over X
 take 3.7-4.8 ms each, not 2.0-2.5 ms (docs/developers.md, section 8).
 """

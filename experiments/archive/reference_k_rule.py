@@ -1,7 +1,7 @@
 """scCASER's default K with a reference: the released rule on the estimate alone vs on
 max(estimate, number of reference profiles) (the package's rule), enhancement seeds 0-2.
 
-    python experiments/reference_k_rule.py      # ~5 min on 2 cores
+    python -m experiments.archive.reference_k_rule      # ~5 min on 2 cores
 
 Granja 2019 D6T1 2k (16 types) and bm600 (6 types) with the D5T1 pseudo-bulk reference (16
 profiles; it shares cells with bm600, 108 of whose cells are from D5T1, so that row is
@@ -10,24 +10,18 @@ searched to the number of types, mean of Leiden seeds 0-2).  Output recorded in
 docs/results_raw/reference_k_rule.txt; summarised in docs/reference.md.
 """
 
-import os
-import sys
-
-import anndata as ad
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from sccase_jax import enhance  # noqa: E402
-from sccase_jax.clustering import evaluate_clustering  # noqa: E402
-from sccase_jax.estimate import estimate_n_components  # noqa: E402
-from sccase_jax.preprocessing import preprocess  # noqa: E402
-from sccase_jax.tl import get_counts  # noqa: E402
+from experiments.common import BM600, D5T1_PSEUDOBULK, D6T1_2K, load
+from sccase_jax import enhance
+from sccase_jax.clustering import evaluate_clustering
+from sccase_jax.estimate import estimate_n_components
+from sccase_jax.preprocessing import preprocess
+from sccase_jax.tl import get_counts
 
-DATA = os.path.join(ROOT, "..", "shared", "data")
-pb = ad.read_h5ad(os.path.join(DATA, "granja2019_D5T1_pseudobulk_ref.h5ad"))
-for name in ("granja2019_D6T1_2k", "granja2019_bm600"):
-    t = ad.read_h5ad(os.path.join(DATA, f"{name}.h5ad"))
+pb = load(D5T1_PSEUDOBULK)
+for name in (D6T1_2K, BM600):
+    t = load(name)
     X, _, _ = preprocess(get_counts(t), min_cells_frac=0.0, tfidf_variant="l2")
     for rule in ("estimate alone (released)", "max(estimate, profiles) (package)"):
         res = []

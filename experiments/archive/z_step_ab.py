@@ -6,46 +6,20 @@ while the moves are large, then free).  Each fit runs a fixed number of iteratio
 (``tol = 0``) from the same start; the three compiled fits and a reference ``G @ G`` are
 timed in turn, best of ``--reps``, so that the machine's load affects all alike.
 
-    python experiments/z_step_ab.py real2k synth2k synth4k --iters 30 --reps 3
+    python -m experiments.archive.z_step_ab real2k synth1k synth2k --iters 30 --reps 3
 
 ``real2k``: Granja D6T1 2k with the package's preprocessing (L2 TF-IDF, no peak filter,
-k = 6); ``synthN``: ``benchmark.synthetic_counts`` at N cells (paper preprocessing, k = 9,
-as in ``benchmark.py``).  Prints one line per data set; docs/performance.md quotes them.
+k = 6); ``synthN``: ``common.synthetic_counts`` at N cells and 10 N peaks (paper
+preprocessing, k = 9; ``experiments.common.problem``).  Prints one line per data set;
+output in experiments/results/z_step_ab.txt.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
-
-
-def problem(name):
-    import anndata as ad
-    import numpy as np
-    import scipy.sparse as sp
-
-    from sccase_jax.api import prepare
-    from sccase_jax.preprocessing import preprocess
-
-    if name == "real2k":
-        a = ad.read_h5ad(os.path.join(HERE, "..", "..", "shared", "data", "granja2019_D6T1_2k.h5ad"))
-        C = sp.csr_matrix(a.X).T.tocsr()
-        X, _, _ = preprocess(C, min_cells_frac=0.0, tfidf_variant="l2")
-        k = 6
-    else:
-        from benchmark import synthetic_counts
-
-        n = int(name.removeprefix("synth").removesuffix("k")) * 1000
-        C, _ = synthetic_counts(n, 10 * n)
-        X, _, _ = preprocess(C.T.tocsr().astype(np.float64), min_cells_frac=0.01, tfidf_variant="paper")
-        k = 9
-    return prepare(X, k, seed=0)
+from experiments.common import problem
 
 
 def measure(name, iters, reps):
@@ -54,7 +28,7 @@ def measure(name, iters, reps):
     from sccase_jax.params import SolverConfig
     from sccase_jax.solver import run
 
-    prob = problem(name)
+    prob = problem(name, peaks_per_cell=None if name == "real2k" else 10)
     fits = {}
     for zs in ("gradient", "free", "auto"):
         cfg = SolverConfig(max_iter=iters, tol=0.0, z_step=zs)

@@ -6,9 +6,9 @@ solver is compiled first, then timed on a second call.  Reported per run: iterat
 stopping status, final F, wall time (and per iteration), and the iterations / time each
 needed to get within ``--target`` (relative) of the lower of the two final F values.
 
-Usage::
+Usage, from the repository root (data from ``$SCCASE_DATA``, ``experiments.common``)::
 
-    python experiments/h_step.py [--data DIR] [--max-iter 100] [--out docs/h_step.json]
+    python -m experiments.archive.h_step [--max-iter 100] [--out h_step.json]
 
 Data: Granja et al. 2019 bone marrow scATAC (``granja2019_bm600``, ``granja2019_D6T1_2k``),
 not the paper's datasets.
@@ -21,34 +21,16 @@ import json
 import time
 from pathlib import Path
 
-import anndata as ad
 import jax
 import numpy as np
-import scipy.sparse as sp
 
+from experiments.common import load
 from sccase_jax.api import prepare
 from sccase_jax.params import SolverConfig
+from sccase_jax.preprocessing import preprocess
 from sccase_jax.solver import run
 
 DATASETS = {"granja2019_bm600": 6, "granja2019_D6T1_2k": 16}  # name -> number of cell types
-
-
-def preprocess(C):
-    """Peak filter (>= 1 % of cells) and the paper's TF-IDF, on peaks x cells counts."""
-    try:
-        from sccase_jax.preprocessing import preprocess as pp
-
-        return pp(C)[0]
-    except ImportError:
-        C = sp.csr_matrix(C, dtype=np.float64)
-        n = C.shape[1]
-        C = C[np.asarray((C > 0).sum(axis=1)).ravel() >= max(0.01 * n, 1)]
-        col = np.asarray(C.sum(axis=0)).ravel()
-        row = np.asarray(C.sum(axis=1)).ravel()
-        if np.any(col == 0):
-            raise ValueError(f"{int(np.sum(col == 0))} cells have no counts after filtering")
-        idf = np.maximum(np.log(n / row), 0.0)
-        return sp.csr_matrix(sp.diags(idf) @ C @ sp.diags(1.0 / col))
 
 
 def timed(data, f0, hp, cfg):
@@ -62,7 +44,6 @@ def timed(data, f0, hp, cfg):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data")
     ap.add_argument("--datasets", nargs="*", default=list(DATASETS))
     ap.add_argument("--max-iter", type=int, default=100)
     ap.add_argument("--tol", type=float, default=1e-6)
@@ -76,8 +57,9 @@ def main():
 
     rows = []
     for name in args.datasets:
-        adata = ad.read_h5ad(Path(args.data) / f"{name}.h5ad")
-        X = preprocess(adata.X.T, min_cells_frac=0.01, tfidf_variant="paper")
+        adata = load(name)
+        # The paper's preprocessing: peak filter (>= 1 % of cells), Eq. 1 TF-IDF.
+        X, _, _ = preprocess(adata.X.T, min_cells_frac=0.01, tfidf_variant="paper")
         k = DATASETS.get(name, 10) + 1  # the released code's k + 1 rule
         prob = prepare(X, k, lam=args.lam, seed=0)
         runs = {}

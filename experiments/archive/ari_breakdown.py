@@ -12,23 +12,20 @@ clusters, Leiden seeds 0-2), and each clustering is scored
 - on the other cells (ARI and AMI on the cells outside those four T-cell types);
 - per type, the share of its cells in the cluster that holds most of them (1 = kept whole).
 
-    python experiments/ari_breakdown.py   # output: docs/results_raw/ari_breakdown.txt
+    python -m experiments.archive.ari_breakdown   # output: docs/results_raw/ari_breakdown.txt
 """
-import os
-import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-from quality import fit_for_outputs, load  # noqa: E402
-from sklearn.metrics import adjusted_mutual_info_score as ami  # noqa: E402
-from sklearn.metrics import adjusted_rand_score as ari  # noqa: E402
+import numpy as np
+import scipy.sparse as sp
+from sklearn.metrics import adjusted_mutual_info_score as ami
+from sklearn.metrics import adjusted_rand_score as ari
 
-from sccase_jax.api import enhanced_matrix  # noqa: E402
-from sccase_jax.clustering import cluster_to_k, neighbor_graph, pca_embedding  # noqa: E402
-from sccase_jax.tl import output_weights  # noqa: E402
+from experiments.common import D6T1_2K, load
+from experiments.quality import fit_for_outputs
+from sccase_jax.api import enhanced_matrix
+from sccase_jax.clustering import cluster_to_k, neighbor_graph, pca_embedding
+from sccase_jax.tl import output_weights
 
 T_CELLS = {"19_CD8.N", "20_CD4.N1", "21_CD4.N2", "22_CD4.M"}
 MONO = {"11_CD14.Mono.1", "12_CD14.Mono.2"}
@@ -52,7 +49,7 @@ def scores(emb, lab):
 
 def main():
     warnings.simplefilter("ignore")
-    a = load("granja2019_D6T1_2k")
+    a = load(D6T1_2K)
     a.X = sp.csr_matrix(a.X)
     lab = a.obs["cell_type"].astype(str).to_numpy()
     res, whole = {}, {}

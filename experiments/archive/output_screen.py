@@ -1,9 +1,9 @@
 """Screen of output weightings built from one fitted Z (issue 5: D6T1 against raw L2 TF-IDF).
 
-    python experiments/output_screen.py granja2019_D6T1_2k est 0,1,2 blend,top300,rel0.3
-    python experiments/output_screen.py sim_corces2016 14 0,1,2 blend0.7
+    python -m experiments.archive.output_screen granja2019_D6T1_2k est 0,1,2 blend,top300,rel0.3
+    python -m experiments.archive.output_screen sim_corces2016 14 0,1,2 blend0.7
 
-Arguments: dataset (as in ``quality.py``), comma-separated k values (``est`` = the default
+Arguments: dataset (a name ``experiments.common.load`` takes), comma-separated k values (``est`` = the default
 K estimate + 1; ``est@lam1e4`` = the same with ``lam=1e4``, likewise for a number),
 enhancement seeds, variants.  Each (k, seed) fit of ``enhance`` (package
 defaults otherwise) is cached in ``$SCREEN_CACHE`` (default ``/tmp/sccase_screen``); every
@@ -26,7 +26,8 @@ types, mean of Leiden seeds 0-2).  Variants, all with ``Zc`` = columns summing t
   ``topbgN``: the N largest entries kept and the others replaced by their mean (the mass
   of the small weights kept, their detail dropped); each then the 0.8 blend.
 
-Recorded in ``docs/results_raw/output_screen.txt``; summarised in docs/results.md (item 9).
+Recorded in ``docs/results_raw/output_screen.txt``; summarised in docs/results.md (items
+9-14) and docs/notebook/2026-11-results-history.md.
 """
 
 from __future__ import annotations
@@ -36,10 +37,6 @@ import sys
 
 import numpy as np
 import scipy.sparse as sp
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 
 def colnorm(Z):
@@ -99,8 +96,8 @@ def weights(v: str, Z, H):
 
 
 def main(argv):
-    from quality import load, score
-
+    from experiments.common import load
+    from experiments.quality import score
     from sccase_jax.api import enhanced_matrix
     from sccase_jax.preprocessing import tfidf
     from sccase_jax.tl import enhance

@@ -1,36 +1,30 @@
 """Imbalanced simulated sorted populations: the default output vs ``neighbors=300`` and ``cen``, and raw.
 
-Cells simulated from the Corces 2016 bulk profiles as ``sim_corces2016`` in ``quality.py``
+Cells simulated from the Corces 2016 bulk profiles as ``sim_corces2016`` (``experiments.common``)
 (70 % of the reads on random peaks, about 100 reads a cell; 200 cells a type, simulation
 seed 1), then subsampled to D6T1-like type sizes (200, 200, 150, 150, 100, 100, 60, 60, 40,
 30, 30, 30, 30: 1,180 cells, 13 types).  Scored like ``quality.py`` (PCA(50) -> UMAP graph
 -> Leiden searched to 13 clusters, Leiden seeds 0-2); enhancement seeds 0-2, K estimated.
 
-    python experiments/imbalanced_sim.py      # output: docs/results_raw/imbalanced_sim.txt
+    python -m experiments.archive.imbalanced_sim      # output: docs/results_raw/imbalanced_sim.txt
 """
-import os
-import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import anndata as ad  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-from output_screen import weights  # noqa: E402
-from quality import DATA, fit_for_outputs, score  # noqa: E402
+import numpy as np
+import scipy.sparse as sp
 
-from sccase_jax.api import enhanced_matrix  # noqa: E402
-from sccase_jax.clustering import evaluate_clustering  # noqa: E402
-from sccase_jax.datasets import simulate_from_bulk  # noqa: E402
+from experiments.archive.output_screen import weights
+from experiments.common import simulate_sorted
+from experiments.quality import fit_for_outputs, score
+from sccase_jax.api import enhanced_matrix
+from sccase_jax.clustering import evaluate_clustering
 
 SIZES = [200, 200, 150, 150, 100, 100, 60, 60, 40, 30, 30, 30, 30]
 
 
 def main():
     warnings.simplefilter("ignore")
-    bulk = ad.read_h5ad(os.path.join(DATA, "corces2016_bulk_signature.h5ad"))
-    full = simulate_from_bulk(bulk, n_cells=200, depth=100.0, depth_sd=0.5, noise=0.7, seed=1)
+    full = simulate_sorted(n_cells=200, depth=100.0, depth_sd=0.5, noise=0.7, seed=1)
     types = full.obs["cell_type"].astype(str).unique()
     rng = np.random.default_rng(0)
     keep = np.concatenate([rng.choice(np.where(full.obs["cell_type"].astype(str) == t)[0], n, replace=False)

@@ -1,25 +1,24 @@
 """Clustering quality of ``enhance`` against ``max_iter`` (10, 30, 100), seeds 0-2.
 
-    python experiments/max_iter_sweep.py granja2019_bm600 cell_type
+    python -m experiments.archive.max_iter_sweep granja2019_bm600 cell_type
 
 Every other setting is the package default; scored like experiments/quality.py (Leiden
 searched to the number of types, mean of Leiden seeds 0-2).  Output recorded in
 docs/results_raw/max_iter_sweep.txt; the evidence for the max_iter default (docs/results.md).
 """
-import os
 import sys
 import time
 
-import anndata as ad
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import sccase_jax  # noqa: E402
-from sccase_jax.clustering import evaluate_clustering  # noqa: E402
+import sccase_jax
+from experiments.common import load
+from sccase_jax.clustering import evaluate_clustering
 
+if len(sys.argv) != 3:
+    raise SystemExit(__doc__)
 ds, label = sys.argv[1], sys.argv[2]
-a = ad.read_h5ad(os.path.join(ROOT, "..", "shared", "data", f"{ds}.h5ad"))
+a = load(ds)
 for m in (10, 30, 100):
     res = []
     for s in (0, 1, 2):
