@@ -69,7 +69,8 @@ JAX_CHILD = r"""
 import json, resource, sys, time
 t_start = time.perf_counter()
 import jax, jax.numpy as jnp, numpy as np, scipy.sparse as sp
-from sccase_jax.api import enhanced_matrix, prepare
+from sccase_jax.output import enhanced_matrix
+from sccase_jax.problem import prepare
 from sccase_jax.params import SolverConfig
 from sccase_jax.preprocessing import preprocess
 from sccase_jax.solver import run_donated as run
@@ -99,9 +100,9 @@ plan = dict(arguments=ma.argument_size_in_bytes, temps=ma.temp_size_in_bytes,
 t0 = time.perf_counter()
 res = jax.block_until_ready(compiled(prob.data, prob.factors, prob.hp))
 t["iterations"] = time.perf_counter() - t0
-n_iter = int(res.num_steps)
+n_iter = int(res.n_iter)
 t["per_iteration"] = t["iterations"] / max(n_iter, 1)
-final_F = float(res.loss_history[max(n_iter - 1, 0)])
+final_F = float(res.loss[max(n_iter - 1, 0)])
 status = int(res.status)
 Z = np.asarray(res.factors.Z)
 gram_used = "dense" if prob.data.G is not None else "sparse"
@@ -187,7 +188,7 @@ import jax, jax.numpy as jnp, numpy as np, scipy.sparse as sp
 jax.config.update("jax_default_matmul_precision", "highest")  # as in the fit (SolverConfig.precision)
 from jax.experimental import sparse as jsparse
 from experiments.common import synthetic_counts
-from sccase_jax.api import device_matrix
+from sccase_jax.problem import device_matrix
 from sccase_jax.ops import gram_flops, gram_matmul
 from sccase_jax.params import Data
 out = []
@@ -347,7 +348,7 @@ def _gpu_section(tag, cpu):
          "| data | precision | iters | final F | init s (warm) | compile s | per iter s | output s (warm) | total s "
          "| matmul s | Z step | per iter / (p matmul) | device peak / (4 n^2 B) | release CPU per iter / this |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (case, impl, iters), r in sorted(runs.items()):
+    for (case, _impl, iters), r in sorted(runs.items()):
         t, n = r["times"], r["cells"]
         rel = cpu.get((case, "release", "3"))
         ratio = f"{rel['times']['per_iteration'] / t['per_iteration']:.0f}x" if rel else "n/a"
@@ -424,7 +425,7 @@ def report(path):
           "| data | Z step | per iter s | matmul s | per iter / matmul | per iter / (p matmul) "
           "| (peak RSS - input) / (4 n^2 bytes) |",
           "|---|---|---|---|---|---|---|"]
-    for (case, impl, iters), r in sorted(res.items()):
+    for (case, impl, _iters), r in sorted(res.items()):
         if impl != "jax":
             continue
         n = r["cells"]
@@ -442,7 +443,7 @@ def report(path):
           "up to a sixteenth of the RAM on CPU, `api.dense_limit`).", "",
           "| data | X | G | R | temps | solver without X |", "|---|---|---|---|---|---|"]
     seen = set()
-    for (case, impl, iters), r in sorted(res.items()):
+    for (case, impl, _iters), r in sorted(res.items()):
         if impl != "jax" or "plan" not in r or case in seen:  # the plan does not depend on iters
             continue
         seen.add(case)

@@ -111,7 +111,7 @@ def synthetic_counts(n, m, density=0.037, n_types=8, seed=0):
 
 
 def problem(name: str, peaks_per_cell: int | None = None):
-    """The solver's inputs (``sccase_jax.api.prepare``, seed 0) for a named problem.
+    """The solver's inputs (``sccase_jax.problem.prepare``, seed 0) for a named problem.
 
     ``real2k``: the Granja D6T1 2k counts with the package's preprocessing (L2 TF-IDF, no
     peak filter), k = 6 (the K estimate + 1 there).  ``synth1k`` ... ``synth8k``:
@@ -121,8 +121,8 @@ def problem(name: str, peaks_per_cell: int | None = None):
     """
     import numpy as np
 
-    from sccase_jax.api import prepare
     from sccase_jax.preprocessing import preprocess
+    from sccase_jax.problem import prepare
 
     if name == "real2k":
         X, _, _ = preprocess(counts(D6T1_2K).T.tocsr(), min_cells_frac=0.0, tfidf_variant="l2")

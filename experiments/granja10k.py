@@ -21,9 +21,8 @@ import scipy.sparse as sp
 
 from experiments.common import D6T1_10K, load
 from experiments.quality import fit_for_outputs, score
-from sccase_jax.api import enhanced_matrix
-from sccase_jax.clustering import evaluate_clustering
-from sccase_jax.tl import output_weights
+from sccase_jax.evaluation.clustering import evaluate_clustering
+from sccase_jax.output import enhanced_matrix, output_weights
 
 
 def main():

@@ -26,9 +26,9 @@ def plan(n: int, config: dict, gram: str = "dense") -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from sccase_jax.api import prepare
     from sccase_jax.params import SolverConfig
     from sccase_jax.preprocessing import preprocess
+    from sccase_jax.problem import prepare
     from sccase_jax.solver import run_donated
 
     C, _ = synthetic_counts(n, 10 * n)

@@ -57,8 +57,7 @@ def output_variant(X, Z, kind: str, beta: float = 0.5):
     (``neighbors=None``; the default output averages each cell's 300 largest weights
     only).  ``colnorm``: ``X Zc``.
     """
-    from sccase_jax.api import enhanced_matrix
-    from sccase_jax.tl import minmax_scale, output_weights
+    from sccase_jax.output import enhanced_matrix, minmax_scale, output_weights
 
     if kind == "xz_minmax":
         return minmax_scale(enhanced_matrix(X, Z))
@@ -85,7 +84,7 @@ def fit_for_outputs(a, seed: int, **kw):
 
 
 def score(M, labels, transform, seeds=(0, 1, 2)):
-    from sccase_jax.clustering import evaluate_clustering
+    from sccase_jax.evaluation.clustering import evaluate_clustering
 
     t = time.perf_counter()
     r = evaluate_clustering(M, labels, transform=transform, seeds=seeds)
@@ -97,18 +96,18 @@ def score(M, labels, transform, seeds=(0, 1, 2)):
 
 def truth_scores(E, truth):
     """auROC / auPRC of an enhanced matrix against the simulation's open peaks."""
-    from sccase_jax.metrics import signal_scores
+    from sccase_jax.evaluation.metrics import signal_scores
 
     return signal_scores(np.asarray(E.toarray() if sp.issparse(E) else E, np.float32), truth)
 
 
 def run_dataset(name: str, seeds, variants, recovery: bool, figures: bool) -> dict:
-    from sccase_jax.api import enhanced_matrix
-    from sccase_jax.metrics import imbalance_index
-    from sccase_jax.plotting import plot_embeddings, plot_loss
+    from sccase_jax.evaluation.metrics import imbalance_index
+    from sccase_jax.evaluation.plotting import plot_embeddings, plot_loss
+    from sccase_jax.evaluation.recovery import knn_average, run_recovery
+    from sccase_jax.output import enhanced_matrix, minmax_scale
     from sccase_jax.preprocessing import tfidf
-    from sccase_jax.recovery import knn_average, run_recovery
-    from sccase_jax.tl import enhance, minmax_scale
+    from sccase_jax.tl import enhance
 
     a = load(name)
     a.X = sp.csr_matrix(a.X)

@@ -30,9 +30,9 @@ import scipy.sparse as sp
 
 from experiments.common import CORCES_BULK, D5T1_PSEUDOBULK, D6T1_2K, DOCS, load
 from sccase_jax import enhance
-from sccase_jax.api import InputError
-from sccase_jax.clustering import evaluate_clustering
+from sccase_jax.evaluation.clustering import evaluate_clustering
 from sccase_jax.reference import self_reference
+from sccase_jax.validate import InputError
 
 N_TYPES = 16
 # The same cap for every method keeps the run under 15 min on 2 cores; X Z is scored

@@ -14,13 +14,12 @@ import scipy.sparse as sp
 
 import sccase_jax
 from sccase_jax import io, output, validate
-from sccase_jax.tl import frontend
-from sccase_jax.tl import get_counts
-from sccase_jax.output import enhanced_matrix
-from sccase_jax.validate import InputError
 from sccase_jax.estimate import estimate_n_components, n_distinct_rows
+from sccase_jax.output import enhanced_matrix
 from sccase_jax.params import SolverConfig, release_config
 from sccase_jax.preprocessing import check_preprocessed
+from sccase_jax.tl import frontend, get_counts
+from sccase_jax.validate import InputError
 
 FAST = dict(max_iter=1, nmf_iter=5)
 

@@ -308,8 +308,8 @@ def test_evaluate_refuses_fewer_than_two_labelled_types(tmp_path, capsys):
 
 @pytest.mark.parametrize("missing", [None, np.nan])
 def test_pseudobulk_reference_skips_unlabelled(missing):
-    from sccase_jax.validate import InputError
     from sccase_jax.reference import pseudobulk_reference
+    from sccase_jax.validate import InputError
 
     C = np.eye(5)
     labels = pd.Categorical(["a", missing, "b", missing, "a"])

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
 from helpers import typed_counts
+
 from sccase_jax.evaluation.clustering import cluster_to_k, evaluate_clustering, knn_graph, pca_embedding
 
 

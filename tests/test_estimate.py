@@ -4,8 +4,8 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
-
 from helpers import typed_counts
+
 from sccase_jax.estimate import estimate_n_components, kneedle
 
 

@@ -7,9 +7,8 @@ what is recorded and how platforms other than the recording's are compared.
 
 import json
 
-import pytest
-
 import golden
+import pytest
 
 RECORD = json.loads(golden.GOLDEN.read_text())
 SAME_PLATFORM = golden.platform_id() == RECORD["platform"]

@@ -3,18 +3,20 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from helpers import SHAPES, tiny_problem
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import SHAPES, tiny_problem
 from sccase_jax.objectives.sccase import (
     grad_h_gram,
     grad_w_gram,
     grad_z_gram,
+    gram_loss,
     sccase_grads,
+    sccase_loss,
     sccaser_grads,
+    sccaser_loss,
 )
-from sccase_jax.objectives.sccase import gram_loss, sccase_loss, sccaser_loss
 from sccase_jax.ops import wt_x
 
 problems = st.builds(

@@ -5,13 +5,11 @@ import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
 from helpers import dense
+
 from sccase_jax import cli
-from sccase_jax.output import enhanced_matrix
 from sccase_jax.io import write_enhanced_h5ad
-from sccase_jax.output import enhanced_blocks
-from sccase_jax.output import minmax_scale
+from sccase_jax.output import enhanced_blocks, enhanced_matrix, minmax_scale
 from sccase_jax.tl import enhance
 
 

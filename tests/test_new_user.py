@@ -16,18 +16,17 @@ import warnings
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import dense
 
 import sccase_jax
-from helpers import dense
 from sccase_jax import cli, io, output, tl
-from sccase_jax.tl import frontend
-from sccase_jax.result import status_message
-from sccase_jax.validate import InputError
 from sccase_jax.datasets import granja_bm600
 from sccase_jax.preprocessing import preprocess
+from sccase_jax.result import status_message
+from sccase_jax.tl import frontend
+from sccase_jax.validate import InputError
 
 FAST = dict(max_iter=2, nmf_iter=5)
 

@@ -9,9 +9,9 @@ from jax.experimental import sparse as jsparse
 
 import sccase_jax
 from sccase_jax import ops, problem
-from sccase_jax.validate import InputError
 from sccase_jax.params import Data, Factors, SolverConfig
 from sccase_jax.solver import run
+from sccase_jax.validate import InputError
 
 
 def _sparse(m, n, density=0.2, seed=0):

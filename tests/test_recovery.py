@@ -1,11 +1,11 @@
 """Hiding counts and scoring their recovery."""
 
+import helpers
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 
-import helpers
 from sccase_jax.evaluation.recovery import hide_counts, knn_average, recovery_scores
 
 

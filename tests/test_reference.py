@@ -11,17 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import tiny_problem
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import tiny_problem
-from sccase_jax.fitting import fit
-from sccase_jax.problem import prepare
-from sccase_jax.validate import InputError
 from sccase_jax.datasets import granja_bm600
-from sccase_jax.objectives.sccase import grad_w_gram, sccaser_grads
-from sccase_jax.objectives.sccase import gram_loss, sccaser_loss
+from sccase_jax.fitting import fit
+from sccase_jax.objectives.sccase import grad_w_gram, gram_loss, sccaser_grads, sccaser_loss
+from sccase_jax.ops import wt_x
 from sccase_jax.params import SolverConfig
+from sccase_jax.problem import prepare
 from sccase_jax.reference import (
     ReferenceError,
     bulk_reference,
@@ -34,9 +33,9 @@ from sccase_jax.reference import (
     self_reference,
     transform_reference,
 )
-from sccase_jax.ops import wt_x
 from sccase_jax.solver import run
 from sccase_jax.tl import enhance
+from sccase_jax.validate import InputError
 
 
 def close(a, b, tol=1e-9):

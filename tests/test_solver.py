@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import tiny_problem
+
 from sccase_jax import ops
 from sccase_jax.params import Hyperparams, SolverConfig, release_config
 from sccase_jax.result import CONVERGED, MAX_ITER, NONFINITE
@@ -157,10 +157,9 @@ def test_each_step_reports_the_exact_change_of_f(k_ref, z_step):
     # The Z, W and H steps accept on F(new) - F(old) computed from differences (not by
     # comparing two rounded values of F); in float64 that must equal the full objective.
     from sccase_jax import solver as S
-    from sccase_jax.solver import wh_steps as WH
-    from sccase_jax.solver import z_step as ZS
     from sccase_jax.objectives.sccase import gram_loss, similarity_term
     from sccase_jax.ops import masked
+    from sccase_jax.solver import wh_steps as WH
 
     data, f0, hp = tiny_problem(3, k_ref=k_ref)
     cfg = SolverConfig(z_step=z_step)
@@ -184,13 +183,9 @@ def test_h_trial_bound_is_a_lower_bound_and_skips_only_rejected_trials(monkeypat
     # An H trial whose bound on the change of F is positive skips its pass over Q.  The
     # bound must never exceed the exact change, it must fire for the paper's large first
     # trials, and the H step must come out the same with and without it.
-    from sccase_jax import solver as S
-    from sccase_jax.solver import wh_steps as WH
-    from sccase_jax.solver import z_step as ZS
+    from sccase_jax.objectives.sccase import grad_h_gram, gram_loss
     from sccase_jax.ops import gap, masked
-
-    from sccase_jax.objectives.sccase import grad_h_gram
-    from sccase_jax.objectives.sccase import gram_loss
+    from sccase_jax.solver import wh_steps as WH
 
     data, f0, hp = tiny_problem(4, lam=1e3)
     W, H, _ = f0
@@ -229,8 +224,6 @@ def test_z_step_sees_decreases_below_the_float32_resolution_of_f():
     # float32 spacing far above what one Z step changes; the step must still be taken and
     # its change computed to float32 accuracy of the change itself.
     from sccase_jax import solver as S
-    from sccase_jax.solver import wh_steps as WH
-    from sccase_jax.solver import z_step as ZS
 
     cfg = SolverConfig()
     changes = {}
@@ -238,7 +231,8 @@ def test_z_step_sees_decreases_below_the_float32_resolution_of_f():
         data, f0, hp = tiny_problem(4, dtype=dtype)
         hp = hp._replace(gamma1=jnp.asarray(1e9, dtype))
         st = init_state(data, f0, hp, cfg)
-        Z, dF, _, _, _, _ = S.get_rule('z_step', cfg.z_step)(st, data, hp, cfg, jnp.zeros((), dtype))  # the change alone
+        z_rule = S.get_rule("z_step", cfg.z_step)
+        Z, dF, _, _, _, _ = z_rule(st, data, hp, cfg, jnp.zeros((), dtype))  # the change alone
         changes[dtype] = float(dF)
         if dtype == jnp.float32:
             spacing = float(np.spacing(np.float32(st.loss)))
@@ -296,10 +290,9 @@ def test_free_z_step_keeps_gs_exact_through_crossings(monkeypatch, block):
     # iteration (block 4: 14 columns cross).  Either way the change of F it reports is
     # exact and the state's G S is G (Z o R).
     from sccase_jax import solver as S
-    from sccase_jax.solver import wh_steps as WH
-    from sccase_jax.solver import z_step as ZS
     from sccase_jax.objectives.sccase import gram_loss
     from sccase_jax.ops import masked
+    from sccase_jax.solver import z_step as ZS
 
     monkeypatch.setattr(ZS, "Z_CLIP_BLOCK", block)
     data, f0, hp = crossing_problem()
@@ -328,10 +321,7 @@ def test_free_z_step_is_exact_along_the_free_direction():
     # entries held at the bound removed: F at the new Z is below F at 0.9 and 1.1 times
     # the step, and the move leaves Z = 0 entries with a positive gradient at 0.
     from sccase_jax import solver as S
-    from sccase_jax.solver import wh_steps as WH
-    from sccase_jax.solver import z_step as ZS
-    from sccase_jax.objectives.sccase import grad_z_gram
-    from sccase_jax.objectives.sccase import gram_loss
+    from sccase_jax.objectives.sccase import grad_z_gram, gram_loss
     from sccase_jax.ops import masked
 
     data, f0, hp = crossing_problem(1)
@@ -363,8 +353,6 @@ def test_auto_z_step_starts_with_the_paper_step_then_goes_free():
     # "auto": the paper's step while the moves are large (from the start), the free step
     # once they are small; the whole fit stays monotone and its G S exact.
     from sccase_jax import solver as S
-    from sccase_jax.solver import wh_steps as WH
-    from sccase_jax.solver import z_step as ZS
     from sccase_jax.ops import masked
 
     data, f0, hp = tiny_problem(2, n=12, lam=1e3)
@@ -435,8 +423,6 @@ def test_sparse_z_step_gradient_formed_at_each_use_has_the_same_bits():
     # the dense path, also on gathered columns and with a tag that is -0.0, NaN or inf.
     from jax.experimental import sparse as jsparse
 
-    from sccase_jax import solver as S
-    from sccase_jax.solver import wh_steps as WH
     from sccase_jax.solver import z_step as ZS
 
     data, f0, hp = tiny_problem(3, m=30, n=12, k=3)

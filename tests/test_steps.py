@@ -4,12 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SHAPES, tiny_problem
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import SHAPES, tiny_problem
-from sccase_jax.objectives.sccase import grad_h_gram, grad_w_gram, grad_z_gram
-from sccase_jax.objectives.sccase import gram_loss
+from sccase_jax.objectives.sccase import grad_h_gram, grad_w_gram, gram_loss
 from sccase_jax.ops import wt_x
 from sccase_jax.solver.linesearch import (
     exact_h_step,
@@ -21,8 +20,6 @@ from sccase_jax.solver.linesearch import (
 
 
 def _loss_fn(data, hp):
-    Rf = None
-
     def F(W, H, Z):
         S = Z * data.R.astype(Z.dtype)
         return gram_loss(S, data.G @ S, wt_x(data.X, W), W, H, Z, data.P, data.M, hp)

@@ -6,17 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from helpers import tiny_problem
-from sccase_jax.fitting import fit
-from sccase_jax.validate import InputError
+
+from sccase_jax.fitting import fit, fit_variant
+from sccase_jax.objectives import OBJECTIVES
 from sccase_jax.objectives.sccase import sccase_grads
 from sccase_jax.params import SolverConfig
-from sccase_jax.solver import run
+from sccase_jax.solver import member_solver, run
 from sccase_jax.sweeps import masked_run, pad_factors, sweep
-from sccase_jax.fitting import fit_variant
-from sccase_jax.objectives import OBJECTIVES
-from sccase_jax.solver import member_solver
+from sccase_jax.validate import InputError
 
 OPTS = dict(max_iter=60, tol=1e-5, nmf_iter=20)
 LAMS, KS = [1e5, 1e6], [2, 3]

@@ -6,16 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_problem
 from jax.test_util import check_grads
 
-from helpers import tiny_problem
+from sccase_jax.fitting import fit_variant
+from sccase_jax.objectives import OBJECTIVES, get_objective, register_objective
 from sccase_jax.objectives.sccase import sccase_grads
 from sccase_jax.params import SolverConfig
 from sccase_jax.result import MAX_ITER
-from sccase_jax.solver import run
-from sccase_jax.fitting import fit_variant
-from sccase_jax.objectives import OBJECTIVES, get_objective, register_objective
-from sccase_jax.solver import run_variant
+from sccase_jax.solver import run, run_variant
 
 NAMES = sorted(OBJECTIVES)
 # One optimiser object for every test: it is a static argument, so sharing it lets the

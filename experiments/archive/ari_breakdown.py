@@ -23,9 +23,8 @@ from sklearn.metrics import adjusted_rand_score as ari
 
 from experiments.common import D6T1_2K, load
 from experiments.quality import fit_for_outputs
-from sccase_jax.api import enhanced_matrix
-from sccase_jax.clustering import cluster_to_k, neighbor_graph, pca_embedding
-from sccase_jax.tl import output_weights
+from sccase_jax.evaluation.clustering import cluster_to_k, neighbor_graph, pca_embedding
+from sccase_jax.output import enhanced_matrix, output_weights
 
 T_CELLS = {"19_CD8.N", "20_CD4.N1", "21_CD4.N2", "22_CD4.M"}
 MONO = {"11_CD14.Mono.1", "12_CD14.Mono.2"}

@@ -1,7 +1,7 @@
 """H step: backtracking (paper) vs the exact quartic line minimiser, on real data.
 
 For each dataset the start (NMF, Jaccard Z0, mask R) is built once with
-``sccase_jax.api.prepare`` and both solvers run from it with the same settings; the jitted
+``sccase_jax.problem.prepare`` and both solvers run from it with the same settings; the jitted
 solver is compiled first, then timed on a second call.  Reported per run: iterations,
 stopping status, final F, wall time (and per iteration), and the iterations / time each
 needed to get within ``--target`` (relative) of the lower of the two final F values.
@@ -25,9 +25,9 @@ import jax
 import numpy as np
 
 from experiments.common import load
-from sccase_jax.api import prepare
 from sccase_jax.params import SolverConfig
 from sccase_jax.preprocessing import preprocess
+from sccase_jax.problem import prepare
 from sccase_jax.solver import run
 
 DATASETS = {"granja2019_bm600": 6, "granja2019_D6T1_2k": 16}  # name -> number of cell types
@@ -66,8 +66,8 @@ def main():
         for h_step in ("backtrack", "exact"):
             cfg = SolverConfig(max_iter=args.max_iter, tol=args.tol, h_step=h_step)
             res, secs, compile_s = timed(prob.data, prob.factors, prob.hp, cfg)
-            n = int(res.num_steps)
-            runs[h_step] = (res, secs, compile_s, np.asarray(res.loss_history, np.float64)[:n])
+            n = int(res.n_iter)
+            runs[h_step] = (res, secs, compile_s, np.asarray(res.loss, np.float64)[:n])
         best = min(float(r[3][-1]) for r in runs.values())
         for h_step, (res, secs, compile_s, hist) in runs.items():
             n = len(hist)

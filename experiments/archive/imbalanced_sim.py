@@ -16,8 +16,8 @@ import scipy.sparse as sp
 from experiments.archive.output_screen import weights
 from experiments.common import simulate_sorted
 from experiments.quality import fit_for_outputs, score
-from sccase_jax.api import enhanced_matrix
-from sccase_jax.clustering import evaluate_clustering
+from sccase_jax.evaluation.clustering import evaluate_clustering
+from sccase_jax.output import enhanced_matrix
 
 SIZES = [200, 200, 150, 150, 100, 100, 60, 60, 40, 30, 30, 30, 30]
 
@@ -45,7 +45,8 @@ def main():
             res.setdefault(nm, []).append((r["ari"], r["ami"]))
             print(f"seed {s} k={out.obsm['X_sccase'].shape[1]} {nm}: ARI {r['ari']:.3f} AMI {r['ami']:.3f}", flush=True)
     for nm, v in res.items():
-        v = np.array(v); print(f"MEAN {nm}: ARI {v[:,0].mean():.3f} AMI {v[:,1].mean():.3f}")
+        v = np.array(v)
+        print(f"MEAN {nm}: ARI {v[:,0].mean():.3f} AMI {v[:,1].mean():.3f}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import numpy as np
 
 import sccase_jax
 from experiments.common import load
-from sccase_jax.clustering import evaluate_clustering
+from sccase_jax.evaluation.clustering import evaluate_clustering
 
 if len(sys.argv) != 3:
     raise SystemExit(__doc__)
@@ -29,4 +29,4 @@ for m in (10, 30, 100):
         res.append((r["ari"], r["ami"], t, e.uns["sccase"]["n_iter"]))
         print(ds, m, s, res[-1], flush=True)
     arr = np.array([x[:3] for x in res])
-    print(ds, "max_iter", m, "mean ARI %.3f AMI %.3f time %.1f" % tuple(arr.mean(0)), flush=True)
+    print(ds, "max_iter", m, "mean ARI {:.3f} AMI {:.3f} time {:.1f}".format(*arr.mean(0)), flush=True)

@@ -47,7 +47,7 @@ def colnorm(Z):
 
 def weights(v: str, Z, H):
     """The n x n weight matrix of variant ``v`` (Z n x n, H cells x k)."""
-    from sccase_jax.tl import output_weights
+    from sccase_jax.output import output_weights
 
     n, k = H.shape
     eye = np.eye(n)
@@ -98,7 +98,7 @@ def weights(v: str, Z, H):
 def main(argv):
     from experiments.common import load
     from experiments.quality import score
-    from sccase_jax.api import enhanced_matrix
+    from sccase_jax.output import enhanced_matrix
     from sccase_jax.preprocessing import tfidf
     from sccase_jax.tl import enhance
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from experiments.common import BM600, D5T1_PSEUDOBULK, D6T1_2K, load
 from sccase_jax import enhance
-from sccase_jax.clustering import evaluate_clustering
 from sccase_jax.estimate import estimate_n_components
+from sccase_jax.evaluation.clustering import evaluate_clustering
 from sccase_jax.preprocessing import preprocess
 from sccase_jax.tl import get_counts
 

@@ -17,13 +17,13 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from sccase_jax.preprocessing import tfidf
 from sccase_jax.evaluation.metrics import (
     clustering_scores,
     label_silhouette,
     openmp_single_thread,
     require,
 )
+from sccase_jax.preprocessing import tfidf
 
 __all__ = [
     "ClusterResult",

@@ -29,7 +29,7 @@ Registered objectives (:data:`BUILTIN`):
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 

@@ -30,14 +30,14 @@ and a product's operand and result (``P o R`` and ``G (P o R)``, which lives thr
 line search); in the W and H steps the new Z (the previous one is kept for the non-finite
 guard), its ``G S``, and ``S`` or ``Q = Z - H^T H``.  What keeps it there:
 the mask is applied as a select (:func:`~sccase_jax.ops.masked`, no float copy of R); a Z
-trial needs neither Q nor its change of S (:func:`~sccase_jax.solver.z_step._z_step_gradient`); masked reductions are one
-elementwise pass into a dead buffer (:func:`~sccase_jax.ops.select_sum`); the H step's Q
+trial needs neither Q nor its change of S (``z_step._z_step_gradient``); masked reductions are
+one elementwise pass into a dead buffer (:func:`~sccase_jax.ops.select_sum`); the H step's Q
 does not share ``H^T H`` with the Z step (:func:`~sccase_jax.ops.gap`); the non-finite
 guard does not keep the previous ``G S`` (:func:`~sccase_jax.solver.driver.advance`); three orderings that XLA
 would otherwise choose differently: the gradient is formed inside each branch of the
-``"auto"`` cond (:func:`~sccase_jax.solver.z_step.z_step_auto`), the free step's two masked
-reductions run one after the other (:func:`~sccase_jax.solver.z_step._z_step_free`), and Q
-is formed only once S is no longer needed (:func:`~sccase_jax.solver.wh_steps.h_move`).  Through sparse X (no G) the plan is about the same (4.1-4.3 n x n
+``"auto"`` cond (``z_step.z_step_auto``), the free step's two masked reductions run one after
+the other (``z_step._z_step_free``), and Q is formed only once S is no longer needed
+(``wh_steps.h_move``).  Through sparse X (no G) the plan is about the same (4.1-4.3 n x n
 arrays of temporaries at 1,000-2,000 cells): the products write into their operand's
 buffer (:func:`~sccase_jax.ops.gram_matmul`) and the Z step forms its gradient afresh at
 each use instead of keeping it (:class:`~sccase_jax.solver.z_step._Direction`).  ``run`` executes

@@ -99,8 +99,8 @@ def _run(data, factors0, hp, mask, config, objective, optimizer):
 @partial(jax.jit, static_argnames=("objective", "optimizer", "config"))
 def run_variant(data: Data, factors0: Factors, hp: dict, *, objective, optimizer=None,
                 config: SolverConfig = SolverConfig()):
-    """Minimise ``objective`` from ``factors0`` by projected optax steps; returns a :class:`~sccase_jax.result.FitResult`
-    of device arrays.
+    """Minimise ``objective`` from ``factors0`` by projected optax steps; returns a
+    :class:`~sccase_jax.result.FitResult` of device arrays.
 
     ``objective`` is an :class:`Objective` (a registered name works outside ``jit``: use
     :func:`get_objective`), ``hp`` a dict of its weights (:meth:`Objective.hyper`),

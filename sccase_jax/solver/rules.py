@@ -21,7 +21,7 @@ The three kinds and what their functions compute:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["H_STEPS", "RULES", "W_STEPS", "Z_STEPS", "get_rule", "step_rule"]
 
