@@ -31,6 +31,7 @@ _EXPORTS = {
     "estimate_n_components": "estimate",
     "enhance": "tl",
     "write_enhanced_h5ad": "io",
+    "enable_compilation_cache": "jaxconfig",
     "evaluate_clustering": "evaluation.clustering",
     "run_recovery": "evaluation.recovery",
 }
@@ -74,6 +75,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from sccase_jax.evaluation.recovery import run_recovery  # noqa: F401
     from sccase_jax.fitting import fit, fit_variant  # noqa: F401
     from sccase_jax.io import write_enhanced_h5ad  # noqa: F401
+    from sccase_jax.jaxconfig import enable_compilation_cache  # noqa: F401
     from sccase_jax.objectives import OBJECTIVES, register_objective  # noqa: F401
     from sccase_jax.options import Options  # noqa: F401
     from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig, release_config  # noqa: F401

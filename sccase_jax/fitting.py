@@ -13,7 +13,7 @@ from sccase_jax.options import FIT, VARIANT_MAX_ITER, Options, options_from, sig
 from sccase_jax.params import Factors, SolverConfig
 from sccase_jax.problem import prepare
 from sccase_jax.result import FitResult
-from sccase_jax.solver.alternating import run, run_donated
+from sccase_jax.solver.alternating import run, run_donated, run_reporting
 from sccase_jax.solver.projected import run_variant
 
 __all__ = ["fit", "fit_options", "fit_variant", "solver_config"]
@@ -75,10 +75,16 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None) -> FitRe
                         f"and NMF start in {time.perf_counter() - t0:.1f} s; compiling and "
                         "running the solver")
     config = solver_config(opts)
-    # Factors made here are ours to donate (Z0's buffer becomes the iterate); a caller's
-    # ``init`` may share buffers with arrays the caller keeps, so it is not donated.
-    solve = run_donated if init is None else run
-    res = solve(prob.data, prob.factors, prob.hp, config)
+    if opts.progress and init is None:
+        # One line an iteration from the host loop: the compiled fit then holds no host
+        # callback and goes into JAX's persistent compilation cache.
+        quiet = config._replace(progress=False)
+        res = run_reporting(prob.data, prob.factors, prob.hp, quiet, _progress.Reporter(quiet.max_iter))
+    else:
+        # Factors made here are ours to donate (Z0's buffer becomes the iterate); a caller's
+        # ``init`` may share buffers with arrays the caller keeps, so it is not donated.
+        solve = run_donated if init is None else run
+        res = solve(prob.data, prob.factors, prob.hp, config)
     k_ref = int(np.asarray(prob.data.M).sum())
     params = fit_options(opts, n_components, k_ref, config, prob.hp.lam.dtype)
     params["gram"] = "dense" if prob.data.G is not None else "sparse"

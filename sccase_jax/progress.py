@@ -1,4 +1,5 @@
-"""Host-side progress lines for long fits (fed by ``jax.debug.callback``)."""
+"""Host-side progress lines for long fits: one per stage, one per iteration (with the time
+left at the current pace), fed by the fit's host loop or by ``jax.debug.callback``."""
 
 from __future__ import annotations
 
@@ -6,20 +7,23 @@ import sys
 
 import numpy as np
 
-__all__ = ["report", "stage"]
+__all__ = ["Reporter", "report", "stage"]
 
 _STATUS = {0: "", 1: "  converged", 2: "  iteration budget reached (max_iter)",
            3: "  non-finite F, stopped"}
 
 
-def report(iteration, loss, rel_change, status) -> None:
-    """Print one line per iteration to stderr; vmapped fits print the batch's range."""
+def report(iteration, loss, rel_change, status, eta: float | None = None) -> None:
+    """Print one line per iteration to stderr; vmapped fits print the batch's range.
+    ``eta``: seconds left if every remaining iteration takes as long as the last ones."""
     it = np.atleast_1d(np.asarray(iteration))
     F = np.atleast_1d(np.asarray(loss, dtype=float))
     rel = np.atleast_1d(np.asarray(rel_change, dtype=float))
     st = np.atleast_1d(np.asarray(status))
     if it.size == 1:
         msg = f"iter {int(it[0]):4d}  F = {F[0]:.6e}  rel. change = {rel[0]:.3e}{_STATUS.get(int(st[0]), '')}"
+        if eta is not None and int(st[0]) == 0:
+            msg += f"  (at most {eta:.0f} s left)" if eta >= 1 else ""
     else:
         msg = (
             f"iter {int(it.max()):4d}  batch of {it.size}: F in [{np.nanmin(F):.4e}, {np.nanmax(F):.4e}]"
@@ -32,3 +36,22 @@ def stage(message: str) -> None:
     """One line on stderr for a stage before the iterations (the start can take minutes on
     large data: the K estimate, the Gram matrix, the NMF start, compiling the solver)."""
     print(message, file=sys.stderr, flush=True)
+
+
+class Reporter:
+    """``report(state)`` for a fit driven from the host: one line per iteration with the time
+    the remaining iterations (up to ``max_iter``) take at the pace of the last one."""
+
+    def __init__(self, max_iter: int):
+        import time
+
+        self._clock = time.perf_counter
+        self.max_iter = int(max_iter)
+        self.last = self._clock()
+
+    def __call__(self, state) -> None:
+        now = self._clock()
+        it = int(state.iteration)
+        eta = (now - self.last) * max(self.max_iter - it, 0)
+        self.last = now
+        report(it, float(state.loss), float(state.rel_change), int(state.status), eta)

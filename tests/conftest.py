@@ -4,6 +4,10 @@ import jax
 import pytest
 from hypothesis import HealthCheck, settings
 
+# The command line caches compiled programs in ~/.cache by default: not in the tests, which
+# check the cache on their own (test_speed.py) in a directory of their own.
+os.environ.setdefault("SCCASE_JAX_CACHE", "off")
+
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

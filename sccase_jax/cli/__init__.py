@@ -58,6 +58,9 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # bad usage (one line printed) or --help: return the status
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    from sccase_jax.jaxconfig import enable_compilation_cache
+
+    enable_compilation_cache()  # $SCCASE_JAX_CACHE, else ~/.cache/sccase_jax/xla; "off" disables
     try:
         return int(args.func(args) or 0)
     except InputError as exc:
