@@ -64,11 +64,12 @@ def fit(X, n_components: int, *, P=None, init: Factors | None = None, **options)
 fit.__signature__ = signature(fit, FIT, keep=("X", "n_components", "P", "init"))
 
 
-def fit_with(X, n_components: int, opts: Options, *, P=None, init=None) -> FitResult:
-    """:func:`fit` with checked :class:`~sccase_jax.options.Options` (as ``enhance`` calls it)."""
+def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=None) -> FitResult:
+    """:func:`fit` with checked :class:`~sccase_jax.options.Options` (as ``enhance`` calls it);
+    ``batch``: integer batch codes of the cells, for the batch term."""
     opts = opts.resolved()
     t0 = time.perf_counter()
-    prob = prepare(X, n_components, opts, P=P, k_ref=opts.k_ref, init=init)
+    prob = prepare(X, n_components, opts, P=P, k_ref=opts.k_ref, init=init, batch=batch)
     if opts.progress:
         n = prob.factors.Z.shape[0]
         _progress.stage(f"start: {n} cells, k = {int(n_components)}, Gram matrix, Jaccard Z0 "

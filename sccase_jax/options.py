@@ -119,6 +119,12 @@ def _key(name, value):
     return value
 
 
+def _optional_key(name, value):
+    if value is None:
+        return None
+    return _key(name, value)
+
+
 def _layer(name, value):
     if value is not None and not isinstance(value, str):
         raise v.InputError(f"{name} must be a layer name (a string) or None, got {value!r}")
@@ -212,6 +218,12 @@ class Options:
                                default_text="min(profiles, k - 1)")
     alpha: float | None = option(None, "pull of W1 towards P", _nonneg, scope=FIT,
                                  default_text="1")
+    # Batch correction (docs/batch.md) --------------------------------------------------------
+    batch_key: str | None = option(
+        None, "obs column of the batches: adds batch_weight x lam x ||A o Z||^2, A the "
+        "same-batch pairs (docs/batch.md)", _optional_key, parse=str, metavar="KEY")
+    batch_weight: float = option(1.0, "weight beta of the batch term relative to lam (within a "
+                                 "batch Z -> H^T H / (1 + beta))", _nonneg)
     peak_match: str = option("auto", "match reference peaks by name or genomic overlap",
                              _choice(PEAK_MATCH), choices=PEAK_MATCH)
     min_peak_match: float = option(0.1, "refuse a reference matching fewer target peaks than "

@@ -145,7 +145,8 @@ def warn_if_not_preprocessed(X) -> None:
 
 
 def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_ref=None,
-            init: Factors | None = None, reduce_on: str = "auto", **overrides) -> Problem:
+            init: Factors | None = None, reduce_on: str = "auto", batch=None,
+            **overrides) -> Problem:
     """Check X and build the device data, the starting factors and the hyperparameters.
 
     ``options`` (an :class:`~sccase_jax.options.Options`, default the defaults) with
@@ -159,7 +160,8 @@ def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_r
     products, float64 accumulation), ``"device"`` (one dense product each on the device
     copy of X; needs X dense there) or ``"auto"``: device whenever X is dense there (2x
     faster than the host products on the 2-core CPU at 4k cells, seconds faster still on
-    a GPU), else host.
+    a GPU), else host.  ``batch`` (one integer code per cell of X) adds the batch term
+    ``batch_weight x lam x ||A o Z||^2`` (:mod:`~sccase_jax.objectives.batch`).
     """
     opts = (options or Options()).replace(**overrides).resolved()
     X = check_input(X, n_components)
@@ -191,8 +193,14 @@ def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_r
             raise InputError(f"init shapes must be W {want[0]}, H {want[1]}, Z {want[2]}")
     M = np.zeros(k, np.dtype(dtype))
     M[:k_ref] = 1.0
+    codes, mu = None, None
+    if batch is not None:
+        codes = np.asarray(batch)
+        if codes.shape != (n,) or codes.dtype.kind not in "iu":
+            raise InputError(f"batch must hold one integer code per cell ({n}), got {codes.shape}")
+        codes, mu = jnp.asarray(codes, jnp.int32), jnp.asarray(opts.batch_weight * opts.lam, dtype)
     data = Data(X=Xd, G=G, R=dropout_mask(key_mask, n, opts.keep_prob), P=jnp.asarray(Pfull),
-                M=jnp.asarray(M))
+                M=jnp.asarray(M), batch=codes, batch_mu=mu)
     hp = Hyperparams.create(opts.lam, opts.gamma1, opts.gamma2, opts.alpha, dtype=dtype)
     return Problem(data, init, hp)
 

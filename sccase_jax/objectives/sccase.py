@@ -94,15 +94,22 @@ def similarity_term(Z, H):
     return inner(Q, Q)
 
 
-def gram_loss(S, GS, B, W, H, Z, P, M, hp, similarity=None):
+def gram_loss(S, GS, B, W, H, Z, P, M, hp, similarity=None, batch=None, batch_mu=None):
     """The objective in Gram form; ``M`` is the length-k reference column mask.
 
     ``similarity``, when given, is ``||Z - H^T H||^2`` already known to the caller
-    (the solver has it from its H step) and replaces :func:`similarity_term`.
+    (the solver has it from its H step) and replaces :func:`similarity_term`.  With
+    ``batch`` (codes) the batch term ``batch_mu ||A o Z||^2`` is added
+    (:mod:`~sccase_jax.objectives.batch`).
     """
     if similarity is None:
         similarity = similarity_term(Z, H)
-    return (
+    extra = 0.0
+    if batch is not None:
+        from sccase_jax.objectives.batch import batch_penalty
+
+        extra = batch_penalty(Z, batch, batch_mu)
+    return extra + (
         reconstruction_gram(S, GS, B, W, H)
         + hp.lam * similarity
         + hp.gamma1 * _sq(W)

@@ -95,7 +95,8 @@ def init_state(data: Data, factors: Factors, hp: Hyperparams, config: SolverConf
     S = masked(Z, data.R)
     GS = gram_matmul(data, S)
     B = wt_x(data.X, W)
-    F = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
+    F = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp, batch=data.batch,
+                  batch_mu=data.batch_mu)
     return SolverState(
         W=W, H=H, Z=Z, GS=GS, B=B, GS_drift=jnp.zeros((), dtype), rough=jnp.asarray(True),
         **tracked_fields(F, dtype, config),
@@ -110,7 +111,8 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
         s = jnp.sum(state.H, axis=1, keepdims=True)
         H = state.H / jnp.where(s > 0, s, 1)
         S0 = masked(state.Z, data.R)
-        F_cur = gram_loss(S0, state.GS, state.B, state.W, H, state.Z, data.P, data.M, hp)
+        F_cur = gram_loss(S0, state.GS, state.B, state.W, H, state.Z, data.P, data.M, hp,
+                          batch=data.batch, batch_mu=data.batch_mu)
         state = state._replace(H=H, loss=F_cur)
 
     # Each step returns its exact change of F, computed from differences of the iterates
@@ -129,7 +131,8 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
     # The history records F recomputed in full at the new point; its similarity term
     # ||Z - H^T H||^2 from the H step (||Q||^2 at the new Z plus the exact change of the
     # accepted H move) saves a pass and an n x n product.
-    F_new = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp, similarity=sim)
+    F_new = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp, similarity=sim,
+                      batch=data.batch, batch_mu=data.batch_mu)
     carry = dict(W=W, H=H, Z=Z, GS=GS, B=B, GS_drift=GS_drift, rough=rough)
     return advance(
         state, carry, F_new, config, F_prev, change, caches=("GS", "B", "GS_drift", "rough")

@@ -1,0 +1,154 @@
+"""The batch term mu ||A o Z||^2: gradients, the exact Z steps, the fit, enhance(batch_key=...)."""
+
+import anndata as ad
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from helpers import tiny_problem, typed_counts
+from hypothesis import given
+from hypothesis import strategies as st
+
+import sccase_jax
+from sccase_jax import ops
+from sccase_jax.cli import main
+from sccase_jax.objectives.batch import batch_penalty, same_batch, sccase_batch_loss
+from sccase_jax.objectives.sccase import gram_loss, sccase_grads
+from sccase_jax.ops import masked
+from sccase_jax.params import SolverConfig
+from sccase_jax.solver import get_rule
+from sccase_jax.solver.alternating import init_state, run
+from sccase_jax.validate import InputError
+
+
+def with_batch(data, n, mu, seed=0, n_batches=2):
+    codes = np.random.default_rng(seed).integers(0, n_batches, n)
+    return data._replace(batch=jnp.asarray(codes, jnp.int32), batch_mu=jnp.asarray(mu, data.X.dtype))
+
+
+@given(st.integers(0, 10_000), st.sampled_from([0.0, 0.5, 30.0]), st.sampled_from([0.0, 2.0, 1e3]))
+def test_batch_gradient_matches_autodiff(seed, mu, lam):
+    data, (W, H, Z), hp = tiny_problem(seed, lam=lam)
+    data = with_batch(data, Z.shape[0], mu, seed)
+    kw = dict(lam=hp.lam, gamma1=hp.gamma1, gamma2=hp.gamma2)
+    f = lambda W, H, Z: sccase_batch_loss(data.X, Z, data.R, W, H, data.batch, mu=mu, **kw)  # noqa: E731
+    auto = jax.grad(f, argnums=(0, 1, 2))(W, H, Z)
+    dW, dH, dZ = sccase_grads(data.X, Z, data.R, W, H, **kw)
+    A = np.asarray(same_batch(data.batch))
+    ana = (dW, dH, dZ + 2 * mu * A * Z)
+    for a, b in zip(ana, auto):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-9 * (1 + float(jnp.abs(b).max())))
+    # the Gram form the solver evaluates equals the direct form
+    Sm = masked(Z, data.R)
+    F = gram_loss(Sm, data.G @ Sm, ops.wt_x(data.X, W), W, H, Z, data.P, data.M, hp, batch=data.batch,
+                  batch_mu=data.batch_mu)
+    assert float(F) == pytest.approx(float(f(W, H, Z)), rel=1e-10)
+
+
+def test_batch_penalty_counts_only_same_batch_pairs():
+    b = jnp.asarray([0, 0, 1])
+    Z = jnp.arange(9.0).reshape(3, 3)
+    # same-batch pairs: (0,0) (0,1) (1,0) (1,1) (2,2)
+    assert float(batch_penalty(Z, b, 2.0)) == 2.0 * (0 + 1 + 9 + 16 + 64)
+
+
+@pytest.mark.parametrize("z_step", ["auto", "free", "gradient"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_z_step_reports_the_exact_change_and_is_the_line_minimiser(z_step, sparse):
+    from jax.experimental import sparse as jsparse
+
+    data, f0, hp = tiny_problem(5, lam=3.0)
+    data = with_batch(data, f0.Z.shape[0], 7.0, 5)
+    exact = data
+    if sparse:
+        data = data._replace(X=jsparse.BCOO.fromdense(data.X), G=None)
+    cfg = SolverConfig(z_step=z_step)
+    state = init_state(data, f0, hp, cfg)
+    Z, F1, GS, _, _, _ = get_rule("z_step", z_step)(state, data, hp, cfg, state.loss)
+    full = lambda Z: float(gram_loss(masked(Z, exact.R), exact.G @ masked(Z, exact.R), state.B, state.W,  # noqa: E731
+                                     state.H, Z, exact.P, exact.M, hp, batch=exact.batch,
+                                     batch_mu=exact.batch_mu))
+    assert float(F1) == pytest.approx(full(Z), rel=1e-12)
+    assert float(F1) < float(state.loss) == pytest.approx(full(f0.Z), rel=1e-12)
+    # the full-gradient step is the minimiser of F along the (projected) gradient: nearby
+    # steps along the same direction are no better
+    if z_step == "gradient":
+        D = (Z - f0.Z)
+        for t in (0.9, 1.1):
+            assert full(jnp.maximum(f0.Z + t * D, 0)) >= float(F1) - 1e-12
+
+
+def test_fit_with_batch_term_is_monotone_and_shrinks_within_batch_mass():
+    data, f0, hp = tiny_problem(1, m=30, n=20, k=3, lam=2.0)
+    cfg = SolverConfig(max_iter=25, tol=0.0)
+    A = None
+
+    def within(res):
+        Z = np.asarray(res.Z)
+        return float((Z * A).sum() / Z.sum())
+
+    base = run(data, f0, hp, cfg)
+    zero = run(with_batch(data, 20, 0.0, 1), f0, hp, cfg)
+    np.testing.assert_allclose(np.asarray(zero.Z), np.asarray(base.Z), rtol=1e-10, atol=1e-12)
+    db = with_batch(data, 20, 1.0, 1)
+    A = np.asarray(same_batch(db.batch))
+    res = run(db, f0, hp, cfg)
+    hist = np.concatenate([[float(res.initial_loss)], np.asarray(res.loss)[: int(res.n_iter)]])
+    assert np.all(np.diff(hist) <= 1e-9 * np.abs(hist[:-1]))
+    assert within(res) < within(base) - 0.2
+
+
+def _batched(n_per=40, seed=0):
+    C, lab = typed_counts(n_per=n_per, seed=seed)
+    batch = np.where(np.arange(C.shape[0]) % 2 == 0, "b1", "b2")
+    obs = pd.DataFrame({"cell_type": lab.astype(str), "batch": batch}, index=[f"c{i}" for i in range(C.shape[0])])
+    return ad.AnnData(sp.csr_matrix(C.astype(np.float32)), obs=obs)
+
+
+def test_enhance_with_batch_key_records_it_and_moves_mass_across_batches():
+    a = _batched()
+    kw = dict(max_iter=5, seed=0, store_z="full", output="xz", neighbors="all")
+    plain = sccase_jax.enhance(a, 4, **kw)
+    corr = sccase_jax.enhance(a, 4, batch_key="batch", batch_weight=3.0, **kw)
+    assert corr.uns["sccase"]["params"]["batch_key"] == "batch"
+    assert corr.uns["sccase"]["params"]["batch_weight"] == 3.0
+    A = a.obs["batch"].to_numpy()[:, None] == a.obs["batch"].to_numpy()[None, :]
+    share = lambda o: float((np.asarray(o.obsp["sccase_Z"]) * A).sum() / np.asarray(o.obsp["sccase_Z"]).sum())  # noqa: E731
+    assert share(corr) < share(plain) - 0.05
+
+
+def test_enhance_batch_composes_with_a_reference():
+    a = _batched()
+    sums = [np.asarray(a.X[(a.obs.cell_type == t).to_numpy()].sum(0)) for t in "012"]
+    ref = ad.AnnData(np.vstack(sums).astype(np.float32), var=a.var.copy())
+    out = sccase_jax.enhance(a, 4, reference=ref, batch_key="batch", max_iter=3)
+    assert out.uns["sccase"]["params"]["batch_key"] == "batch" and "reference" in out.uns["sccase"]
+
+
+@pytest.mark.parametrize("batch, msg", [
+    (None, "not a column"),
+    (["b1"] * 120, "single batch"),
+    (["b1"] * 119 + ["b2"], "has one cell"),
+    (["b1", None] * 60, "without a batch"),
+])
+def test_bad_batches(batch, msg, tmp_path):
+    a = _batched()
+    if batch is not None:
+        a.obs["batch"] = batch
+    else:
+        del a.obs["batch"]
+    out = tmp_path / "o.h5ad"
+    with pytest.raises(InputError, match=msg):
+        sccase_jax.enhance(a, 3, batch_key="batch", out_file=str(out))
+    assert not out.exists()
+    path = tmp_path / "in.h5ad"
+    a.write_h5ad(path)
+    assert main(["enhance", str(path), str(out), "--k", "3", "--batch-key", "batch", "--quiet"]) == 2
+    assert not out.exists()
+
+
+def test_batch_weight_is_checked():
+    with pytest.raises(InputError, match="batch_weight"):
+        sccase_jax.enhance(_batched(), 3, batch_key="batch", batch_weight=-1.0)
