@@ -152,3 +152,38 @@ def test_bad_batches(batch, msg, tmp_path):
 def test_batch_weight_is_checked():
     with pytest.raises(InputError, match="batch_weight"):
         sccase_jax.enhance(_batched(), 3, batch_key="batch", batch_weight=-1.0)
+
+
+def test_simulate_batches_is_seeded_thins_counts_and_checks_input():
+    from sccase_jax.datasets import simulate_batches
+
+    a = _batched(n_per=60)
+    a.X = sp.csr_matrix(np.asarray(a.X.todense()) * 3)
+    before = a.obs["batch"].copy()
+    s1 = simulate_batches(a, 2, depth=(1.0, 0.3), efficiency_sd=0.5, seed=4)
+    s2 = simulate_batches(a, 2, depth=(1.0, 0.3), efficiency_sd=0.5, seed=4)
+    assert (s1.X != s2.X).nnz == 0 and list(s1.obs.batch) == list(s2.obs.batch)
+    assert np.all(s1.X.toarray() <= a.X.toarray())
+    b = s1.obs.batch.to_numpy()
+    assert (b == "batch0").sum() == (b == "batch1").sum() == 90
+    tot = np.asarray(s1.X.sum(1)).ravel()
+    assert tot[b == "batch1"].mean() < 0.5 * tot[b == "batch0"].mean()
+    assert a.obs["batch"].equals(before)  # the input is not modified
+    with pytest.raises(InputError, match="one fraction per batch"):
+        simulate_batches(a, 3, depth=(1.0, 0.5))
+
+
+def test_batch_scores_tell_mixed_from_separated():
+    pytest.importorskip("sklearn")
+    from sccase_jax.evaluation.batch import batch_scores
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b"], 100)
+    centre = np.where(labels == "a", 0.0, 10.0)[:, None]
+    batch = np.tile(["x", "y"], 100)
+    mixed = centre + rng.normal(size=(200, 5))
+    split = mixed + np.where(batch == "x", 0.0, 5.0)[:, None]
+    good, bad = batch_scores(mixed, batch, labels), batch_scores(split, batch, labels)
+    assert good["ilisi"] > 0.8 and bad["ilisi"] < 0.1
+    assert good["batch_asw"] > 0.9 and bad["batch_asw"] < 0.6
+    assert good["graph_connectivity"] == 1.0 and good["celltype_asw"] > 0.7
