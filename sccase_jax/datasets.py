@@ -101,10 +101,11 @@ def simulate_from_bulk(
 def simulate_batches(adata, n_batches: int = 2, *, depth=(1.0, 0.4), efficiency_sd: float = 0.6,
                      batch_key: str = "batch", seed: int = 0):
     """Batches simulated on real counts: each cell, at random (seeded), in one of
-    ``n_batches``; in batch ``b`` every read is kept with probability ``depth[b] x e[b, p]``
-    (binomial thinning), ``e[b, p] = exp(N(0, efficiency_sd^2))`` a peak-specific efficiency
-    scaled to at most 1.  Returns a new AnnData (counts in ``X``, ``obs[batch_key]``
-    ``"batch0"``, ...); ``adata`` is not modified.  docs/batch.md.
+    ``n_batches``; in batch ``b`` every read of peak ``p`` is kept with probability
+    ``min(1, depth[b] x e[b, p])`` (binomial thinning), ``e[b, p]`` a peak-specific
+    efficiency, log-normal with mean 1 and log-scale sd ``efficiency_sd``.  Returns a new
+    AnnData (counts in ``X``, ``obs[batch_key]`` ``"batch0"``, ...); ``adata`` is not
+    modified.  docs/batch.md.
     """
     import anndata as ad
     import numpy as np
@@ -121,9 +122,8 @@ def simulate_batches(adata, n_batches: int = 2, *, depth=(1.0, 0.4), efficiency_
     C = sp.csr_matrix(adata.X)
     n, m = C.shape
     batch = rng.permutation(np.arange(n) % n_batches)
-    eff = np.exp(rng.normal(0.0, efficiency_sd, (n_batches, m)))
-    eff /= eff.max(axis=1, keepdims=True)
-    keep = np.asarray(depth)[:, None] * eff  # batches x peaks
+    eff = np.exp(rng.normal(-0.5 * efficiency_sd**2, efficiency_sd, (n_batches, m)))
+    keep = np.minimum(1.0, np.asarray(depth)[:, None] * eff)  # batches x peaks
     coo = C.tocoo()
     prob = keep[batch[coo.row], coo.col]
     kept = rng.binomial(np.round(coo.data).astype(np.int64), prob)

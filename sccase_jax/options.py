@@ -220,10 +220,15 @@ class Options:
                                  default_text="1")
     # Batch correction (docs/batch.md) --------------------------------------------------------
     batch_key: str | None = option(
-        None, "obs column of the batches: adds batch_weight x lam x ||A o Z||^2, A the "
-        "same-batch pairs (docs/batch.md)", _optional_key, parse=str, metavar="KEY")
-    batch_weight: float = option(1.0, "weight beta of the batch term relative to lam (within a "
-                                 "batch Z -> H^T H / (1 + beta))", _nonneg)
+        None, "obs column of the batches: adds batch_weight x lam x ||A Z||^2, the "
+        "between-batch variance of each column of Z (docs/batch.md)", _optional_key, parse=str,
+        metavar="KEY")
+    batch_weight: float = option(1.0, "weight beta of the batch term relative to lam (at a "
+                                 "fixed H it shrinks the between-batch part of Z by 1 / (1 + "
+                                 "beta))", _nonneg)
+    correct_depth: bool = option(
+        False, "the release's depth term, exact: lam ||Z - P H^T H||^2, P = diag(depth / "
+        "median depth) (docs/depth.md)", v.check_bool)
     peak_match: str = option("auto", "match reference peaks by name or genomic overlap",
                              _choice(PEAK_MATCH), choices=PEAK_MATCH)
     min_peak_match: float = option(0.1, "refuse a reference matching fewer target peaks than "

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from sccase_jax import estimate, io, output
 from sccase_jax import progress as _progress
 from sccase_jax.fitting import fit_with
+from sccase_jax.objectives.depth import relative_depth
 from sccase_jax.options import Options, options_from, signature
 from sccase_jax.preprocessing import check_preprocessed, preprocess
 from sccase_jax.problem import check_input
@@ -84,7 +85,8 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
         opts = opts.replace(k_ref=k_ref)
     if batch is not None:
         batch = batch_codes(adata, opts.batch_key, cell_mask)
-    res = fit_with(X, k, opts, P=P, batch=batch)
+    depth = relative_depth(np.asarray(kept.sum(axis=0)).ravel()) if opts.correct_depth else None
+    res = fit_with(X, k, opts, P=P, batch=batch, depth=depth)
     _check_finite(res)
     E, B, z_store, z_kept = _outputs(res, X, opts, neighbors, write_layer=out_file is None)
 
@@ -98,6 +100,7 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
                   n_components_estimated=estimated, store_z=z_kept,
                   layer_dtype=opts.layer_dtype, batch_key=opts.batch_key,
                   batch_weight=float(opts.batch_weight) if opts.batch_key else None,
+                  correct_depth=bool(opts.correct_depth),
                   store_layer=bool(opts.store_layer) and out_file is None)
     record = {"loss": res.loss, "initial_loss": res.initial_loss, "n_iter": res.n_iter,
               "converged": res.converged, "status": str(res.status), "message": res.message,
