@@ -199,3 +199,31 @@ def test_batch_scores_tell_mixed_from_separated():
     assert good["ilisi"] > 0.8 and bad["ilisi"] < 0.1
     assert good["batch_asw"] > 0.9 and bad["batch_asw"] < 0.6
     assert good["graph_connectivity"] == 1.0 and good["celltype_asw"] > 0.7
+
+
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_correction_recovers_the_unbatched_clustering_on_real_counts(seed):
+    """Batches simulated on the bundled Granja counts (batch 1 keeps 40 % of the reads, a
+    log-normal efficiency per peak and batch): with the batch term the clustering is closer
+    to the unbatched data's and no longer follows the batches (k-means on PCA(20))."""
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    cluster = pytest.importorskip("sklearn.cluster")
+    from sklearn.metrics import adjusted_rand_score as ari
+
+    from sccase_jax.datasets import granja_bm600, simulate_batches
+
+    def clusters(out):
+        emb = decomposition.PCA(20, random_state=0).fit_transform(np.asarray(out.layers["sccase"]))
+        return cluster.KMeans(6, n_init=10, random_state=0).fit_predict(emb)
+
+    a = granja_bm600()
+    sim = simulate_batches(a, 2, depth=(1.0, 0.4), efficiency_sd=0.6, seed=seed)
+    keep = np.asarray(sim.X.sum(axis=1)).ravel() > 0
+    sim, a = sim[keep].copy(), a[keep].copy()
+    kw = dict(seed=0, max_iter=10)
+    ref = clusters(sccase_jax.enhance(a, 7, **kw))
+    plain = clusters(sccase_jax.enhance(sim, 7, **kw))
+    corr = clusters(sccase_jax.enhance(sim, 7, batch_key="batch", **kw))
+    batch = sim.obs["batch"].to_numpy()
+    assert ari(ref, corr) > ari(ref, plain) + 0.05
+    assert ari(batch, corr) < 0.5 * ari(batch, plain) and ari(batch, plain) > 0.02
