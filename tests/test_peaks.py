@@ -174,3 +174,11 @@ def test_group_means():
     M = np.arange(12.0).reshape(4, 3)
     np.testing.assert_allclose(cli_peaks.group_means(M, np.array(["a", "b", "a", "b"]), ["a", "b"]),
                                [[3, 4, 5], [6, 7, 8]])
+
+
+def test_uns_table_survives_h5ad(tmp_path):
+    a = _enhanced()
+    t = specific_peaks(a, "cell_type", n_top=4)
+    a.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad").uns["sccase_specific_peaks"]
+    pd.testing.assert_frame_equal(back.reset_index(drop=True), t.reset_index(drop=True), check_dtype=False)
