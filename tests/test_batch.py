@@ -164,6 +164,17 @@ def test_bad_batches(batch, msg, tmp_path):
 def test_batch_weight_is_checked():
     with pytest.raises(InputError, match="batch_weight"):
         sccase_jax.enhance(_batched(), 3, batch_key="batch", batch_weight=-1.0)
+    with pytest.raises(InputError, match="batch_weight needs batch_key"):
+        sccase_jax.enhance(_batched(), 3, batch_weight=2.0)
+
+
+def test_batch_and_depth_terms_compose():
+    a = _batched()
+    out = sccase_jax.enhance(a, 4, batch_key="batch", correct_depth=True, max_iter=4)
+    p = out.uns["sccase"]["params"]
+    assert p["batch_key"] == "batch" and p["correct_depth"] is True
+    hist = np.concatenate([[out.uns["sccase"]["initial_loss"]], np.asarray(out.uns["sccase"]["loss"])])
+    assert np.all(np.isfinite(hist)) and np.all(np.diff(hist) <= 1e-6 * np.abs(hist[:-1]))
 
 
 def test_simulate_batches_is_seeded_thins_counts_and_checks_input():

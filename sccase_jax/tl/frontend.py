@@ -59,6 +59,8 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
     opts = options_from(dict(options, n_components=n_components), caller="enhance")
     if reference is None and (opts.k_ref or opts.alpha):
         raise InputError("k_ref and alpha need a reference (reference=...)")
+    if opts.batch_key is None and opts.batch_weight != 1.0:
+        raise InputError("batch_weight needs batch_key (the obs column of the batches)")
     out_file = opts.out_file
     if out_file is not None:
         out_file = io.check_out_file(
