@@ -238,3 +238,12 @@ def test_correction_recovers_the_unbatched_clustering_on_real_counts(seed):
     batch = sim.obs["batch"].to_numpy()
     assert ari(ref, corr) > ari(ref, plain) + 0.05
     assert ari(batch, corr) < 0.5 * ari(batch, plain) and ari(batch, plain) > 0.02
+
+
+def test_cli_batch_key(tmp_path):
+    path, out = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    _batched().write_h5ad(path)
+    assert main(["enhance", str(path), str(out), "--k", "3", "--max-iter", "2", "--batch-key", "batch",
+                 "--batch-weight", "2", "--quiet"]) == 0
+    params = ad.read_h5ad(out).uns["sccase"]["params"]
+    assert params["batch_key"] == "batch" and params["batch_weight"] == 2.0
