@@ -306,7 +306,7 @@ def _load(tag=""):
     for f in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
         if f.endswith(".json") and not f.startswith(("crossover", "machine")) and f not in SUPERSEDED:
             r = json.load(open(os.path.join(RESULTS, f)))
-            if r.get("tag", "") == tag:
+            if isinstance(r, dict) and "case" in r and r.get("tag", "") == tag:  # runs of this script only
                 out[(r["case"], r["impl"], r["iters"])] = r
     return out
 
@@ -315,7 +315,9 @@ def _tags():
     tags = set()
     for f in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
         if f.endswith(".json") and not f.startswith(("crossover", "machine")):
-            tags.add(json.load(open(os.path.join(RESULTS, f))).get("tag", ""))
+            r = json.load(open(os.path.join(RESULTS, f)))
+            if isinstance(r, dict) and "case" in r:
+                tags.add(r.get("tag", ""))
     return sorted(tags - {""})
 
 
