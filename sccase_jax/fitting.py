@@ -67,6 +67,8 @@ fit.__signature__ = signature(fit, FIT, keep=("X", "n_components", "P", "init"))
 def fit_with(X, n_components: int, opts: Options, *, P=None, init=None) -> FitResult:
     """:func:`fit` with checked :class:`~sccase_jax.options.Options` (as ``enhance`` calls it)."""
     opts = opts.resolved()
+    if _knn(opts, X.shape[1]):
+        return _fit_knn(X, n_components, opts, P, init)
     t0 = time.perf_counter()
     prob = prepare(X, n_components, opts, P=P, k_ref=opts.k_ref, init=init)
     if opts.progress:
@@ -89,6 +91,29 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None) -> FitRe
     params = fit_options(opts, n_components, k_ref, config, prob.hp.lam.dtype)
     params["gram"] = "dense" if prob.data.G is not None else "sparse"
     return res.fetch(params)
+
+
+def _knn(opts: Options, n_cells: int) -> bool:
+    """Whether the fit restricts Z to a candidate support (``z_support``)."""
+    from sccase_jax.options import KNN_AUTO_CELLS
+
+    return opts.z_support == "knn" or (opts.z_support == "auto" and n_cells > KNN_AUTO_CELLS)
+
+
+def _fit_knn(X, n_components: int, opts: Options, P, init) -> FitResult:
+    """The support-restricted fit (:mod:`sccase_jax.support`); Z comes back sparse."""
+    from sccase_jax.support.fit import fit_support
+    from sccase_jax.validate import InputError
+
+    if P is not None or init is not None:
+        raise InputError("z_support='knn' takes neither a reference nor init (use "
+                         "z_support='dense')")
+    config = solver_config(opts)
+    res = fit_support(X, n_components, opts, config, opts.n_neighbors, opts.knn_from)
+    params = fit_options(opts, n_components, 0, config, res.W.dtype)
+    params.update(gram="support", z_support="knn", n_neighbors=int(opts.n_neighbors),
+                  knn_from=opts.knn_from)
+    return res._replace(params=params)
 
 
 def fit_variant(X, n_components: int, *, objective="sccase", optimizer=None, hyper=None,

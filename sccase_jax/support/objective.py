@@ -146,7 +146,7 @@ def grad_w_support(data: SupportData, V, W, H, hp):
 
 def to_sparse(V, idx, n: int | None = None) -> sp.csc_matrix:
     """Z (cells x cells, CSC) from its ELL values and support."""
-    V, idx = np.asarray(V), np.asarray(idx)
+    V, idx = np.array(V), np.array(idx)
     n = idx.shape[0] if n is None else n
     d = idx.shape[1]
     indptr = np.arange(0, n * d + 1, d)
