@@ -109,10 +109,11 @@ def _fit_knn(X, n_components: int, opts: Options, P, init) -> FitResult:
         raise InputError("z_support='knn' takes neither a reference nor init (use "
                          "z_support='dense')")
     config = solver_config(opts)
-    res = fit_support(X, n_components, opts, config, opts.n_neighbors, opts.knn_from)
+    res = fit_support(X, n_components, opts, config, opts.n_neighbors, opts.knn_from,
+                      opts.off_support)
     params = fit_options(opts, n_components, 0, config, res.W.dtype)
     params.update(gram="support", z_support="knn", n_neighbors=int(opts.n_neighbors),
-                  knn_from=opts.knn_from)
+                  knn_from=opts.knn_from, off_support=opts.off_support)
     return res._replace(params=params)
 
 

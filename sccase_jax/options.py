@@ -50,6 +50,7 @@ LAYER_DTYPES = ("float32", "float16")
 STORE_Z = ("auto", "full", "none")
 Z_SUPPORTS = ("auto", "dense", "knn")
 KNN_FROM = ("embedding", "jaccard")
+OFF_SUPPORT = ("drop", "exact")
 # z_support="auto" restricts Z to each cell's candidate neighbours above this many cells
 # (docs/atlas.md): the dense fit holds about 5.5 n^2 floats, 8.8 GB in float32 at 20,000.
 KNN_AUTO_CELLS = 20_000
@@ -202,6 +203,10 @@ class Options:
     knn_from: str = option("embedding", "the knn support: cosine kNN on the NMF embedding "
                            "or Jaccard kNN of the binarised profiles", _choice(KNN_FROM),
                            scope=FIT, choices=KNN_FROM)
+    off_support: str = option(
+        "drop", "knn support: 'exact' keeps the off-support part of lam ||Z - H^T H||^2 "
+        "(paper Eq. 2 with Z on the support; at lam = 1e6 it drives H to 0), 'drop' fits "
+        "Z to H^T H on the support only", _choice(OFF_SUPPORT), scope=FIT, choices=OFF_SUPPORT)
     dtype: Any = option(None, "computation dtype, float32 or float64 (needs jax_enable_x64)",
                         _dtype, scope=FIT, flag=None, default_text="float32")
     preset: str = option("paper", "'paper' (default) or 'release': the sccase 0.2.5 solver",

@@ -35,7 +35,7 @@ def local_grams(X, idx):
     return np.einsum("mja,mjb->jab", Xc, Xc)
 
 
-def small_problem(seed, m=7, n=6, d=3, k=2, lam=3.0, alpha=0.0):
+def small_problem(seed, m=7, n=6, d=3, k=2, lam=3.0, alpha=0.0, off=1.0):
     rng = np.random.default_rng(seed)
     X = rng.random((m, n)) * (rng.random((m, n)) < 0.6)
     idx = random_support(rng, n, d)
@@ -46,7 +46,8 @@ def small_problem(seed, m=7, n=6, d=3, k=2, lam=3.0, alpha=0.0):
         P[:, 0] = rng.random(m)
         M[0] = 1.0
     data = SupportData(X=jnp.asarray(X), idx=jnp.asarray(idx), mask=jnp.asarray(mask),
-                       L=jnp.asarray(local_grams(X, idx)), P=jnp.asarray(P), M=jnp.asarray(M))
+                       L=jnp.asarray(local_grams(X, idx)), P=jnp.asarray(P), M=jnp.asarray(M),
+                       off=jnp.asarray(off))
     W = jnp.asarray(rng.random((m, k)))
     H = jnp.asarray(rng.random((k, n)))
     V = jnp.asarray(rng.random((n, d)))
@@ -69,9 +70,20 @@ def test_restricted_objective_is_the_dense_one_with_z_zero_off_support(seed, d, 
     np.testing.assert_allclose(support_loss(data, W, H, V, hp), F_dense, rtol=1e-11)
 
 
-@given(st.integers(0, 10_000), st.integers(1, 6), st.sampled_from([0.0, 2.0]))
-def test_gradients_match_jax_grad(seed, d, alpha):
-    data, W, H, V, hp = small_problem(seed, d=d, alpha=alpha)
+def test_on_support_only_similarity():
+    data, W, H, V, hp = small_problem(5, d=4, off=0.0)
+    Q = dense_z(V, data.idx) - H.T @ H
+    on = dense_z(jnp.ones_like(V), data.idx) > 0
+    full = support_loss(data._replace(off=jnp.asarray(1.0)), W, H, V, hp)
+    part = support_loss(data, W, H, V, hp)
+    np.testing.assert_allclose(full - part, hp.lam * jnp.sum(jnp.where(on, 0, Q) ** 2),
+                               rtol=1e-10)
+
+
+@given(st.integers(0, 10_000), st.integers(1, 6), st.sampled_from([0.0, 2.0]),
+       st.sampled_from([1.0, 0.0, 0.3]))
+def test_gradients_match_jax_grad(seed, d, alpha, off):
+    data, W, H, V, hp = small_problem(seed, d=d, alpha=alpha, off=off)
     gW, gH, gV = jax.grad(lambda W, H, V: support_loss(data, W, H, V, hp), argnums=(0, 1, 2))(
         W, H, V)
     B = W.T @ data.X
@@ -113,10 +125,29 @@ def test_full_support_fit_equals_the_dense_fit(h_step):
     np.testing.assert_allclose(dense_z(rs.Z, supp.idx), rd.Z, rtol=1e-7, atol=1e-10)
 
 
-def test_restricted_fit_decreases_F_monotonically():
-    data, W, H, V, hp = small_problem(3, m=15, n=10, d=4, k=3, lam=20.0)
-    res = support_run(data, W, H, V, hp, SolverConfig(max_iter=20, tol=0.0))
+@pytest.mark.parametrize("off", [1.0, 0.0])
+@pytest.mark.parametrize("h_step", ["backtrack", "exact"])
+def test_restricted_fit_decreases_F_monotonically(off, h_step):
+    data, W, H, V, hp = small_problem(3, m=15, n=10, d=4, k=3, lam=20.0, off=off)
+    res = support_run(data, W, H, V, hp, SolverConfig(max_iter=20, tol=0.0, h_step=h_step))
+    F_end = support_loss(data, res.W, res.H, res.Z, hp)
+    np.testing.assert_allclose(res.loss[-1], F_end, rtol=1e-10)
     hist = np.concatenate([[float(res.initial_loss)], np.asarray(res.loss)])
     assert np.all(np.diff(hist) <= 1e-12 * np.abs(hist[:-1]))
     assert hist[-1] < hist[0]
     assert np.all(np.asarray(res.Z) >= 0) and np.all(np.asarray(res.H) >= 0)
+
+
+@given(st.integers(0, 10_000), st.sampled_from([1.0, 0.0, 0.4]), st.floats(0.01, 2.0))
+def test_h_quartic_coefficients_are_exact(seed, off, t):
+    from sccase_jax.support.objective import apply_ell
+    from sccase_jax.support.solver import _h_quartic
+
+    data, W, H, V, hp = small_problem(seed, d=3, off=off)
+    D = jnp.asarray(np.random.default_rng(seed + 1).normal(size=H.shape))
+    B = W.T @ data.X
+    BS = apply_ell(B, jnp.where(data.mask, V, 0), data.idx)
+    c1, c2, c3, c4 = _h_quartic(data, V, H, D, BS, W.T @ W, hp)
+    want = support_loss(data, W, H - t * D, V, hp) - support_loss(data, W, H, V, hp)
+    np.testing.assert_allclose(c1 * t + c2 * t**2 + c3 * t**3 + c4 * t**4, want, rtol=1e-8,
+                               atol=1e-9 * abs(float(support_loss(data, W, H, V, hp))))

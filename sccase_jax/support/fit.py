@@ -37,7 +37,8 @@ class SupportProblem:
         self.data, self.W, self.H, self.V, self.hp = data, W, H, V, hp
 
 
-def prepare_support(X, k: int, opts, n_neighbors: int = 30, knn_from: str = "embedding"):
+def prepare_support(X, k: int, opts, n_neighbors: int = 30, knn_from: str = "embedding",
+                    off_support: str = "drop"):
     """Everything before the solver: checks, device X, NMF, support, local Grams, start."""
     if knn_from not in SUPPORTS:
         raise InputError(f"knn_from must be one of {SUPPORTS}, got {knn_from!r}")
@@ -63,16 +64,17 @@ def prepare_support(X, k: int, opts, n_neighbors: int = 30, knn_from: str = "emb
                         f"{time.perf_counter() - t0:.1f} s")
     k_ = int(k)
     data = SupportData(X=Xd, idx=jnp.asarray(idx), mask=build.support_mask(key_mask, n, d, opts.keep_prob),
-                       L=jnp.asarray(L), P=jnp.zeros((m, k_), dtype), M=jnp.zeros(k_, dtype))
+                       L=jnp.asarray(L), P=jnp.zeros((m, k_), dtype), M=jnp.zeros(k_, dtype),
+                       off=jnp.asarray(1.0 if off_support == "exact" else 0.0, dtype))
     hp = Hyperparams.create(opts.lam, opts.gamma1, opts.gamma2, 0.0, dtype=dtype)
     return SupportProblem(data, W0, H0, jnp.asarray(V0, dtype), hp)
 
 
 def fit_support(X, k: int, opts, config: SolverConfig, n_neighbors: int = 30,
-                knn_from: str = "embedding"):
+                knn_from: str = "embedding", off_support: str = "drop"):
     """The support-restricted fit; returns a host :class:`~sccase_jax.result.FitResult`
     with ``Z`` sparse (CSC, cells x cells)."""
-    prob = prepare_support(X, k, opts, n_neighbors, knn_from)
+    prob = prepare_support(X, k, opts, n_neighbors, knn_from, off_support)
     if opts.progress:
         quiet = config._replace(progress=False)
         res = run_reporting(prob.data, prob.W, prob.H, prob.V, prob.hp, quiet,

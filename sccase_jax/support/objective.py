@@ -20,6 +20,10 @@ Gradients (the restriction of paper Eq. 5 to the support):
 * ``dF/dV = 2 (L_j s_j - c_j) o mask + 2 lam (V - T)``
 * ``dF/dH = -2 B S + 2 W^T W H - 2 lam (H Z + H Z^T - 2 H H^T H) + 2 gamma2 H``
   (``H Z`` a gather of H's columns, ``H Z^T`` a segment sum over the support's entries)
+
+``SupportData.off`` weighs the off-support part (1, the default: paper Eq. 2 restricted;
+0: only the on-support part, so Z fits H^T H on the support and H is not pulled towards
+``H^T H = 0`` off it; docs/atlas.md explains why that matters at the paper's lam).
 * ``dF/dW`` as in the dense model with ``E = X S H^T`` (``S H^T`` a segment sum).
 
 Memory: O(n d^2 + n d k + nnz(X) + (m + n) k).
@@ -62,6 +66,7 @@ class SupportData(NamedTuple):
     L: Any  # n x d x d: local Gram blocks X_{S_j}^T X_{S_j}
     P: Any  # m x k reference loadings (zero outside the reference block)
     M: Any  # k, 1.0 on reference columns
+    off: Any = 1.0  # weight of the off-support part of ||Z - H^T H||^2 (1: paper Eq. 2)
 
 
 def _sq(A):
@@ -102,19 +107,20 @@ def reconstruction_support(data: SupportData, S, B, W, H):
             + jnp.vdot(W.T @ W, H @ H.T))
 
 
-def similarity_support(V, H, idx):
-    """``||Z - H^T H||^2`` for Z supported on ``idx``: on-support squares plus the exact
-    off-support part ``||H H^T||^2 - sum_supp t^2``."""
+def similarity_support(V, H, idx, off=1.0):
+    """``||Z - H^T H||^2`` for Z supported on ``idx``: on-support squares plus ``off`` times
+    the exact off-support part ``||H H^T||^2 - sum_supp t^2`` (``off = 1``: the whole term;
+    ``0``: its on-support part only)."""
     T = pair_products(H, H, idx)
     HHt = H @ H.T
-    return _sq(V - T) + (_sq(HHt) - _sq(T))
+    return _sq(V - T) + off * (_sq(HHt) - _sq(T))
 
 
 def support_loss(data: SupportData, W, H, V, hp, B=None):
     """F (paper Eq. 2 with the scCASER term) with Z restricted to the support."""
     B = wt_x(data.X, W) if B is None else B
     S = jnp.where(data.mask, V, 0)
-    return (reconstruction_support(data, S, B, W, H) + hp.lam * similarity_support(V, H, data.idx)
+    return (reconstruction_support(data, S, B, W, H) + hp.lam * similarity_support(V, H, data.idx, data.off)
             + hp.gamma1 * _sq(W) + hp.gamma2 * _sq(H) + hp.alpha * _sq(data.P - W * data.M[None, :]))
 
 
@@ -130,8 +136,10 @@ def grad_h_support(data: SupportData, V, B, W, H, lam, gamma2):
     """``dF/dH`` (k x n)."""
     S = jnp.where(data.mask, V, 0)
     BS = apply_ell(B, S, data.idx)
-    HZ = apply_ell(H, V, data.idx) + apply_ell_t(H, V, data.idx)
-    return (-2.0 * BS + 2.0 * (W.T @ W) @ H - 2.0 * lam * (HZ - 2.0 * (H @ H.T) @ H)
+    # sim = sum_supp (v^2 - 2 v t + (1 - off) t^2) + off ||H H^T||^2
+    U = V - (1.0 - data.off) * pair_products(H, H, data.idx)
+    HU = apply_ell(H, U, data.idx) + apply_ell_t(H, U, data.idx)
+    return (-2.0 * BS + 2.0 * (W.T @ W) @ H - 2.0 * lam * (HU - 2.0 * data.off * (H @ H.T) @ H)
             + 2.0 * gamma2 * H)
 
 

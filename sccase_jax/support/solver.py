@@ -94,11 +94,17 @@ def _h_quartic(data, V, H, D, BS, WtW, hp):
     a1 = pair_products(D, H, idx) + pair_products(H, D, idx)
     a2 = pair_products(D, D, idx)
     c1 = 2.0 * jnp.vdot(BS, D) - 2.0 * jnp.vdot(WtW, Ghd) - 2.0 * hp.gamma2 * jnp.vdot(H, D)
-    c1 = c1 + hp.lam * (2.0 * jnp.vdot(V, a1) - 2.0 * jnp.vdot(Ghh, Lhd))
+    # sim(t) = sum_supp (v^2 - 2 v T(t) + (1 - off) T(t)^2) + off ||K(t)||^2 with
+    # T(t) = T - t a1 + t^2 a2 and K(t) = Ghh - t Lhd + t^2 Gdd.
+    w, u = data.off, 1.0 - data.off
+    T = pair_products(H, H, idx)
+    c1 = c1 + hp.lam * (2.0 * jnp.vdot(V, a1) - w * 2.0 * jnp.vdot(Ghh, Lhd)
+                        - u * 2.0 * jnp.vdot(T, a1))
     c2 = jnp.vdot(WtW, Gdd) + hp.gamma2 * _sq(D)
-    c2 = c2 + hp.lam * (-2.0 * jnp.vdot(V, a2) + _sq(Lhd) + 2.0 * jnp.vdot(Ghh, Gdd))
-    c3 = -2.0 * hp.lam * jnp.vdot(Lhd, Gdd)
-    c4 = hp.lam * _sq(Gdd)
+    c2 = c2 + hp.lam * (-2.0 * jnp.vdot(V, a2) + w * (_sq(Lhd) + 2.0 * jnp.vdot(Ghh, Gdd))
+                        + u * (_sq(a1) + 2.0 * jnp.vdot(T, a2)))
+    c3 = -2.0 * hp.lam * (w * jnp.vdot(Lhd, Gdd) + u * jnp.vdot(a1, a2))
+    c4 = hp.lam * (w * _sq(Gdd) + u * _sq(a2))
     return c1, c2, c3, c4
 
 
@@ -108,6 +114,7 @@ def h_move(data: SupportData, V, W, H, B, hp, config, zero):
     BS = apply_ell(B, S, data.idx)
     WtW = W.T @ W
     HHt = H @ H.T
+    T = pair_products(H, H, data.idx)
     D = grad_h_support(data, V, B, W, H, hp.lam, hp.gamma2)
 
     def change(Hc, _d):
@@ -119,7 +126,8 @@ def h_move(data: SupportData, V, W, H, B, hp, config, zero):
         dF = dF + hp.gamma2 * jnp.vdot(dH, Hc + H)
         dT = pair_products(dH, Hc, data.idx) + pair_products(H, dH, data.idx)
         dA = dH @ Hc.T + H @ dH.T
-        dsim = -2.0 * jnp.vdot(V, dT) + jnp.vdot(dA, Hc @ Hc.T + HHt)
+        dsim = -2.0 * jnp.vdot(V, dT) + data.off * jnp.vdot(dA, Hc @ Hc.T + HHt)
+        dsim = dsim + (1.0 - data.off) * jnp.vdot(dT, 2.0 * T + dT)
         return dF + hp.lam * dsim, None
 
     if config.h_step == "exact":
