@@ -112,7 +112,7 @@ def _fit_knn(X, n_components: int, opts: Options, P, init) -> FitResult:
     res = fit_support(X, n_components, opts, config, opts.n_neighbors, opts.knn_from,
                       opts.off_support)
     params = fit_options(opts, n_components, 0, config, res.W.dtype)
-    params.update(gram="support", z_support="knn", n_neighbors=int(opts.n_neighbors),
+    params.update(res.params or {}, gram="support", z_support="knn", n_neighbors=int(opts.n_neighbors),
                   knn_from=opts.knn_from, off_support=opts.off_support)
     return res._replace(params=params)
 

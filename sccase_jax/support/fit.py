@@ -21,7 +21,7 @@ from sccase_jax.params import Hyperparams, SolverConfig
 from sccase_jax.problem import check_input, device_matrix, warn_if_not_preprocessed
 from sccase_jax.start import nmf
 from sccase_jax.support import build
-from sccase_jax.support.objective import SupportData, to_sparse
+from sccase_jax.support.objective import SupportData, support_loss, to_sparse
 from sccase_jax.support.solver import run, run_reporting
 from sccase_jax.validate import InputError, default_dtype
 
@@ -81,7 +81,11 @@ def fit_support(X, k: int, opts, config: SolverConfig, n_neighbors: int = 30,
                             _progress.Reporter(quiet.max_iter))
     else:
         res = run(prob.data, prob.W, prob.H, prob.V, prob.hp, config)
-    res = res.fetch()
+    # F of paper Eq. 2 (the off-support part included) at the returned point, whichever
+    # off_support the fit used.
+    eq2 = support_loss(prob.data._replace(off=jnp.ones_like(prob.data.off)), res.W, res.H,
+                       res.Z, prob.hp)
+    res = res.fetch(dict(eq2_loss=float(eq2)))
     return res._replace(Z=to_sparse(res.Z, np.asarray(prob.data.idx)))
 
 
