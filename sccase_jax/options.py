@@ -49,7 +49,7 @@ GRAM_MODES = ("auto", "dense", "sparse")
 LAYER_DTYPES = ("float32", "float16")
 STORE_Z = ("auto", "full", "none")
 Z_SUPPORTS = ("auto", "dense", "knn")
-KNN_FROM = ("embedding", "jaccard")
+KNN_FROM = ("embedding", "cosine", "jaccard")
 OFF_SUPPORT = ("drop", "exact")
 # z_support="auto" restricts Z to each cell's candidate neighbours above this many cells
 # (docs/atlas.md): the dense fit holds about 5.5 n^2 floats, 8.8 GB in float32 at 20,000.
@@ -200,7 +200,8 @@ class Options:
         scope=FIT, choices=Z_SUPPORTS)
     n_neighbors: int = option(DEFAULT_N_NEIGHBORS, "candidate neighbours per cell (itself "
                               "included) of the knn support", _positive_int, scope=FIT)
-    knn_from: str = option("embedding", "the knn support: cosine kNN on the NMF embedding "
+    knn_from: str = option("embedding", "the knn support: largest h_i . h_j of the NMF "
+                           "embedding (the weights the dense output keeps), cosine kNN on it, "
                            "or Jaccard kNN of the binarised profiles", _choice(KNN_FROM),
                            scope=FIT, choices=KNN_FROM)
     off_support: str = option(

@@ -29,16 +29,17 @@ def check_support(idx, n, d):
     assert all(len(set(row)) == d for row in idx)
 
 
-def test_embedding_support_is_the_cosine_knn():
+def test_embedding_support_is_the_knn_of_the_embedding():
     rng = np.random.default_rng(1)
     H = rng.random((4, 50))
-    idx = build.embedding_support(H, 7, block=16)
-    check_support(idx, 50, 7)
-    Hn = H / np.linalg.norm(H, axis=0)
-    C = Hn.T @ Hn
-    np.fill_diagonal(C, np.inf)
-    for j in range(50):
-        np.testing.assert_allclose(np.sort(C[idx[j], j])[::-1], np.sort(C[:, j])[::-1][:7])
+    for cosine in (False, True):
+        idx = build.embedding_support(H, 7, block=16, cosine=cosine)
+        check_support(idx, 50, 7)
+        Hn = H / np.linalg.norm(H, axis=0) if cosine else H
+        C = Hn.T @ Hn
+        np.fill_diagonal(C, np.inf)
+        for j in range(50):
+            np.testing.assert_allclose(np.sort(C[idx[j], j])[::-1], np.sort(C[:, j])[::-1][:7])
 
 
 def test_jaccard_support_local_grams_and_start_match_the_dense_ones():

@@ -1,8 +1,11 @@
 """Supports, local Gram blocks and the start of a support-restricted fit; never n x n.
 
-* :func:`embedding_support`: each cell's ``d`` most cosine-similar cells under the NMF
-  embedding H0 (k x n), itself first: blocks of ``block`` cells, one ``block x n`` score
-  array and :func:`jax.lax.top_k` at a time (O(n^2 k) work, O(block n) memory).
+* :func:`embedding_support`: each cell itself, then the ``d - 1`` cells of largest
+  ``h_i . h_j`` under the NMF embedding H0 (k x n): the entries of ``H0^T H0`` that the dense
+  fit's output keeps (its Z is ``max(H^T H, 0)`` to 1e-5 after the first iteration, and H
+  moves 1e-5 from H0: MODEL.md, docs/atlas.md), or with ``cosine=True`` the most
+  cosine-similar cells; blocks of ``block`` cells, one ``block x n`` score array and
+  :func:`jax.lax.top_k` at a time (O(n^2 k) work, O(block n) memory).
 * :func:`jaccard_support`: the ``d`` cells of largest Jaccard similarity of the binarised
   profiles, itself first: scipy sparse products, ``block`` cells at a time (O(block n)
   memory; the work grows like the dense Jaccard start's, n^2 x density x peaks).
@@ -58,14 +61,17 @@ def _cosine_block(Hn, start, d: int, block: int):
     return jax.lax.top_k(scores, d)[1].astype(jnp.int32)
 
 
-def embedding_support(H, d: int, block: int = 512, progress: bool = False) -> np.ndarray:
-    """``idx`` (n x d int32): each cell itself, then its ``d - 1`` most cosine-similar cells
-    under the columns of ``H`` (k x n)."""
+def embedding_support(H, d: int, block: int = 512, progress: bool = False,
+                      cosine: bool = False) -> np.ndarray:
+    """``idx`` (n x d int32): each cell itself, then its ``d - 1`` cells of largest
+    ``h_i . h_j`` (``cosine``: largest cosine similarity) under the columns of ``H`` (k x n)."""
     H = jnp.asarray(H)
     n = H.shape[1]
     d = min(d, n)
-    norm = jnp.linalg.norm(H, axis=0)
-    Hn = H / jnp.where(norm > 0, norm, 1)[None, :]
+    Hn = H
+    if cosine:
+        norm = jnp.linalg.norm(H, axis=0)
+        Hn = H / jnp.where(norm > 0, norm, 1)[None, :]
     block = min(block, n)
     out = np.empty((n, d), np.int32)
     eta = _Eta("support (embedding kNN)", n, progress)

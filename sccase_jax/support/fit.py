@@ -27,7 +27,7 @@ from sccase_jax.validate import InputError, default_dtype
 
 __all__ = ["SUPPORTS", "SupportProblem", "fit_support", "prepare_support", "sparse_weights"]
 
-SUPPORTS = ("embedding", "jaccard")
+SUPPORTS = ("embedding", "cosine", "jaccard")
 
 
 class SupportProblem:
@@ -55,8 +55,8 @@ def prepare_support(X, k: int, opts, n_neighbors: int = 30, knn_from: str = "emb
     if show:
         _progress.stage(f"NMF start ({n} cells, k = {k}) in {time.perf_counter() - t0:.1f} s")
     Xs = X if sp.issparse(X) else sp.csc_matrix(X)
-    idx = (build.embedding_support(H0, d, progress=show) if knn_from == "embedding"
-           else build.jaccard_support(Xs, d, progress=show))
+    idx = (build.jaccard_support(Xs, d, progress=show) if knn_from == "jaccard" else
+           build.embedding_support(H0, d, progress=show, cosine=knn_from == "cosine"))
     L, J = build.local_grams(Xs, idx, dtype=np.dtype(dtype), progress=show)
     V0 = build.normalise_start(J, idx, opts.jaccard_normalize)
     if show:
