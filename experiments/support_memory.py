@@ -24,7 +24,6 @@ from experiments.common import RESULTS
 
 
 def plan(n: int, d: int, k: int = 10, m: int = 10_000, per_cell: int = 200) -> dict:
-    import jax
     import jax.numpy as jnp
     from jax.experimental import sparse as jsparse
 
