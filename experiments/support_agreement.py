@@ -83,7 +83,7 @@ def report(path) -> str:
              "||H_dense|| | layer ARI | layer AMI | H ARI | H AMI |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
-        diff = f"{row['H_rel_diff']:.3f}" if "H_rel_diff" in row else "-"
+        diff = f"{row['H_rel_diff']:.1e}" if "H_rel_diff" in row else "-"
         lines.append(f"| {row['support']} | {row['F']:.5g} | {row['F_eq2']:.5g} | "
                      f"{row['n_iter']} | {row['time_s']} | "
                      f"{diff} | {row['layer']['ari']:.3f} | {row['layer']['ami']:.3f} | "
