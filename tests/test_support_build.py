@@ -99,3 +99,9 @@ def test_knn_auto_threshold_and_refusals():
     assert _knn(Options(z_support="knn"), 10)
     with pytest.raises(sccase_jax.InputError):
         Options(z_support="sparse")
+
+
+def test_sweep_refuses_the_knn_support():
+    C, _ = counts()
+    with pytest.raises(sccase_jax.InputError, match="dense fit only"):
+        sccase_jax.sweep(tfidf_x(C), lams=[1e6], ks=[3], z_support="knn")
