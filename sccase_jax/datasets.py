@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-__all__ = ["granja_bm600", "path", "simulate_from_bulk"]
+__all__ = ["granja_bm600", "path", "simulate_batches", "simulate_from_bulk"]
 
 
 def path(name: str = "granja2019_bm600.h5ad") -> str:
@@ -96,3 +96,39 @@ def simulate_from_bulk(
                              "depth": float(depth), "depth_sd": float(depth_sd),
                              "noise": float(noise), "seed": int(seed)}
     return out
+
+
+def simulate_batches(adata, n_batches: int = 2, *, depth=(1.0, 0.4), efficiency_sd: float = 0.6,
+                     batch_key: str = "batch", seed: int = 0):
+    """Batches simulated on real counts: each cell, at random (seeded), in one of
+    ``n_batches``; in batch ``b`` every read of peak ``p`` is kept with probability
+    ``min(1, depth[b] x e[b, p])`` (binomial thinning), ``e[b, p]`` a peak-specific
+    efficiency, log-normal with mean 1 and log-scale sd ``efficiency_sd``.  Returns a new
+    AnnData (counts in ``X``, ``obs[batch_key]`` ``"batch0"``, ...); ``adata`` is not
+    modified.  docs/batch.md.
+    """
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    from sccase_jax.validate import InputError, check_int, check_real
+
+    n_batches = check_int("n_batches", n_batches, 2)
+    depth = tuple(check_real("depth", d, 0.0, 1.0) for d in depth)
+    if len(depth) != n_batches:
+        raise InputError(f"depth must give one fraction per batch ({n_batches}), got {len(depth)}")
+    efficiency_sd = check_real("efficiency_sd", efficiency_sd)
+    rng = np.random.default_rng(seed)
+    C = sp.csr_matrix(adata.X)
+    n, m = C.shape
+    batch = rng.permutation(np.arange(n) % n_batches)
+    eff = np.exp(rng.normal(-0.5 * efficiency_sd**2, efficiency_sd, (n_batches, m)))
+    keep = np.minimum(1.0, np.asarray(depth)[:, None] * eff)  # batches x peaks
+    coo = C.tocoo()
+    prob = keep[batch[coo.row], coo.col]
+    kept = rng.binomial(np.round(coo.data).astype(np.int64), prob)
+    out = sp.csr_matrix((kept.astype(np.float32), (coo.row, coo.col)), shape=(n, m))
+    out.eliminate_zeros()
+    obs = adata.obs.copy()
+    obs[batch_key] = np.array([f"batch{b}" for b in batch])
+    return ad.AnnData(out, obs=obs, var=adata.var.copy())

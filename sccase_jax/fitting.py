@@ -15,6 +15,7 @@ from sccase_jax.problem import prepare
 from sccase_jax.result import FitResult
 from sccase_jax.solver.alternating import run, run_donated, run_reporting
 from sccase_jax.solver.projected import run_variant
+from sccase_jax.validate import InputError
 
 __all__ = ["fit", "fit_options", "fit_variant", "solver_config"]
 
@@ -64,13 +65,22 @@ def fit(X, n_components: int, *, P=None, init: Factors | None = None, **options)
 fit.__signature__ = signature(fit, FIT, keep=("X", "n_components", "P", "init"))
 
 
-def fit_with(X, n_components: int, opts: Options, *, P=None, init=None) -> FitResult:
-    """:func:`fit` with checked :class:`~sccase_jax.options.Options` (as ``enhance`` calls it)."""
+def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=None,
+             depth=None) -> FitResult:
+    """:func:`fit` with checked :class:`~sccase_jax.options.Options` (as ``enhance`` calls it);
+    ``batch``: integer batch codes of the cells, for the batch term; ``depth``: relative
+    depths, for the depth term."""
     opts = opts.resolved()
+    if depth is not None and solver_config(opts).h_step != "backtrack":
+        raise InputError("correct_depth needs the backtracking H step (h_step='backtrack')")
     if _knn(opts, X.shape[1]):
+        if batch is not None or depth is not None:
+            raise InputError("z_support='knn' has no batch or depth term yet (use "
+                             "z_support='dense')")
         return _fit_knn(X, n_components, opts, P, init)
     t0 = time.perf_counter()
-    prob = prepare(X, n_components, opts, P=P, k_ref=opts.k_ref, init=init)
+    prob = prepare(X, n_components, opts, P=P, k_ref=opts.k_ref, init=init, batch=batch,
+                   depth=depth)
     if opts.progress:
         n = prob.factors.Z.shape[0]
         _progress.stage(f"start: {n} cells, k = {int(n_components)}, Gram matrix, Jaccard Z0 "
@@ -103,7 +113,6 @@ def _knn(opts: Options, n_cells: int) -> bool:
 def _fit_knn(X, n_components: int, opts: Options, P, init) -> FitResult:
     """The support-restricted fit (:mod:`sccase_jax.support`); Z comes back sparse."""
     from sccase_jax.support.fit import fit_support
-    from sccase_jax.validate import InputError
 
     if P is not None or init is not None:
         raise InputError("z_support='knn' takes neither a reference nor init (use "

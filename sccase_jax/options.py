@@ -126,6 +126,12 @@ def _key(name, value):
     return value
 
 
+def _optional_key(name, value):
+    if value is None:
+        return None
+    return _key(name, value)
+
+
 def _layer(name, value):
     if value is not None and not isinstance(value, str):
         raise v.InputError(f"{name} must be a layer name (a string) or None, got {value!r}")
@@ -233,6 +239,17 @@ class Options:
                                default_text="min(profiles, k - 1)")
     alpha: float | None = option(None, "pull of W1 towards P", _nonneg, scope=FIT,
                                  default_text="1")
+    # Batch correction (docs/batch.md) --------------------------------------------------------
+    batch_key: str | None = option(
+        None, "obs column of the batches: adds batch_weight x lam x ||A Z||^2, the "
+        "between-batch variance of each column of Z (docs/batch.md)", _optional_key, parse=str,
+        metavar="KEY")
+    batch_weight: float = option(1.0, "weight beta of the batch term relative to lam (at a "
+                                 "fixed H it shrinks the between-batch part of Z by 1 / (1 + "
+                                 "beta))", _nonneg)
+    correct_depth: bool = option(
+        False, "the release's depth term, exact: lam ||Z - P H^T H||^2, P = diag(depth / "
+        "median depth) (docs/depth.md)", v.check_bool)
     peak_match: str = option("auto", "match reference peaks by name or genomic overlap",
                              _choice(PEAK_MATCH), choices=PEAK_MATCH)
     min_peak_match: float = option(0.1, "refuse a reference matching fewer target peaks than "

@@ -56,7 +56,11 @@ class Data(NamedTuple):
 
     ``X`` is used only in m x k / k x n products (``X @ (S H^T)`` and ``W^T X``);
     the n x n products go through ``G``.  ``P`` and ``M`` describe the scCASER reference
-    block; for plain scCASE ``M`` is all zeros and ``P`` is ignored.
+    block; for plain scCASE ``M`` is all zeros and ``P`` is ignored.  ``batch`` (the n x B
+    one-hot batches) and ``batch_mu`` (the weight mu) switch on the batch term
+    (:mod:`~sccase_jax.objectives.batch`), ``depth`` (n relative depths) replaces the
+    similarity term by ``lam ||Z - diag(depth) H^T H||^2`` (:mod:`~sccase_jax.objectives.depth`);
+    ``None`` (default) leaves each out of the program.
     """
 
     X: Any  # m x n, dense or jax.experimental.sparse.BCOO
@@ -64,6 +68,9 @@ class Data(NamedTuple):
     R: Any  # n x n, bool
     P: Any  # m x k
     M: Any  # k, float 0/1 (reference columns)
+    batch: Any = None  # n x B one-hot batches (float), or None: no batch term
+    batch_mu: Any = None  # scalar weight mu of the batch term
+    depth: Any = None  # n, the depth term's p = depth / median(depth), or None: no depth term
 
 
 class SolverConfig(NamedTuple):

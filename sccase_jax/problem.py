@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 
+from sccase_jax.objectives.batch import one_hot
 from sccase_jax.ops import choose_gram
 from sccase_jax.options import Options
 from sccase_jax.params import Data, Factors, Hyperparams
@@ -145,7 +146,8 @@ def warn_if_not_preprocessed(X) -> None:
 
 
 def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_ref=None,
-            init: Factors | None = None, reduce_on: str = "auto", **overrides) -> Problem:
+            init: Factors | None = None, reduce_on: str = "auto", batch=None, depth=None,
+            **overrides) -> Problem:
     """Check X and build the device data, the starting factors and the hyperparameters.
 
     ``options`` (an :class:`~sccase_jax.options.Options`, default the defaults) with
@@ -159,7 +161,9 @@ def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_r
     products, float64 accumulation), ``"device"`` (one dense product each on the device
     copy of X; needs X dense there) or ``"auto"``: device whenever X is dense there (2x
     faster than the host products on the 2-core CPU at 4k cells, seconds faster still on
-    a GPU), else host.
+    a GPU), else host.  ``batch`` (one integer code per cell of X) adds the batch term
+    ``batch_weight x lam x ||A Z||^2`` (:mod:`~sccase_jax.objectives.batch`); ``depth``
+    (the relative depth of each cell) the depth term (:mod:`~sccase_jax.objectives.depth`).
     """
     opts = (options or Options()).replace(**overrides).resolved()
     X = check_input(X, n_components)
@@ -191,10 +195,25 @@ def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_r
             raise InputError(f"init shapes must be W {want[0]}, H {want[1]}, Z {want[2]}")
     M = np.zeros(k, np.dtype(dtype))
     M[:k_ref] = 1.0
+    codes, mu = None, None
+    if batch is not None:
+        codes = np.asarray(batch)
+        if codes.shape != (n,) or codes.dtype.kind not in "iu" or codes.min() < 0:
+            raise InputError(f"batch must hold one integer code >= 0 per cell ({n}), got {codes.shape}")
+        codes = jnp.asarray(one_hot(np.unique(codes, return_inverse=True)[1], np.dtype(dtype)))
+        mu = jnp.asarray(opts.batch_weight * opts.lam, dtype)
     data = Data(X=Xd, G=G, R=dropout_mask(key_mask, n, opts.keep_prob), P=jnp.asarray(Pfull),
-                M=jnp.asarray(M))
+                M=jnp.asarray(M), batch=codes, batch_mu=mu,
+                depth=None if depth is None else _depth(depth, n, dtype))
     hp = Hyperparams.create(opts.lam, opts.gamma1, opts.gamma2, opts.alpha, dtype=dtype)
     return Problem(data, init, hp)
+
+
+def _depth(depth, n: int, dtype):
+    p = np.asarray(depth, np.float64)
+    if p.shape != (n,) or not np.all(np.isfinite(p)) or p.min() <= 0:
+        raise InputError(f"depth must hold one positive finite value per cell ({n})")
+    return jnp.asarray(p, dtype)
 
 
 def _device_data(X, dtype, gram: str, x_format: str, reduce_on: str):

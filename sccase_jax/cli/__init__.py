@@ -1,7 +1,8 @@
 """``sccase-jax``: a thin command line over :func:`sccase_jax.enhance`.
 
 Subcommands: ``enhance IN.h5ad OUT.h5ad`` (:mod:`~sccase_jax.cli.enhance`), ``evaluate``
-(:mod:`~sccase_jax.cli.evaluate`) and ``demo`` (:mod:`~sccase_jax.cli.demo`); the options
+(:mod:`~sccase_jax.cli.evaluate`), ``peaks`` (:mod:`~sccase_jax.cli.peaks`) and ``demo``
+(:mod:`~sccase_jax.cli.demo`); the options
 of ``enhance`` are built from :class:`sccase_jax.options.Options`
 (:mod:`~sccase_jax.cli.args`).  Bad input or usage ends with a one-line
 ``sccase-jax: error: ...`` and exit status 2, never a traceback; option values are
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from sccase_jax.cli import demo, enhance, evaluate
+from sccase_jax.cli import demo, enhance, evaluate, peaks
 from sccase_jax.cli.args import ArgumentParser
 from sccase_jax.validate import InputError
 
@@ -48,6 +49,7 @@ def build_parser() -> ArgumentParser:
     enhance.add_parser(sub)
     demo.add_parser(sub)
     evaluate.add_parser(sub)
+    peaks.add_parser(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from sccase_jax.evaluation.metrics import openmp_single_thread, require
 
-__all__ = ["embed_2d", "plot_embeddings", "plot_loss"]
+__all__ = ["embed_2d", "plot_embeddings", "plot_loss", "plot_peak_heatmap"]
 
 
 def _pyplot():
@@ -105,6 +105,28 @@ def plot_loss(loss, path: str, *, initial_loss: float | None = None, title: str 
         ax.grid(alpha=0.3)
     if len(panels) > 1:
         fig.suptitle(title or "scCASE objective")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_peak_heatmap(values: np.ndarray, groups, peaks, path: str, *,
+                      title: str | None = None) -> str:
+    """Heatmap of ``values`` (groups x peaks, e.g. each group's mean enhanced accessibility
+    of every group's top peaks, z-scored per peak)."""
+    plt = _pyplot()
+    values = np.asarray(values, float)
+    w = min(24.0, 2.0 + 0.12 * values.shape[1])
+    h = min(16.0, 1.5 + 0.3 * values.shape[0])
+    fig, ax = plt.subplots(figsize=(w, h))
+    im = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(groups)), labels=[str(g) for g in groups], fontsize=7)
+    ax.set_xticks([])
+    ax.set_xlabel(f"top peaks of each group ({len(peaks)}), in group order")
+    fig.colorbar(im, ax=ax, label="z-score of the group mean")
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

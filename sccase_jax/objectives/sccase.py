@@ -88,21 +88,31 @@ def reconstruction_gram(S, GS, B, W, H):
     return inner(S, GS) - 2.0 * jnp.vdot(B @ S, H) + jnp.vdot(W.T @ W, H @ H.T)
 
 
-def similarity_term(Z, H):
-    r""":math:`\|Z - H^\top H\|^2`, computed directly (the expanded form cancels badly)."""
-    Q = Z - H.T @ H
+def similarity_term(Z, H, depth=None):
+    r""":math:`\|Z - H^\top H\|^2`, computed directly (the expanded form cancels badly); with
+    ``depth`` (n) the depth term's :math:`\|Z - \mathrm{diag}(p) H^\top H\|^2`."""
+    Q = Z - H.T @ H if depth is None else Z - depth[:, None] * (H.T @ H)
     return inner(Q, Q)
 
 
-def gram_loss(S, GS, B, W, H, Z, P, M, hp, similarity=None):
+def gram_loss(S, GS, B, W, H, Z, P, M, hp, similarity=None, batch=None, batch_mu=None,
+              depth=None):
     """The objective in Gram form; ``M`` is the length-k reference column mask.
 
     ``similarity``, when given, is ``||Z - H^T H||^2`` already known to the caller
-    (the solver has it from its H step) and replaces :func:`similarity_term`.
+    (the solver has it from its H step) and replaces :func:`similarity_term`.  With
+    ``batch`` (one-hot, n x B) the batch term ``batch_mu ||A Z||^2`` is added
+    (:mod:`~sccase_jax.objectives.batch`); with ``depth`` the similarity term is the depth
+    term's (:mod:`~sccase_jax.objectives.depth`).
     """
     if similarity is None:
-        similarity = similarity_term(Z, H)
-    return (
+        similarity = similarity_term(Z, H, depth)
+    extra = 0.0
+    if batch is not None:
+        from sccase_jax.objectives.batch import batch_penalty
+
+        extra = batch_penalty(Z, batch, batch_mu)
+    return extra + (
         reconstruction_gram(S, GS, B, W, H)
         + hp.lam * similarity
         + hp.gamma1 * _sq(W)

@@ -21,13 +21,14 @@ import scipy.sparse as sp
 from sccase_jax import estimate, io, output
 from sccase_jax import progress as _progress
 from sccase_jax.fitting import fit_with
+from sccase_jax.objectives.depth import relative_depth
 from sccase_jax.options import Options, options_from, signature
 from sccase_jax.preprocessing import check_preprocessed, preprocess
 from sccase_jax.problem import check_input
 from sccase_jax.reference.mapping import reference_block
 from sccase_jax.validate import InputError, check_matrix
 
-__all__ = ["enhance", "get_counts"]
+__all__ = ["batch_codes", "enhance", "get_counts"]
 
 
 def enhance(adata, n_components: int | None = None, *, reference=None, **options):
@@ -58,11 +59,14 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
     opts = options_from(dict(options, n_components=n_components), caller="enhance")
     if reference is None and (opts.k_ref or opts.alpha):
         raise InputError("k_ref and alpha need a reference (reference=...)")
+    if opts.batch_key is None and opts.batch_weight != 1.0:
+        raise InputError("batch_weight needs batch_key (the obs column of the batches)")
     out_file = opts.out_file
     if out_file is not None:
         out_file = io.check_out_file(
             out_file, overwrite=opts.overwrite,
             protect=(("input", io.source_file(adata)), ("reference", io.source_file(reference))))
+    batch = batch_codes(adata, opts.batch_key)  # refused before any work
     opts = opts.resolved(reference=reference is not None)
     neighbors = output.resolve_neighbors(opts.neighbors, opts.output)
     # A backed AnnData holds X as an on-disk dataset: read it (a new object) into memory.
@@ -81,7 +85,10 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
         P, k_ref, ref_info = reference_block(
             reference, adata.var.iloc[np.flatnonzero(peak_mask)], kept, X, k, opts)
         opts = opts.replace(k_ref=k_ref)
-    res = fit_with(X, k, opts, P=P)
+    if batch is not None:
+        batch = batch_codes(adata, opts.batch_key, cell_mask)
+    depth = relative_depth(np.asarray(kept.sum(axis=0)).ravel()) if opts.correct_depth else None
+    res = fit_with(X, k, opts, P=P, batch=batch, depth=depth)
     _check_finite(res)
     E, B, z_store, z_kept = _outputs(res, X, opts, neighbors, write_layer=out_file is None)
 
@@ -93,7 +100,9 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
                   scale_output=opts.scale_output,
                   neighbors=None if neighbors is None else int(neighbors), layer=opts.layer,
                   n_components_estimated=estimated, store_z=z_kept,
-                  layer_dtype=opts.layer_dtype,
+                  layer_dtype=opts.layer_dtype, batch_key=opts.batch_key,
+                  batch_weight=float(opts.batch_weight) if opts.batch_key else None,
+                  correct_depth=bool(opts.correct_depth),
                   store_layer=bool(opts.store_layer) and out_file is None)
     record = {"loss": res.loss, "initial_loss": res.initial_loss, "n_iter": res.n_iter,
               "converged": res.converged, "status": str(res.status), "message": res.message,
@@ -138,6 +147,32 @@ def get_counts(adata, layer: str | None = None):
         M = M.to_memory() if hasattr(M, "to_memory") else np.asarray(M)
     check_matrix(M, "the count matrix")
     return sp.csr_matrix(M, dtype=np.float64).T.tocsr()
+
+
+def batch_codes(adata, key: str | None, cell_mask=None):
+    """Integer codes of ``adata.obs[key]`` (of the cells in ``cell_mask``), or None without
+    a key; one-line errors for an unknown key, missing labels, a single batch or a batch of
+    one cell."""
+    if key is None:
+        return None
+    if key not in adata.obs:
+        have = ", ".join(map(repr, list(adata.obs.columns)[:12])) or "none"
+        raise InputError(f"batch_key {key!r} is not a column of adata.obs (available: {have})")
+    col = adata.obs[key]
+    if cell_mask is not None:
+        col = col[np.asarray(cell_mask)]
+    missing = int(col.isna().sum())
+    if missing:
+        raise InputError(f"obs[{key!r}] has {missing} cells without a batch (NaN); label or "
+                         "drop them first")
+    names, codes = np.unique(col.astype(str).to_numpy(), return_inverse=True)
+    if names.size < 2:
+        raise InputError(f"obs[{key!r}] holds a single batch ({names[0]!r}): nothing to correct")
+    sizes = np.bincount(codes)
+    if sizes.min() < 2:
+        raise InputError(f"batch {names[int(np.argmin(sizes))]!r} of obs[{key!r}] has one cell; "
+                         "every batch needs at least two")
+    return codes.astype(np.int32)
 
 
 def _preprocessed(counts, opts: Options):
