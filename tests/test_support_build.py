@@ -105,3 +105,11 @@ def test_sweep_refuses_the_knn_support():
     C, _ = counts()
     with pytest.raises(sccase_jax.InputError, match="dense fit only"):
         sccase_jax.sweep(tfidf_x(C), lams=[1e6], ks=[3], z_support="knn")
+
+
+def test_knn_refuses_the_batch_term():
+    C, _ = counts(n=40, m=60)
+    a = ad.AnnData(C)
+    a.obs["batch"] = ["x", "y"] * 20
+    with pytest.raises(sccase_jax.InputError, match="no batch or depth"):
+        sccase_jax.enhance(a, 3, z_support="knn", batch_key="batch", max_iter=2)
