@@ -73,6 +73,11 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     opts = opts.resolved()
     if depth is not None and solver_config(opts).h_step != "backtrack":
         raise InputError("correct_depth needs the backtracking H step (h_step='backtrack')")
+    if _knn(opts, X.shape[1]):
+        if batch is not None or depth is not None:
+            raise InputError("z_support='knn' has no batch or depth term yet (use "
+                             "z_support='dense')")
+        return _fit_knn(X, n_components, opts, P, init)
     t0 = time.perf_counter()
     prob = prepare(X, n_components, opts, P=P, k_ref=opts.k_ref, init=init, batch=batch,
                    depth=depth)
@@ -96,6 +101,29 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     params = fit_options(opts, n_components, k_ref, config, prob.hp.lam.dtype)
     params["gram"] = "dense" if prob.data.G is not None else "sparse"
     return res.fetch(params)
+
+
+def _knn(opts: Options, n_cells: int) -> bool:
+    """Whether the fit restricts Z to a candidate support (``z_support``)."""
+    from sccase_jax.options import KNN_AUTO_CELLS
+
+    return opts.z_support == "knn" or (opts.z_support == "auto" and n_cells > KNN_AUTO_CELLS)
+
+
+def _fit_knn(X, n_components: int, opts: Options, P, init) -> FitResult:
+    """The support-restricted fit (:mod:`sccase_jax.support`); Z comes back sparse."""
+    from sccase_jax.support.fit import fit_support
+
+    if P is not None or init is not None:
+        raise InputError("z_support='knn' takes neither a reference nor init (use "
+                         "z_support='dense')")
+    config = solver_config(opts)
+    res = fit_support(X, n_components, opts, config, opts.n_neighbors, opts.knn_from,
+                      opts.off_support)
+    params = fit_options(opts, n_components, 0, config, res.W.dtype)
+    params.update(res.params or {}, gram="support", z_support="knn", n_neighbors=int(opts.n_neighbors),
+                  knn_from=opts.knn_from, off_support=opts.off_support)
+    return res._replace(params=params)
 
 
 def fit_variant(X, n_components: int, *, objective="sccase", optimizer=None, hyper=None,

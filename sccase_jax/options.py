@@ -48,6 +48,13 @@ X_FORMATS = ("auto", "dense", "sparse")
 GRAM_MODES = ("auto", "dense", "sparse")
 LAYER_DTYPES = ("float32", "float16")
 STORE_Z = ("auto", "full", "none")
+Z_SUPPORTS = ("auto", "dense", "knn")
+KNN_FROM = ("embedding", "cosine", "jaccard")
+OFF_SUPPORT = ("drop", "exact")
+# z_support="auto" restricts Z to each cell's candidate neighbours above this many cells
+# (docs/atlas.md): the dense fit holds about 5.5 n^2 floats, 8.8 GB in float32 at 20,000.
+KNN_AUTO_CELLS = 20_000
+DEFAULT_N_NEIGHBORS = 30
 
 
 def option(default, help: str, check: Callable | None = None, *, scope: str = ENHANCE,
@@ -193,6 +200,20 @@ class Options:
                            _choice(X_FORMATS), scope=FIT, flag=None)
     gram: str = option("auto", "products with G = X^T X: dense (G formed), sparse or auto",
                        _choice(GRAM_MODES), scope=FIT, flag=None)
+    z_support: str = option(
+        "auto", "Z dense (n x n) or restricted to each cell's n_neighbors candidate "
+        "neighbours ('knn', atlas scale); auto: knn above 20,000 cells", _choice(Z_SUPPORTS),
+        scope=FIT, choices=Z_SUPPORTS)
+    n_neighbors: int = option(DEFAULT_N_NEIGHBORS, "candidate neighbours per cell (itself "
+                              "included) of the knn support", _positive_int, scope=FIT)
+    knn_from: str = option("embedding", "the knn support: largest h_i . h_j of the NMF "
+                           "embedding (the weights the dense output keeps), cosine kNN on it, "
+                           "or Jaccard kNN of the binarised profiles", _choice(KNN_FROM),
+                           scope=FIT, choices=KNN_FROM)
+    off_support: str = option(
+        "drop", "knn support: 'exact' keeps the off-support part of lam ||Z - H^T H||^2 "
+        "(paper Eq. 2 with Z on the support; at lam = 1e6 it drives H to 0), 'drop' fits "
+        "Z to H^T H on the support only", _choice(OFF_SUPPORT), scope=FIT, choices=OFF_SUPPORT)
     dtype: Any = option(None, "computation dtype, float32 or float64 (needs jax_enable_x64)",
                         _dtype, scope=FIT, flag=None, default_text="float32")
     preset: str = option("paper", "'paper' (default) or 'release': the sccase 0.2.5 solver",

@@ -168,13 +168,16 @@ def block_product(X, Z, block: int = 1024, dtype=np.float32, device: bool | None
     if device is None:
         import jax
 
-        device = jax.default_backend() != "cpu"
+        device = jax.default_backend() != "cpu" and not sp.issparse(Z)
     if not device:
         X = X.tocsr() if sp.issparse(X) else np.asarray(X)
-        Z = np.asarray(Z)
+        # A sparse Z (the support-restricted fit's) stays sparse: each block is sparse x sparse.
+        Z = Z.tocsc() if sp.issparse(Z) else np.asarray(Z)
 
         def raw(j):
-            return np.asarray(X @ Z[:, j : j + block]).T.astype(dtype, copy=False)
+            E = X @ Z[:, j : j + block]
+            E = E.toarray() if sp.issparse(E) else np.asarray(E)
+            return E.T.astype(dtype, copy=False)
 
         return raw
     return _device_blocks(X, Z, block, dtype)

@@ -131,6 +131,8 @@ def sweep(X, *, lams, ks, batch_size: int | None = None, solver: Callable | None
     if unknown:
         raise InputError(f"sweep got unknown or unsupported option(s): {sorted(unknown)}")
     opts = Options(**options).resolved()
+    if opts.z_support == "knn":
+        raise InputError("sweep runs the dense fit only (z_support='knn' is fit/enhance's)")
     lams, ks = _grid(lams, ks)
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")

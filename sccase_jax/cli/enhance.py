@@ -28,7 +28,7 @@ ENHANCE_OPTIONS = (
     "min_cells_frac", "tfidf", "output", "blend", "scale_output", "neighbors", "binarize",
     "drop_empty_cells", "preset", "k_ref", "alpha", "peak_match", "min_peak_match", "store_z",
     "layer_dtype", "batch_key", "batch_weight", "correct_depth",
-)
+) + ("z_support", "n_neighbors", "knn_from", "off_support")  # issue 21: Z restricted to a kNN support
 
 
 def add_parser(subparsers):

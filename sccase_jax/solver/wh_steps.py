@@ -23,7 +23,7 @@ from sccase_jax.solver.linesearch import (
 )
 from sccase_jax.solver.rules import get_rule, step_rule
 
-__all__ = ["H_BOUND_MARGIN", "h_move", "h_step_backtrack", "h_step_exact", "w_move",
+__all__ = ["H_BOUND_MARGIN", "h_move", "h_step_backtrack", "h_step_exact", "w_move", "w_move_from",
            "w_step_exact", "w_step_printed"]
 
 
@@ -35,9 +35,13 @@ def w_move(W, H, S, data, hp, config, F_cur):
     """The W move: the reference block (W1) first, then the free block (W2), each an exact
     quadratic step along its block of the gradient (length from the ``w_step`` rule),
     projected and guarded; returns ``(W, F_cur + change)``."""
+    return w_move_from(W, H, x_matmul(data.X, S @ H.T), data.P, data.M, hp, config, F_cur)
+
+
+def w_move_from(W, H, E, P, M, hp, config, F_cur):
+    """:func:`w_move` from ``E = X S H^T`` (m x k): the form every Z layout shares (the
+    support-restricted fit forms ``S H^T`` from its own Z)."""
     step_length = get_rule("w_step", config.w_step)
-    X, P, M = data.X, data.P, data.M
-    E = x_matmul(X, S @ H.T)  # m x k
     HHt = H @ H.T
     Mr = M[None, :]
     zero = jnp.zeros((), F_cur.dtype)

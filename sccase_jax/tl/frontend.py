@@ -238,6 +238,8 @@ def _check_finite(res) -> None:
 def _outputs(res, X, opts: Options, neighbors, write_layer: bool):
     """``(E or None, B, what obsp keeps of Z, what that is)``: the enhanced matrix (in memory
     unless it is written to a file or left out), its weights B and the stored Z."""
+    if sp.issparse(res.Z):  # the support-restricted fit's Z (z_support="knn")
+        return _outputs_sparse(res, X, opts, neighbors, write_layer)
     z_kept = output.stored_z(opts.store_z, neighbors)
     # The neighbours the output uses, selected once: for the output and for obsp.
     Zk = res.Z if neighbors is None else output.keep_largest(res.Z, int(neighbors))
@@ -248,6 +250,25 @@ def _outputs(res, X, opts: Options, neighbors, write_layer: bool):
         z_store = sp.csr_matrix(Zk if z_kept == neighbors else output.keep_largest(res.Z, z_kept))
     B = output.weights(Zk, opts.output, opts.blend, inplace=neighbors is not None)
     del Zk
+    E = None
+    if write_layer and opts.store_layer:
+        E = output.enhanced_matrix(X, B)
+        if opts.scale_output:
+            output.minmax_scale(E)
+    return E, B, z_store, z_kept
+
+
+def _outputs_sparse(res, X, opts: Options, neighbors, write_layer: bool):
+    """:func:`_outputs` for a sparse Z: no n x n array (the support's Z is kept whole in
+    obsp unless ``store_z`` says otherwise)."""
+    from sccase_jax.support.fit import sparse_weights
+
+    z_kept = output.stored_z(opts.store_z, neighbors)
+    z_store = None
+    if z_kept != "none":
+        cut = None if z_kept == "full" else int(z_kept)
+        z_store = sp.csr_matrix(sparse_weights(res.Z, "xz", 0.0, cut))
+    B = sparse_weights(res.Z, opts.output, opts.blend, neighbors)
     E = None
     if write_layer and opts.store_layer:
         E = output.enhanced_matrix(X, B)

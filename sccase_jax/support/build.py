@@ -1,0 +1,177 @@
+"""Supports, local Gram blocks and the start of a support-restricted fit; never n x n.
+
+* :func:`embedding_support`: each cell itself, then the ``d - 1`` cells of largest
+  ``h_i . h_j`` under the NMF embedding H0 (k x n): the entries of ``H0^T H0`` that the dense
+  fit's output keeps (its Z is ``max(H^T H, 0)`` to 1e-5 after the first iteration, and H
+  moves 1e-5 from H0: MODEL.md, docs/atlas.md), or with ``cosine=True`` the most
+  cosine-similar cells; blocks of ``block`` cells, one ``block x n`` score array and
+  :func:`jax.lax.top_k` at a time (O(n^2 k) work, O(block n) memory).
+* :func:`jaccard_support`: the ``d`` cells of largest Jaccard similarity of the binarised
+  profiles, itself first: scipy sparse products, ``block`` cells at a time (O(block n)
+  memory; the work grows like the dense Jaccard start's, n^2 x density x peaks).
+* :func:`local_grams`: ``L_j = X_{S_j}^T X_{S_j}`` (n x d x d) and the Jaccard start on the
+  support, ``chunk`` cells at a time from one sparse product of a block-diagonal matrix
+  (the d columns of each cell's support, each cell's block of rows offset by m), so the
+  work is exactly the n d^2 pairs needed (sum over peaks of the pairs open together).
+* :func:`support_mask`: R on the support (seeded Bernoulli per entry).
+
+Every loop over cells reports its progress with an ETA when asked (``progress=True``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["embedding_support", "jaccard_support", "local_grams", "normalise_start",
+           "support_mask"]
+
+
+class _Eta:
+    """Progress lines with an ETA for a loop over ``total`` cells (about every 10 %)."""
+
+    def __init__(self, what: str, total: int, enabled: bool):
+        self.what, self.total, self.enabled = what, total, enabled
+        self.t0 = time.perf_counter()
+        self.next = 0.1
+
+    def __call__(self, done: int) -> None:
+        if not self.enabled or done < self.next * self.total:
+            return
+        el = time.perf_counter() - self.t0
+        eta = el * (self.total - done) / max(done, 1)
+        print(f"{self.what}: {done}/{self.total} cells, {el:.0f} s, about {eta:.0f} s left",
+              file=sys.stderr, flush=True)
+        self.next = done / self.total + 0.1
+
+
+@partial(jax.jit, static_argnames=("d", "block"))
+def _cosine_block(Hn, start, d: int, block: int):
+    cols = start + jnp.arange(block)
+    Hb = jax.lax.dynamic_slice_in_dim(Hn, start, block, axis=1)
+    with jax.default_matmul_precision("highest"):
+        scores = Hb.T @ Hn  # block x n
+    scores = scores.at[jnp.arange(block), cols].set(jnp.inf)  # the cell itself first
+    return jax.lax.top_k(scores, d)[1].astype(jnp.int32)
+
+
+def embedding_support(H, d: int, block: int = 512, progress: bool = False,
+                      cosine: bool = False) -> np.ndarray:
+    """``idx`` (n x d int32): each cell itself, then its ``d - 1`` cells of largest
+    ``h_i . h_j`` (``cosine``: largest cosine similarity) under the columns of ``H`` (k x n)."""
+    H = jnp.asarray(H)
+    n = H.shape[1]
+    d = min(d, n)
+    Hn = H
+    if cosine:
+        norm = jnp.linalg.norm(H, axis=0)
+        Hn = H / jnp.where(norm > 0, norm, 1)[None, :]
+    block = min(block, n)
+    out = np.empty((n, d), np.int32)
+    eta = _Eta("support (embedding kNN)", n, progress)
+    for j in range(0, n, block):
+        s = min(j, n - block)  # the last block overlaps the previous one: one program
+        out[s : s + block] = np.asarray(_cosine_block(Hn, s, d, block))
+        eta(min(j + block, n))
+    return out
+
+
+def _binary_csc(X):
+    Xb = sp.csc_matrix(X, copy=True)
+    Xb.data = (Xb.data != 0).astype(np.float64)
+    Xb.eliminate_zeros()
+    return Xb
+
+
+def jaccard_support(X, d: int, block: int = 1024, progress: bool = False) -> np.ndarray:
+    """``idx`` (n x d int32): each cell itself, then its ``d - 1`` cells of largest Jaccard
+    similarity (binarised columns of the peaks x cells ``X``; ties by position)."""
+    Xb = _binary_csc(X)
+    n = Xb.shape[1]
+    d = min(d, n)
+    size = np.asarray(Xb.sum(axis=0)).ravel()
+    XbT = Xb.T.tocsr()
+    out = np.empty((n, d), np.int32)
+    eta = _Eta("support (Jaccard kNN)", n, progress)
+    for j in range(0, n, block):
+        cols = np.arange(j, min(j + block, n))
+        inter = (XbT @ Xb[:, cols]).toarray()  # n x b
+        union = size[:, None] + size[None, cols] - inter
+        J = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        J[cols, np.arange(cols.size)] = np.inf
+        top = np.argpartition(-J, d - 1, axis=0)[:d]
+        order = np.argsort(-np.take_along_axis(J, top, axis=0), axis=0, kind="stable")
+        out[cols] = np.take_along_axis(top, order, axis=0).T
+        eta(cols[-1] + 1)
+    return out
+
+
+def _block_diagonal(Xc, idx_chunk, m: int):
+    """The columns ``Xc[:, idx_chunk[t]]`` of each cell t, with cell t's rows offset by
+    ``t m``: one CSC matrix of shape (c m, c d)."""
+    c, d = idx_chunk.shape
+    Y = Xc[:, idx_chunk.ravel()]
+    shift = np.repeat(np.arange(c, dtype=np.int64) * m, np.diff(Y.indptr).reshape(c, d).sum(1))
+    indices = Y.indices.astype(np.int64) + shift
+    return sp.csc_matrix((Y.data, indices, Y.indptr), shape=(c * m, c * d))
+
+
+def _chunk_blocks(Y, c: int, d: int):
+    """The c diagonal d x d blocks of the (c d) x (c d) product ``Y^T Y``, as (c, d, d)."""
+    Gc = (Y.T.tocsr() @ Y).tocoo()
+    t = Gc.row // d
+    keep = Gc.col // d == t
+    out = np.zeros((c, d, d))
+    out[t[keep], Gc.row[keep] % d, Gc.col[keep] % d] = Gc.data[keep]
+    return out
+
+
+def local_grams(X, idx, chunk: int = 256, dtype=np.float32, progress: bool = False):
+    """``(L, J)``: the local Gram blocks ``L[j] = X_{S_j}^T X_{S_j}`` (n x d x d, float64
+    sums cast to ``dtype``) and the Jaccard similarity of each cell to its support
+    (n x d, float64) from the peaks x cells ``X``."""
+    Xc = sp.csc_matrix(X, dtype=np.float64)
+    Xb = _binary_csc(Xc)
+    m, n = Xc.shape
+    idx = np.asarray(idx)
+    d = idx.shape[1]
+    L = np.empty((n, d, d), dtype)
+    J = np.empty((n, d))
+    eta = _Eta("local Gram blocks", n, progress)
+    for j in range(0, n, chunk):
+        ic = idx[j : j + chunk]
+        c = ic.shape[0]
+        L[j : j + c] = _chunk_blocks(_block_diagonal(Xc, ic, m), c, d)
+        Bb = _chunk_blocks(_block_diagonal(Xb, ic, m), c, d)  # binary: |a_i & a_l|
+        inter = Bb[:, :, 0]  # idx[j, 0] = j: the overlap with the cell itself
+        sizes = np.diagonal(Bb, axis1=1, axis2=2)
+        union = sizes + sizes[:, :1] - inter
+        J[j : j + c] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        eta(j + c)
+    return L, J
+
+
+def normalise_start(J, idx, normalize: str | None = "column") -> np.ndarray:
+    """The Jaccard start on the support, each column of Z summing to 1 (``"column"``, the
+    paper) or each row (``"row"``, the released code), or as is (``None``)."""
+    J = np.asarray(J, np.float64)
+    if normalize == "column":
+        s = J.sum(axis=1, keepdims=True)
+    elif normalize == "row":
+        s = np.bincount(np.asarray(idx).ravel(), J.ravel(), minlength=J.shape[0])[np.asarray(idx)]
+    elif normalize is None:
+        return J
+    else:
+        raise ValueError(f"normalize must be 'column', 'row' or None, got {normalize!r}")
+    return np.divide(J, s, out=np.zeros_like(J), where=s > 0)
+
+
+def support_mask(key, n: int, d: int, keep_prob: float = 0.95):
+    """R on the support: (n x d, bool), each entry kept with probability ``keep_prob``."""
+    return jax.random.bernoulli(key, keep_prob, (n, d))

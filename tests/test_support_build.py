@@ -1,0 +1,115 @@
+"""Supports, local Grams, the start and the knn path of fit / enhance (no n x n arrays)."""
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import sccase_jax
+from sccase_jax.start import jaccard_similarity
+from sccase_jax.support import build
+from sccase_jax.support.fit import sparse_weights
+
+
+def counts(n=60, m=80, seed=0):
+    rng = np.random.default_rng(seed)
+    types = rng.integers(0, 3, n)
+    prob = rng.random((3, m)) * 0.4
+    return sp.csr_matrix((rng.random((n, m)) < prob[types]).astype(np.float32)), types
+
+
+def tfidf_x(C):
+    X, _, _ = sccase_jax.preprocess(C.T.tocsr())
+    return X
+
+
+def check_support(idx, n, d):
+    assert idx.shape == (n, d)
+    assert np.all(idx[:, 0] == np.arange(n))
+    assert all(len(set(row)) == d for row in idx)
+
+
+def test_embedding_support_is_the_knn_of_the_embedding():
+    rng = np.random.default_rng(1)
+    H = rng.random((4, 50))
+    for cosine in (False, True):
+        idx = build.embedding_support(H, 7, block=16, cosine=cosine)
+        check_support(idx, 50, 7)
+        Hn = H / np.linalg.norm(H, axis=0) if cosine else H
+        C = Hn.T @ Hn
+        np.fill_diagonal(C, np.inf)
+        for j in range(50):
+            np.testing.assert_allclose(np.sort(C[idx[j], j])[::-1], np.sort(C[:, j])[::-1][:7])
+
+
+def test_jaccard_support_local_grams_and_start_match_the_dense_ones():
+    C, _ = counts()
+    X = tfidf_x(C)
+    n = X.shape[1]
+    idx = build.jaccard_support(X, 9, block=17)
+    check_support(idx, n, 9)
+    J = jaccard_similarity(X, None)
+    Jd = J.copy()
+    np.fill_diagonal(Jd, np.inf)
+    for j in range(n):
+        np.testing.assert_allclose(np.sort(Jd[idx[j], j]), np.sort(Jd[:, j])[-9:])
+    L, Js = build.local_grams(X, idx, chunk=13, dtype=np.float64)
+    G = (X.T @ X).toarray()
+    for j in range(n):
+        np.testing.assert_allclose(L[j], G[np.ix_(idx[j], idx[j])], rtol=1e-12, atol=1e-14)
+    cols = np.broadcast_to(np.arange(n)[:, None], idx.shape)
+    np.testing.assert_allclose(Js, J[idx, cols], rtol=1e-12)
+    V = build.normalise_start(Js, idx, "column")
+    np.testing.assert_allclose(V.sum(axis=1), 1.0)
+
+
+def test_sparse_weights_match_the_dense_output_weights():
+    rng = np.random.default_rng(2)
+    Zd = rng.random((30, 30)) * (rng.random((30, 30)) < 0.3)
+    Z = sp.csc_matrix(Zd)
+    for output, nb in (("blend", 3), ("xz", None), ("blend", None)):
+        dense = sccase_jax.output.output_weights(Zd, output, 0.8, "all" if nb is None else nb)
+        np.testing.assert_allclose(sparse_weights(Z, output, 0.8, nb).toarray(), dense,
+                                   atol=1e-12)
+
+
+@pytest.mark.parametrize("knn_from", ["embedding", "jaccard"])
+def test_enhance_with_a_knn_support(knn_from):
+    C, types = counts(n=80, m=120)
+    a = ad.AnnData(C)
+    out = sccase_jax.enhance(a, 4, z_support="knn", n_neighbors=10, knn_from=knn_from,
+                             max_iter=5, dtype="float64")
+    E = out.layers["sccase"]
+    assert E.shape == (80, out.n_vars) and np.all(np.isfinite(E))
+    Z = out.obsp["sccase_Z"]
+    assert sp.issparse(Z) and np.all(np.diff(Z.tocsc().indptr) <= 10)
+    p = out.uns["sccase"]["params"]
+    assert p["z_support"] == "knn" and p["n_neighbors"] == 10
+    hist = np.concatenate([[out.uns["sccase"]["initial_loss"]], out.uns["sccase"]["loss"]])
+    assert np.all(np.diff(hist) <= 1e-9 * np.abs(hist[:-1]))
+
+
+def test_knn_auto_threshold_and_refusals():
+    from sccase_jax.fitting import _knn
+    from sccase_jax.options import KNN_AUTO_CELLS, Options
+
+    assert not _knn(Options(), KNN_AUTO_CELLS)
+    assert _knn(Options(), KNN_AUTO_CELLS + 1)
+    assert not _knn(Options(z_support="dense"), 10 * KNN_AUTO_CELLS)
+    assert _knn(Options(z_support="knn"), 10)
+    with pytest.raises(sccase_jax.InputError):
+        Options(z_support="sparse")
+
+
+def test_sweep_refuses_the_knn_support():
+    C, _ = counts()
+    with pytest.raises(sccase_jax.InputError, match="dense fit only"):
+        sccase_jax.sweep(tfidf_x(C), lams=[1e6], ks=[3], z_support="knn")
+
+
+def test_knn_refuses_the_batch_term():
+    C, _ = counts(n=40, m=60)
+    a = ad.AnnData(C)
+    a.obs["batch"] = ["x", "y"] * 20
+    with pytest.raises(sccase_jax.InputError, match="no batch or depth"):
+        sccase_jax.enhance(a, 3, z_support="knn", batch_key="batch", max_iter=2)
