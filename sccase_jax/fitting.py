@@ -9,12 +9,13 @@ import numpy as np
 
 from sccase_jax import progress as _progress
 from sccase_jax.objectives.registry import get_objective
-from sccase_jax.options import FIT, VARIANT_MAX_ITER, Options, options_from, signature
+from sccase_jax.options import FIT, KNN_AUTO_CELLS, VARIANT_MAX_ITER, Options, options_from, signature
 from sccase_jax.params import Factors, SolverConfig
 from sccase_jax.problem import prepare
 from sccase_jax.result import FitResult
 from sccase_jax.solver.alternating import run, run_donated, run_reporting
 from sccase_jax.solver.projected import run_variant
+from sccase_jax.support.fit import fit_support
 from sccase_jax.validate import InputError
 
 __all__ = ["fit", "fit_options", "fit_variant", "solver_config"]
@@ -73,7 +74,7 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     opts = opts.resolved()
     if depth is not None and solver_config(opts).h_step != "backtrack":
         raise InputError("correct_depth needs the backtracking H step (h_step='backtrack')")
-    if _knn(opts, X.shape[1]):
+    if _knn(opts, X.shape[1] if getattr(X, "ndim", 0) == 2 else 0):  # bad shapes: prepare says so
         if batch is not None or depth is not None:
             raise InputError("z_support='knn' has no batch or depth term yet (use "
                              "z_support='dense')")
@@ -105,15 +106,11 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
 
 def _knn(opts: Options, n_cells: int) -> bool:
     """Whether the fit restricts Z to a candidate support (``z_support``)."""
-    from sccase_jax.options import KNN_AUTO_CELLS
-
     return opts.z_support == "knn" or (opts.z_support == "auto" and n_cells > KNN_AUTO_CELLS)
 
 
 def _fit_knn(X, n_components: int, opts: Options, P, init) -> FitResult:
     """The support-restricted fit (:mod:`sccase_jax.support`); Z comes back sparse."""
-    from sccase_jax.support.fit import fit_support
-
     if P is not None or init is not None:
         raise InputError("z_support='knn' takes neither a reference nor init (use "
                          "z_support='dense')")

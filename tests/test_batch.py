@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 import sccase_jax
 from sccase_jax import ops
 from sccase_jax.cli import main
-from sccase_jax.objectives.batch import batch_penalty, one_hot, sccase_batch_loss
-from sccase_jax.objectives.sccase import gram_loss, sccase_grads
+from sccase_jax.objectives.batch import batch_penalty, one_hot
+from sccase_jax.objectives.sccase import gram_loss, sccase_batch_loss, sccase_grads
 from sccase_jax.ops import masked
 from sccase_jax.params import SolverConfig
 from sccase_jax.solver import get_rule

@@ -31,10 +31,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from sccase_jax.objectives.sccase import sccase_loss
-
-__all__ = ["batch_centre", "batch_curvature", "batch_grad", "batch_penalty", "one_hot",
-           "sccase_batch_loss"]
+__all__ = ["batch_centre", "batch_curvature", "batch_grad", "batch_penalty", "one_hot"]
 
 
 def one_hot(codes, dtype=np.float64) -> np.ndarray:
@@ -74,7 +71,3 @@ def batch_curvature(P, Ob, mu, mask=None):
         P = jnp.where(mask, P, jnp.zeros((), P.dtype))
     return batch_penalty(P, Ob, mu)
 
-
-def sccase_batch_loss(X, Z, R, W, H, Ob, *, lam, gamma1, gamma2, mu):
-    """scCASE with the batch term, dense ``X`` (the reference the tests differentiate)."""
-    return sccase_loss(X, Z, R, W, H, lam=lam, gamma1=gamma1, gamma2=gamma2) + batch_penalty(Z, Ob, mu)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from sccase_jax.objectives.batch import batch_penalty
 from sccase_jax.ops import inner, masked, minus_outer
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "grad_z_gram",
     "gram_loss",
     "reconstruction_gram",
+    "sccase_batch_loss",
     "sccase_grads",
     "sccase_loss",
     "sccaser_grads",
@@ -109,8 +111,6 @@ def gram_loss(S, GS, B, W, H, Z, P, M, hp, similarity=None, batch=None, batch_mu
         similarity = similarity_term(Z, H, depth)
     extra = 0.0
     if batch is not None:
-        from sccase_jax.objectives.batch import batch_penalty
-
         extra = batch_penalty(Z, batch, batch_mu)
     return extra + (
         reconstruction_gram(S, GS, B, W, H)
@@ -162,3 +162,8 @@ def grad_h_gram(BS, WtW, H, Q, lam, gamma2, HQ=None):
     caller has it already."""
     HQ = H @ Q if HQ is None else HQ
     return -2.0 * BS + 2.0 * WtW @ H - 2.0 * lam * (HQ + H @ Q.T) + 2.0 * gamma2 * H
+
+
+def sccase_batch_loss(X, Z, R, W, H, Ob, *, lam, gamma1, gamma2, mu):
+    """scCASE with the batch term, dense ``X`` (the reference the tests differentiate)."""
+    return sccase_loss(X, Z, R, W, H, lam=lam, gamma1=gamma1, gamma2=gamma2) + batch_penalty(Z, Ob, mu)
