@@ -227,6 +227,26 @@ def test_evaluate_max_classes(labelled_file, tmp_path, capsys):
 
 # 4. Ctrl-C -----------------------------------------------------------------------------------
 
+def _wait_for_sigint_handler(pid, timeout=60.0):
+    """Wait until process ``pid`` catches SIGINT (its ``SigCgt`` mask in /proc).
+
+    A pytest-xdist worker ignores SIGINT and its children inherit that: a Ctrl-C sent before
+    the command has installed its handler (the interpreter's own first milliseconds, longer
+    in a fresh checkout without .pyc files) would be ignored, as no terminal would ever do.
+    """
+    status = f"/proc/{pid}/status"
+    if not os.path.exists(status):
+        time.sleep(1.0)  # no /proc: give the interpreter its start
+        return
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        with open(status) as fh:
+            caught = next((line.split()[1] for line in fh if line.startswith("SigCgt:")), "0")
+        if int(caught, 16) & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.01)
+
+
 def _run_and_interrupt(args, tmp_path, wait_for=None, delay=0.0):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("XLA_FLAGS", None)
@@ -234,7 +254,9 @@ def _run_and_interrupt(args, tmp_path, wait_for=None, delay=0.0):
                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
                          cwd=tmp_path)
     seen = []
-    if wait_for is not None:
+    if wait_for is None:
+        _wait_for_sigint_handler(p.pid)
+    else:
         for line in p.stderr:
             seen.append(line)
             if wait_for in line:
