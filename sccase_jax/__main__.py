@@ -34,11 +34,15 @@ def exit_on_signal() -> None:
     def leave(signum: int) -> None:
         if not lock.acquire(blocking=False):
             return
-        io = sys.modules.get("sccase_jax.io")  # no output is being written before its import
-        if io is not None:
-            io.discard_temporaries()
-        os.write(2, b"\nsccase-jax: interrupted\n")
-        os._exit(128 + int(signum))
+        try:
+            # No output is being written before sccase_jax.io is imported; while it is still
+            # being imported (its anndata import takes a while) it has no temporaries yet.
+            discard = getattr(sys.modules.get("sccase_jax.io"), "discard_temporaries", None)
+            if discard is not None:
+                discard()
+            os.write(2, b"\nsccase-jax: interrupted\n")
+        finally:
+            os._exit(128 + int(signum))  # whatever happened above: the lock is taken, leave
 
     r, w = os.pipe()
     os.set_blocking(w, False)
