@@ -304,3 +304,24 @@ def enhanced_layer(adata, key: str = "sccase", *, block: int = 1024) -> np.ndarr
         minmax_scale(E)
     return E
 
+
+def sparse_weights(Z, output: str, blend: float, neighbors) -> sp.csc_matrix:
+    """:func:`output_weights` of a sparse Z (the support-restricted fit's): each column cut to its
+    ``neighbors`` largest entries (``None``: all), then ``Z`` (``"xz"``) or the blend
+    ``(1 - blend) I + blend Zc``."""
+    Z = sp.csc_matrix(Z, dtype=np.float64, copy=True)
+    n = Z.shape[0]
+    counts = np.diff(Z.indptr)
+    if neighbors is not None and counts.max(initial=0) > neighbors:
+        for j in np.flatnonzero(counts > neighbors):
+            a, b = Z.indptr[j], Z.indptr[j + 1]
+            vals = Z.data[a:b]
+            drop = np.argsort(-vals, kind="stable")[neighbors:]
+            vals[drop] = 0
+        Z.eliminate_zeros()
+    if output == "xz":
+        return Z
+    s = np.asarray(Z.sum(axis=0)).ravel()
+    empty = ~(s > 0)
+    Zc = Z @ sp.diags(float(blend) / np.where(empty, 1, s))
+    return sp.csc_matrix(Zc + sp.diags(np.where(empty, 1.0, 1.0 - float(blend)), shape=(n, n)))

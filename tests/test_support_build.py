@@ -6,9 +6,9 @@ import pytest
 import scipy.sparse as sp
 
 import sccase_jax
+from sccase_jax.output import sparse_weights
 from sccase_jax.start import jaccard_similarity
 from sccase_jax.support import build
-from sccase_jax.support.fit import sparse_weights
 
 
 def counts(n=60, m=80, seed=0):

@@ -25,7 +25,7 @@ from sccase_jax.support.objective import SupportData, support_loss, to_sparse
 from sccase_jax.support.solver import run, run_reporting
 from sccase_jax.validate import InputError, default_dtype
 
-__all__ = ["SUPPORTS", "SupportProblem", "fit_support", "prepare_support", "sparse_weights"]
+__all__ = ["SUPPORTS", "SupportProblem", "fit_support", "prepare_support"]
 
 SUPPORTS = ("embedding", "cosine", "jaccard")
 
@@ -87,25 +87,3 @@ def fit_support(X, k: int, opts, config: SolverConfig, n_neighbors: int = 30,
                        res.Z, prob.hp)
     res = res.fetch(dict(eq2_loss=float(eq2)))
     return res._replace(Z=to_sparse(res.Z, np.asarray(prob.data.idx)))
-
-
-def sparse_weights(Z, output: str, blend: float, neighbors) -> sp.csc_matrix:
-    """:func:`sccase_jax.output.output_weights` of a sparse Z: each column cut to its
-    ``neighbors`` largest entries (``None``: all), then ``Z`` (``"xz"``) or the blend
-    ``(1 - blend) I + blend Zc``."""
-    Z = sp.csc_matrix(Z, dtype=np.float64, copy=True)
-    n = Z.shape[0]
-    counts = np.diff(Z.indptr)
-    if neighbors is not None and counts.max(initial=0) > neighbors:
-        for j in np.flatnonzero(counts > neighbors):
-            a, b = Z.indptr[j], Z.indptr[j + 1]
-            vals = Z.data[a:b]
-            drop = np.argsort(-vals, kind="stable")[neighbors:]
-            vals[drop] = 0
-        Z.eliminate_zeros()
-    if output == "xz":
-        return Z
-    s = np.asarray(Z.sum(axis=0)).ravel()
-    empty = ~(s > 0)
-    Zc = Z @ sp.diags(float(blend) / np.where(empty, 1, s))
-    return sp.csc_matrix(Zc + sp.diags(np.where(empty, 1.0, 1.0 - float(blend)), shape=(n, n)))

@@ -250,31 +250,29 @@ def _outputs(res, X, opts: Options, neighbors, write_layer: bool):
         z_store = sp.csr_matrix(Zk if z_kept == neighbors else output.keep_largest(res.Z, z_kept))
     B = output.weights(Zk, opts.output, opts.blend, inplace=neighbors is not None)
     del Zk
-    E = None
-    if write_layer and opts.store_layer:
-        E = output.enhanced_matrix(X, B)
-        if opts.scale_output:
-            output.minmax_scale(E)
-    return E, B, z_store, z_kept
+    return _layer(X, B, opts, write_layer), B, z_store, z_kept
 
 
 def _outputs_sparse(res, X, opts: Options, neighbors, write_layer: bool):
     """:func:`_outputs` for a sparse Z: no n x n array (the support's Z is kept whole in
     obsp unless ``store_z`` says otherwise)."""
-    from sccase_jax.support.fit import sparse_weights
-
     z_kept = output.stored_z(opts.store_z, neighbors)
     z_store = None
     if z_kept != "none":
         cut = None if z_kept == "full" else int(z_kept)
-        z_store = sp.csr_matrix(sparse_weights(res.Z, "xz", 0.0, cut))
-    B = sparse_weights(res.Z, opts.output, opts.blend, neighbors)
-    E = None
-    if write_layer and opts.store_layer:
-        E = output.enhanced_matrix(X, B)
-        if opts.scale_output:
-            output.minmax_scale(E)
-    return E, B, z_store, z_kept
+        z_store = sp.csr_matrix(output.sparse_weights(res.Z, "xz", 0.0, cut))
+    B = output.sparse_weights(res.Z, opts.output, opts.blend, neighbors)
+    return _layer(X, B, opts, write_layer), B, z_store, z_kept
+
+
+def _layer(X, B, opts: Options, write_layer: bool):
+    """The enhanced matrix ``X B`` (min-max scaled when asked), or ``None`` when not kept."""
+    if not (write_layer and opts.store_layer):
+        return None
+    E = output.enhanced_matrix(X, B)
+    if opts.scale_output:
+        output.minmax_scale(E)
+    return E
 
 
 def _assemble(adata, kept, peak_mask, cell_mask, res, E, z_store, opts: Options):
