@@ -27,16 +27,17 @@ def solver_config(opts: Options) -> SolverConfig:
     """The :class:`~sccase_jax.params.SolverConfig` of resolved options: their config (the
     preset's, or the defaults) with their ``max_iter``, ``tol`` and ``progress``."""
     return (opts.config or SolverConfig())._replace(max_iter=opts.max_iter, tol=opts.tol,
-                                                    progress=opts.progress)
+                                                    x_tol=opts.x_tol, progress=opts.progress)
 
 
 def fit_options(opts: Options, n_components: int, k_ref: int, config: SolverConfig, dtype) -> dict:
     """The settings a fit records in ``FitResult.params``."""
     return dict(
         n_components=int(n_components), lam=opts.lam, gamma1=opts.gamma1, gamma2=opts.gamma2,
-        keep_prob=opts.keep_prob, tol=opts.tol, max_iter=opts.max_iter, seed=opts.seed,
+        keep_prob=opts.keep_prob, tol=opts.tol, x_tol=opts.x_tol, max_iter=opts.max_iter,
+        seed=opts.seed,
         k_ref=k_ref, alpha=opts.alpha, jaccard_normalize=opts.jaccard_normalize,
-        nmf_iter=opts.nmf_iter, config=config._asdict(), dtype=np.dtype(dtype).name,
+        nmf_iter=opts.nmf_iter, nmf_tol=opts.nmf_tol, config=config._asdict(), dtype=np.dtype(dtype).name,
     )
 
 
@@ -53,10 +54,13 @@ def fit(X, n_components: int, *, P=None, init: Factors | None = None, **options)
 
     ``**options``: the fit's options of :class:`sccase_jax.options.Options` (``lam``,
     ``gamma1``, ``gamma2``, ``keep_prob``, ``tol``, ``max_iter``, ``seed``, ``preset``,
-    ``config``, ``jaccard_normalize``, ``nmf_iter``, ``x_format``, ``gram``, ``dtype``,
+    ``config``, ``jaccard_normalize``, ``nmf_iter``, ``nmf_tol``, ``x_format``, ``gram``, ``dtype``,
     ``progress``, ``k_ref``, ``alpha``), with the same defaults and checks as
-    :func:`sccase_jax.enhance`.  ``tol`` and ``max_iter`` default to the config's (the
-    preset's) when one is given, else 1e-6 and 30; 0 iterations return the starting point.
+    :func:`sccase_jax.enhance`.  The fit stops once an iteration moves H and Z by less than
+    ``x_tol`` (1e-4) of their size or changes F by less than ``tol`` (1e-6) of itself,
+    or after ``max_iter`` (30) iterations; ``tol``, ``x_tol`` and ``max_iter`` default to
+    the config's (the preset's) when one is given, and ``x_tol`` to 0 when ``tol`` is
+    given (the paper's rule alone).  0 iterations return the starting point.
     ``progress`` prints how long the start took, then iteration, F and relative change.
     """
     opts = options_from(options, allowed=FIT_OPTIONS, caller="fit", none_is_default=False)

@@ -7,7 +7,7 @@ the code that uses it.  The record checks every value when it is made (``__post_
 once; code below it trusts it.
 
 Some defaults depend on others: ``None`` stands for "decided by the preset, the solver
-config or the reference" (``lam``, ``tol``, ``max_iter``, ``min_cells_frac``, ``output``,
+config or the reference" (``lam``, ``tol``, ``x_tol``, ``max_iter``, ``min_cells_frac``, ``output``,
 ``scale_output``, ``jaccard_normalize``, ``alpha``) and :meth:`Options.resolved` fills
 them in.  A value passed explicitly always wins over a preset's.
 """
@@ -31,6 +31,10 @@ ENHANCE = "enhance"  # an option of the AnnData front end: enhance and the comma
 
 DEFAULT_MAX_ITER = 30  # docs/results.md: quality flat from 10 to 100 iterations
 DEFAULT_TOL = 1e-6  # the paper's
+# The rule on the iterate: stop once an iteration moves H and Z by less than this
+# fraction of their size (docs/model.md, "Stopping": the answer settles in the first
+# iteration; F then drifts towards 0 for as long as the fit runs).
+DEFAULT_X_TOL = 1e-4
 DEFAULT_LAM = 1e6  # the paper's
 DEFAULT_LAM_REFERENCE = 1e5  # MODEL.md (scCASER)
 # The blended output's default: each cell averages its DEFAULT_NEIGHBORS most similar cells
@@ -186,6 +190,10 @@ class Options:
     tol: float | None = option(
         None, "relative change of F to stop at", _nonneg, scope=FIT,
         default_text="1e-6; 0, i.e. run all iterations, with --preset release")
+    x_tol: float | None = option(
+        None, "also stop once an iteration moves H and Z (what the output is built from) by "
+        "less than this fraction of their size (0: the rule on F alone)", _nonneg, scope=FIT,
+        default_text="1e-4; 0 when tol is given, with --preset release or with a config")
     max_iter: int | None = option(
         None, "maximum iterations", _count, scope=FIT,
         default_text="30; 3 with --preset release")
@@ -195,7 +203,10 @@ class Options:
     jaccard_normalize: str | None = option(
         None, "normalisation of the Jaccard start Z0", _choice(JACCARD_NORMALIZE), scope=FIT,
         flag=None, default_text="column (the paper); row with the release preset")
-    nmf_iter: int = option(200, "HALS sweeps of the NMF start", _count, scope=FIT, flag=None)
+    nmf_iter: int = option(200, "most HALS sweeps of the NMF start", _count, scope=FIT, flag=None)
+    nmf_tol: float = option(0.0, "stop the NMF start once a HALS sweep lowers ||X - W H||^2 by "
+                            "less than this fraction of itself (0: all nmf_iter sweeps)", _nonneg,
+                            scope=FIT, flag=None)
     x_format: str = option("auto", "how X is kept on device: dense, sparse (BCOO) or auto",
                            _choice(X_FORMATS), scope=FIT, flag=None)
     gram: str = option("auto", "products with G = X^T X: dense (G formed), sparse or auto",
@@ -302,8 +313,9 @@ class Options:
     def resolved(self, *, reference: bool = False) -> Options:
         """The options with every ``None`` default decided (preset, config, reference).
 
-        ``tol`` and ``max_iter``: the config's when one is given, else the preset's (3
-        iterations, ``tol = 0`` for the release), else 30 and 1e-6.
+        ``tol``, ``x_tol`` and ``max_iter``: the config's when one is given, else the
+        preset's (3 iterations, ``tol = x_tol = 0`` for the release), else 30, 1e-6 and
+        :data:`DEFAULT_X_TOL` (0 when ``tol`` is given: the paper's rule alone, as asked).
         """
         from sccase_jax.params import release_config
 
@@ -315,6 +327,8 @@ class Options:
             config=config,
             lam=self.lam if self.lam is not None else (DEFAULT_LAM_REFERENCE if reference else DEFAULT_LAM),
             tol=self.tol if self.tol is not None else (config.tol if config else DEFAULT_TOL),
+            x_tol=(self.x_tol if self.x_tol is not None else
+                   (config.x_tol if config else (0.0 if self.tol is not None else DEFAULT_X_TOL))),
             max_iter=(self.max_iter if self.max_iter is not None
                       else (config.max_iter if config else DEFAULT_MAX_ITER)),
             jaccard_normalize=self.jaccard_normalize or ("row" if release else "column"),

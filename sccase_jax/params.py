@@ -85,6 +85,12 @@ class SolverConfig(NamedTuple):
         iterations (docs/results.md).
     tol
         Stop when ``|F_prev - F| / |F_prev| < tol`` (paper: 1e-6).  ``0`` never stops early.
+    x_tol
+        Also stop when the answer has settled: when ``max(||dH|| / ||H||, ||dZ|| / ||Z||)``
+        of the last iteration (what the output is built from) is below ``x_tol`` (docs/model.md,
+        "Stopping").  ``0`` (here) leaves the rule out of the program; ``fit`` and
+        ``enhance`` default to :data:`~sccase_jax.options.DEFAULT_X_TOL` unless ``tol`` is
+        given.
     w_step
         ``"exact"``: the exact line minimiser including the ``gamma1``/``alpha`` terms;
         ``"printed"``: the paper's printed Eq. 8 (and the released code), without ``gamma1``.
@@ -120,6 +126,7 @@ class SolverConfig(NamedTuple):
 
     max_iter: int = 30
     tol: float = 1e-6
+    x_tol: float = 0.0
     w_step: str = "exact"
     z_step: str = "auto"
     h_step: str = "backtrack"
@@ -144,6 +151,7 @@ def release_config(**overrides) -> SolverConfig:
     base = dict(
         max_iter=3,
         tol=0.0,
+        x_tol=0.0,
         w_step="printed",
         z_step="gradient",
         h_step="backtrack",

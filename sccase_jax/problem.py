@@ -152,7 +152,7 @@ def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_r
 
     ``options`` (an :class:`~sccase_jax.options.Options`, default the defaults) with
     ``overrides`` on top gives the fit's settings (``lam``, ``gamma1``, ``gamma2``,
-    ``alpha``, ``keep_prob``, ``seed``, ``jaccard_normalize``, ``nmf_iter``, ``x_format``,
+    ``alpha``, ``keep_prob``, ``seed``, ``jaccard_normalize``, ``nmf_iter``, ``nmf_tol``, ``x_format``,
     ``dtype``, ``gram``).  ``P`` (peaks x ``k_ref``; ``k_ref`` defaults to its columns)
     enables the scCASER reference block: the first ``k_ref`` columns of W start from
     ``P`` and are pulled towards it with weight ``alpha``.  ``init`` replaces the start
@@ -240,7 +240,7 @@ def _start(X, Xd, k: int, k_ref: int, Pfull, key_nmf, opts: Options, reduce_on: 
     Jaccard similarity for Z."""
     m, n = X.shape
     if k > k_ref:
-        W0, H0 = nmf(Xd, k - k_ref, key_nmf, n_iter=opts.nmf_iter)
+        W0, H0 = nmf(Xd, k - k_ref, key_nmf, n_iter=opts.nmf_iter, tol=opts.nmf_tol)
     else:
         W0, H0 = jnp.zeros((m, 0), dtype), jnp.zeros((0, n), dtype)
     if k_ref:

@@ -13,15 +13,20 @@ _STATUS = {0: "", 1: "  converged", 2: "  iteration budget reached (max_iter)",
            3: "  non-finite F, stopped"}
 
 
-def report(iteration, loss, rel_change, status, eta: float | None = None) -> None:
+def report(iteration, loss, rel_change, status, eta: float | None = None,
+           x_change: float | None = None) -> None:
     """Print one line per iteration to stderr; vmapped fits print the batch's range.
-    ``eta``: seconds left if every remaining iteration takes as long as the last ones."""
+    ``eta``: seconds left if every remaining iteration takes as long as the last ones;
+    ``x_change``: the relative change of the iterate (shown when finite)."""
     it = np.atleast_1d(np.asarray(iteration))
     F = np.atleast_1d(np.asarray(loss, dtype=float))
     rel = np.atleast_1d(np.asarray(rel_change, dtype=float))
     st = np.atleast_1d(np.asarray(status))
     if it.size == 1:
-        msg = f"iter {int(it[0]):4d}  F = {F[0]:.6e}  rel. change = {rel[0]:.3e}{_STATUS.get(int(st[0]), '')}"
+        step = ("" if x_change is None or not np.isfinite(x_change)
+                else f"  step = {float(x_change):.1e}")
+        msg = (f"iter {int(it[0]):4d}  F = {F[0]:.6e}  rel. change = {rel[0]:.3e}{step}"
+               f"{_STATUS.get(int(st[0]), '')}")
         if eta is not None and int(st[0]) == 0:
             msg += f"  (at most {eta:.0f} s left)" if eta >= 1 else ""
     else:
@@ -54,4 +59,5 @@ class Reporter:
         it = int(state.iteration)
         eta = (now - self.last) * max(self.max_iter - it, 0)
         self.last = now
-        report(it, float(state.loss), float(state.rel_change), int(state.status), eta)
+        report(it, float(state.loss), float(state.rel_change), int(state.status), eta,
+               float(state.x_change))

@@ -59,8 +59,10 @@ _BY_CODE = {code: status for status, code in _CODES.items()}
 SETTLED = 1e-4
 
 
-def status_message(status, n_iter: int, rel_change: float, tol=None, max_iter=None) -> str:
-    """One line saying how a fit ended, for people: converged, iteration budget, non-finite.
+def status_message(status, n_iter: int, rel_change: float, tol=None, max_iter=None,
+                   x_change: float = float("inf"), x_tol=None) -> str:
+    """One line saying how a fit ended, for people: converged (and by which rule), iteration
+    budget, non-finite.
 
     A fit that reached ``max_iter`` is not a failure: with ``rel_change`` below
     :data:`SETTLED` the line says that F had levelled off and the result is usable.
@@ -69,6 +71,10 @@ def status_message(status, n_iter: int, rel_change: float, tol=None, max_iter=No
     rel = f"{rel_change:.1e}" if np.isfinite(rel_change) else "n/a"
     tol_s = "" if tol is None else f", tol {float(tol):g}"
     if status == Status.CONVERGED:
+        if x_tol and np.isfinite(x_change) and x_change < float(x_tol):
+            return (f"converged after {n_iter} iterations: the last one moved H and Z by "
+                    f"{x_change:.1e} of their size (x_tol {float(x_tol):g}); the answer has "
+                    f"settled (relative change of F {rel})")
         return f"converged after {n_iter} iterations (relative change of F {rel}{tol_s})"
     if status == Status.NONFINITE:
         if n_iter == 0:
@@ -109,6 +115,10 @@ class FitResult(NamedTuple):
     rel_change
         ``|change of F| / |F|`` in the last iteration (``inf`` when none ran): what the
         stopping rule compared with ``tol``.
+    x_change
+        ``max(||dH|| / ||H||, ||dZ|| / ||Z||)`` in the last iteration: what
+        the rule on the iterate compared with ``x_tol`` (``inf`` when that rule was off or
+        no iteration ran).
     metrics
         For a batch: ``{name: array over the grid}`` from a ``score`` callback.
     """
@@ -124,6 +134,7 @@ class FitResult(NamedTuple):
     params: Any = None
     rel_change: Any = float("inf")
     metrics: Any = None
+    x_change: Any = float("inf")
 
     # -- one fit ------------------------------------------------------------------------------
 
@@ -139,7 +150,7 @@ class FitResult(NamedTuple):
         """How the fit ended, in words (:func:`status_message`)."""
         p = self.params or {}
         return status_message(self.status, self.n_iter, self.rel_change, p.get("tol"),
-                              p.get("max_iter"))
+                              p.get("max_iter"), self.x_change, p.get("x_tol"))
 
     @property
     def final_loss(self):
@@ -169,13 +180,14 @@ class FitResult(NamedTuple):
                 loss=np.asarray(res.loss), initial_loss=np.asarray(res.initial_loss),
                 n_iter=np.asarray(res.n_iter).astype(int), converged=np.asarray(res.converged),
                 status=status, rel_change=np.asarray(res.rel_change), params=params,
-                metrics=res.metrics or {})
+                metrics=res.metrics or {}, x_change=np.asarray(res.x_change))
         n_iter = int(res.n_iter)
         return FitResult(
             W=np.asarray(res.W), H=np.asarray(res.H), Z=np.asarray(res.Z),
             loss=np.asarray(res.loss)[:n_iter].copy(), initial_loss=float(res.initial_loss),
             n_iter=n_iter, converged=bool(res.converged), status=Status.of(res.status),
-            params=params, rel_change=float(res.rel_change), metrics={})
+            params=params, rel_change=float(res.rel_change), metrics={},
+            x_change=float(res.x_change))
 
     # -- a batch of fits (sweep) ---------------------------------------------------------------
 
@@ -216,6 +228,7 @@ class FitResult(NamedTuple):
             params=params,
             rel_change=float(self.rel_change[i, j]),
             metrics={},
+            x_change=float(np.asarray(self.x_change)[i, j]),
         )
 
     def best(self, key: str = "final_loss", maximize: bool = False) -> tuple[int, int]:

@@ -152,10 +152,11 @@ def _nndsvda(X, k, key, n_power: int = 4):
     return W, H
 
 
-@partial(jax.jit, static_argnames=("k", "n_iter"))
-def _nmf(X, key, k: int, n_iter: int):
+@partial(jax.jit, static_argnames=("k", "n_iter", "trace"))
+def _nmf(X, key, k: int, n_iter: int, tol, trace: bool = False):
     W, H = _nndsvda(X, k, key)
     eps = jnp.finfo(X.dtype).tiny
+    dtype = W.dtype
 
     def hals_cols(W, XHt, HHt):
         # One HALS sweep over the k columns of W for min ||X - W H|| with fixed H.
@@ -175,26 +176,52 @@ def _nmf(X, key, k: int, n_iter: int):
 
         return lax.fori_loop(0, k, row, H)
 
-    def sweep(_, WH):
-        W, H = WH
+    # ||X - W H||^2 = ||X||^2 - 2 <W^T X, H> + <W^T W, H H^T> after each sweep, from the
+    # products the sweep forms anyway (in float64-free arithmetic: the residual of a
+    # rank-k fit of scATAC data is most of ||X||^2, so nothing cancels).
+    xx = jnp.sum(jnp.square(X.data if hasattr(X, "data") and not isinstance(X, jax.Array) else X))
+
+    def sweep(carry):
+        i, W, H, f_prev, _, hist = carry
         W = hals_cols(W, X @ H.T, H @ H.T)
-        H = hals_rows(H, wt_x(X, W), W.T @ W)
-        return W, H
+        WtX, WtW = wt_x(X, W), W.T @ W
+        H_new = hals_rows(H, WtX, WtW)
+        f = xx - 2.0 * jnp.vdot(WtX, H_new) + jnp.vdot(WtW, H_new @ H_new.T)
+        rel = (f_prev - f) / jnp.maximum(jnp.abs(f_prev), eps)
+        if trace:
+            dh = H_new - H
+            step = jnp.sqrt(jnp.vdot(dh, dh) / jnp.maximum(jnp.vdot(H_new, H_new), eps))
+            hist = hist.at[i].set(jnp.stack([f, rel, step]))
+        return i + 1, W, H_new, f, rel, hist
 
-    return lax.fori_loop(0, n_iter, sweep, (W, H))
+    def keep_going(carry):
+        # A sweep that lowers F by less than tol of itself (or, by rounding, raises it)
+        # ends the sweeps; tol = 0 runs all n_iter.
+        i, _, _, _, rel, _ = carry
+        return (i < n_iter) & ~((tol > 0) & (rel < tol))
+
+    hist = jnp.full((n_iter if trace else 0, 3), jnp.nan, dtype)
+    init = (jnp.asarray(0, jnp.int32), W, H, jnp.asarray(jnp.inf, dtype),
+            jnp.asarray(jnp.inf, dtype), hist)
+    sweeps, W, H, _, _, hist = lax.while_loop(keep_going, sweep, init)
+    return W, H, sweeps, hist
 
 
-def nmf(X, k: int, key, n_iter: int = 200):
+def nmf(X, k: int, key, n_iter: int = 200, tol: float = 0.0, *, trace: bool = False):
     """Non-negative factorisation ``X ~ W H`` (W: m x k, H: k x n), seeded by ``key``.
 
-    NNDSVD-a start (randomized SVD, the random part seeded) followed by ``n_iter`` HALS
-    sweeps, all jitted; ``X`` may be a dense array or a ``BCOO`` matrix.
+    NNDSVD-a start (randomized SVD, the random part seeded) followed by HALS sweeps, all
+    jitted; ``X`` may be a dense array or a ``BCOO`` matrix.  The sweeps stop after
+    ``n_iter``, or earlier once a sweep lowers ``||X - W H||^2`` by less than ``tol`` of
+    itself (``0``: all ``n_iter``).  ``trace=True`` returns ``(W, H, sweeps, history)``
+    with the history of (objective, its relative decrease, ``||dH|| / ||H||``) per sweep.
     """
     m, n = X.shape
     if not 1 <= k <= min(m, n):
         raise ValueError(f"n_components must be between 1 and min(peaks, cells) = {min(m, n)}, got {k}")
     with jax.default_matmul_precision("highest"):  # same start on CPU and on tensor cores
-        return _nmf(X, key, k, n_iter)
+        W, H, sweeps, hist = _nmf(X, key, k, n_iter, jnp.asarray(tol, X.dtype), trace)
+    return (W, H, sweeps, hist) if trace else (W, H)
 
 
 def nnls_h(X, W, n_iter: int):

@@ -151,8 +151,8 @@ def sweep(X, *, lams, ks, batch_size: int | None = None, solver: Callable | None
                        batch_size, keep_factors)
     res = jax.tree.map(lambda a: a.reshape((len(lams), len(ks)) + a.shape[1:]), res)
     given = {k: v for k, v in options.items()
-             if k not in ("seed", "max_iter", "tol", "config", "progress")}
-    params = dict(given, seed=opts.seed, max_iter=opts.max_iter, tol=opts.tol,
+             if k not in ("seed", "max_iter", "tol", "x_tol", "config", "progress")}
+    params = dict(given, seed=opts.seed, max_iter=opts.max_iter, tol=opts.tol, x_tol=opts.x_tol,
                   k_max=int(ks.max()), config=config._asdict(), hyper=hyper,
                   dtype=np.dtype(hp0.lam.dtype).name, lams=lams, ks=ks)
     out = res.fetch(params, batched=True)

@@ -123,3 +123,29 @@ def test_nonfinite_during_fit_is_reported_not_nan():
     assert r.status == "nonfinite"
     assert not r.converged
     assert np.all(np.isfinite(r.Z)) or r.n_iter == 0
+
+
+def test_x_tol_defaults_follow_tol_preset_and_config():
+    from sccase_jax.options import DEFAULT_X_TOL, Options
+    from sccase_jax.params import SolverConfig
+
+    assert Options().resolved().x_tol == DEFAULT_X_TOL
+    assert Options(tol=1e-6).resolved().x_tol == 0.0  # tol given: the paper's rule alone
+    assert Options(tol=1e-6, x_tol=1e-3).resolved().x_tol == 1e-3
+    assert Options(preset="release").resolved().x_tol == 0.0
+    assert Options(config=SolverConfig(x_tol=5e-5)).resolved().x_tol == 5e-5
+    with pytest.raises(sccase_jax.validate.InputError):
+        Options(x_tol=-1.0)
+
+
+def test_default_fit_ends_converged_on_the_iterate_rule():
+    from sccase_jax.datasets import granja_bm600
+
+    a = granja_bm600()
+    X, _, _ = sccase_jax.preprocess(a.X.T)
+    res = sccase_jax.fit(X, 7, seed=0, dtype="float32")
+    assert res.status == "converged" and res.n_iter <= 5
+    assert res.x_change < res.params["x_tol"] == 1e-4
+    assert "settled" in res.message and "x_tol" in res.message
+    paper = sccase_jax.fit(X, 7, seed=0, dtype="float32", tol=1e-6, max_iter=res.n_iter + 2)
+    assert paper.params["x_tol"] == 0.0 and paper.n_iter == res.n_iter + 2

@@ -443,3 +443,39 @@ def test_sparse_z_step_gradient_formed_at_each_use_has_the_same_bits():
     np.testing.assert_array_equal(np.asarray(Dcs), np.asarray(Dc))
     np.testing.assert_array_equal(np.asarray(ZS._negative_zero(jnp.nan, jnp.float32)).view(np.int32),
                                   np.int32(-(2**31)))
+
+
+def test_x_tol_stops_once_the_iterate_settles():
+    # At lam = 1e6 the first iteration replaces Z by about H^T H and H barely moves; the
+    # second moves both by far less than 1e-4 of their size: the rule on the iterate fires
+    # while F (whose rule is off here) still changes.
+    data, f0, hp = tiny_problem(1, lam=1e6)
+    res = run(data, f0, hp, SolverConfig(max_iter=50, tol=0.0, x_tol=1e-4))
+    n = int(res.n_iter)
+    assert 1 < n < 50 and int(res.status) == CONVERGED and bool(res.converged)
+    assert float(res.x_change) < 1e-4
+    # x_change is max(||dH|| / ||H||, ||dZ|| / ||Z||) of the last iteration: recompute it
+    # from the iterates of n - 1 and n iterations (the same deterministic trajectory).
+    prev = run(data, f0, hp, SolverConfig(max_iter=n - 1, tol=0.0))
+    want = max(float(jnp.linalg.norm(res.H - prev.H) / jnp.linalg.norm(res.H)),
+               float(jnp.linalg.norm(res.Z - prev.Z) / jnp.linalg.norm(res.Z)))
+    assert float(res.x_change) == pytest.approx(want, rel=1e-6, abs=1e-12)
+    # Off (x_tol = 0) the rule is not in the program: x_change stays inf, all iterations run.
+    off = run(data, f0, hp, SolverConfig(max_iter=n + 3, tol=0.0))
+    assert int(off.n_iter) == n + 3 and not np.isfinite(float(off.x_change))
+    # Same iterates either way: the rule only decides when to stop.
+    same = run(data, f0, hp, SolverConfig(max_iter=n, tol=0.0))
+    np.testing.assert_array_equal(np.asarray(res.Z), np.asarray(same.Z))
+
+
+def test_relative_step_is_the_largest_relative_change():
+    from sccase_jax.solver.driver import relative_step
+
+    data, f0, hp = tiny_problem(0)
+    state = init_state(data, f0, hp, SolverConfig())
+    H2, Z2 = f0.H * 1.01, f0.Z + 0.5 * jnp.abs(f0.Z).mean()
+    got = float(relative_step(state, dict(H=H2, Z=Z2, W=f0.W * 7.0)))  # W is not measured
+    want = max(float(jnp.linalg.norm(H2 - f0.H) / jnp.linalg.norm(H2)),
+               float(jnp.linalg.norm(Z2 - f0.Z) / jnp.linalg.norm(Z2)))
+    assert got == pytest.approx(want, rel=1e-10)
+    assert float(relative_step(state, dict(H=f0.H, Z=f0.Z))) == 0.0

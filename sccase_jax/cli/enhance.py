@@ -24,7 +24,7 @@ OUT_OF_CORE_ENTRIES = 1_000_000_000
 
 # The options of enhance that have a flag here, in the order of the help.
 ENHANCE_OPTIONS = (
-    "n_components", "lam", "gamma1", "gamma2", "keep_prob", "tol", "max_iter", "seed", "layer",
+    "n_components", "lam", "gamma1", "gamma2", "keep_prob", "tol", "x_tol", "max_iter", "seed", "layer",
     "min_cells_frac", "tfidf", "output", "blend", "scale_output", "neighbors", "binarize",
     "drop_empty_cells", "preset", "k_ref", "alpha", "peak_match", "min_peak_match", "store_z",
     "layer_dtype", "batch_key", "batch_weight", "correct_depth",

@@ -130,7 +130,7 @@ def default_k_ref(n_profiles: int, n_components: int) -> int:
 
 
 def reference_loadings(Rt, k_ref: int, *, X=None, n_free: int = 0, seed: int = 0,
-                       nmf_iter: int = 200, dtype=None) -> np.ndarray:
+                       nmf_iter: int = 200, nmf_tol: float = 0.0, dtype=None) -> np.ndarray:
     """P (peaks x ``k_ref``): the W factor of an NMF of the transformed reference ``Rt``.
 
     With ``X`` given (the preprocessed target, peaks x cells) the columns of P are rescaled
@@ -146,7 +146,8 @@ def reference_loadings(Rt, k_ref: int, *, X=None, n_free: int = 0, seed: int = 0
             f"got {k_ref}"
         )
     key = jax.random.PRNGKey(seed)
-    P, _ = nmf(jnp.asarray(Rt, dtype), k_ref, jax.random.fold_in(key, 1), n_iter=nmf_iter)
+    P, _ = nmf(jnp.asarray(Rt, dtype), k_ref, jax.random.fold_in(key, 1), n_iter=nmf_iter,
+               tol=nmf_tol)
     P = np.asarray(P, np.float64)
     norms = np.linalg.norm(P, axis=0)
     P = P / np.where(norms > 0, norms, 1.0)
@@ -155,7 +156,7 @@ def reference_loadings(Rt, k_ref: int, *, X=None, n_free: int = 0, seed: int = 0
     # The same key as problem.prepare's NMF of the free block, so this is (nearly) its W0.
     _, key_nmf = jax.random.split(key)
     Xd = device_matrix(X, dtype)
-    W0, _ = nmf(Xd, max(n_free, 1), key_nmf, n_iter=nmf_iter)
+    W0, _ = nmf(Xd, max(n_free, 1), key_nmf, n_iter=nmf_iter, tol=nmf_tol)
     return P * float(np.mean(np.linalg.norm(np.asarray(W0, np.float64), axis=0)))
 
 
@@ -178,7 +179,7 @@ def reference_block(reference, target_var, counts, X, k: int, opts):
                          f" {Rm.shape[1]}), got {k1}")
     Rt = transform_reference(Rm, counts, opts.tfidf, opts.binarize)
     P = reference_loadings(Rt, k1, X=X, n_free=k - k1, seed=opts.seed, nmf_iter=opts.nmf_iter,
-                           dtype=opts.dtype)
+                           nmf_tol=opts.nmf_tol, dtype=opts.dtype)
     info = dict(n_profiles=int(Rm.shape[1]), profiles=[str(s) for s in reference.obs_names],
                 k_ref=k1, alpha=opts.alpha, match_method=match.method,
                 n_target_peaks=match.n_target, n_matched=match.n_matched,

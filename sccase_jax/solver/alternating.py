@@ -83,6 +83,7 @@ class SolverState(NamedTuple):
     loss: Any
     initial_loss: Any
     rel_change: Any
+    x_change: Any
     iteration: Any
     loss_history: Any  # (max_iter,), NaN where not reached
     status: Any

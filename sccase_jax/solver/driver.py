@@ -3,9 +3,9 @@
 Any solver whose state is a NamedTuple carrying the fields that :func:`tracked_fields`
 makes (plus its own iterate, caches or optimiser state) runs in :func:`drive`, a
 :func:`jax.lax.while_loop`, with each step returning its next state through
-:func:`advance`: the same preallocated history of F, the ``|dF| / |F| < tol`` stopping
-rule, the ``max_iter`` cap and the guard that keeps the last finite iterate when F stops
-being finite.  :func:`to_result` turns a final state into a
+:func:`advance`: the same preallocated history of F, the stopping rules (``|dF| / |F| <
+tol``, and with ``config.x_tol > 0`` the relative change of H and Z below ``x_tol``), the ``max_iter`` cap and the guard that keeps the last finite iterate when F
+stops being finite.  :func:`to_result` turns a final state into a
 :class:`~sccase_jax.result.FitResult` of device arrays.  The alternating solver
 (:mod:`~sccase_jax.solver.alternating`), the projected optax solver
 (:mod:`~sccase_jax.solver.projected`) and the masked sweep members share it.
@@ -23,9 +23,15 @@ from sccase_jax import progress
 from sccase_jax.params import SolverConfig
 from sccase_jax.result import CONVERGED, MAX_ITER, NONFINITE, RUNNING, FitResult
 
-__all__ = ["advance", "drive", "matmul_precision", "to_result", "tracked_fields"]
+__all__ = ["ITERATE", "advance", "drive", "matmul_precision", "relative_step", "to_result",
+           "tracked_fields"]
 
-_TRACKED = ("initial_loss", "rel_change", "iteration", "loss_history", "status")
+_TRACKED = ("initial_loss", "rel_change", "x_change", "iteration", "loss_history", "status")
+# The fields of a state whose relative change the x_tol rule measures (those it has): what
+# the enhanced layer and the embedding are built from.  W is left out: it keeps converging
+# geometrically (by about a third an iteration) long after H and Z have settled, and no
+# output but the peak loadings depends on it (docs/model.md, "Stopping").
+ITERATE = ("H", "Z")
 
 
 def tracked_fields(F0, dtype, config: SolverConfig) -> dict:
@@ -35,6 +41,7 @@ def tracked_fields(F0, dtype, config: SolverConfig) -> dict:
         loss=F0,
         initial_loss=F0,
         rel_change=jnp.asarray(jnp.inf, dtype),
+        x_change=jnp.asarray(jnp.inf, dtype),
         iteration=jnp.asarray(0, jnp.int32),
         loss_history=jnp.full((config.max_iter,), jnp.nan, dtype),
         # With max_iter = 0 the fit is the starting point: the loop never runs.
@@ -44,6 +51,20 @@ def tracked_fields(F0, dtype, config: SolverConfig) -> dict:
     )
 
 
+def relative_step(state, carry: dict):
+    """``max(||new - old|| / ||new||)`` over the fields of :data:`ITERATE` that ``carry``
+    sets: how far the last iteration moved the iterate, relative to its size (0 for a
+    field that stays 0)."""
+    rel = []
+    for f in ITERATE:
+        if f in carry:
+            new, old = carry[f], getattr(state, f)
+            d = new - old
+            dd, nn = jnp.vdot(d, d), jnp.vdot(new, new)
+            rel.append(jnp.where(dd > 0, jnp.sqrt(dd / jnp.maximum(nn, jnp.finfo(nn.dtype).tiny)), 0.0))
+    return jnp.max(jnp.stack(rel))
+
+
 def advance(
     state, carry: dict, F_new, config: SolverConfig, F_prev=None, change=None, caches=()
 ):
@@ -51,7 +72,9 @@ def advance(
 
     Records ``F_new`` in the history, computes the relative change ``|change| / |F_prev|``
     (``F_prev`` defaults to ``state.loss``, ``change`` to ``F_new - F_prev``; a solver that
-    knows its change of F more accurately passes it) and the status.  On a non-finite ``F_new`` every field that is
+    knows its change of F more accurately passes it), with ``config.x_tol > 0`` the
+    relative change of the iterate (:func:`relative_step`; otherwise it is not computed
+    and stays ``inf``), and the status: converged when either falls below its tolerance.  On a non-finite ``F_new`` every field that is
     not bookkeeping (the iterate, optimiser state and ``loss``) keeps its previous
     value, so the last finite iterate is what comes back.  The fields named in ``caches``
     are exempt: a non-finite F ends the fit, whose result never reads a cache, and
@@ -64,15 +87,21 @@ def advance(
     rel = jnp.abs(change) / jnp.maximum(jnp.abs(F_prev), jnp.finfo(F_new.dtype).tiny)
     rel = jnp.where(jnp.isfinite(rel), rel, jnp.inf)
     it = state.iteration + 1
+    settled = rel < config.tol
+    x_change = state.x_change
+    if config.x_tol > 0:
+        x_change = relative_step(state, carry).astype(x_change.dtype)
+        settled = settled | (x_change < config.x_tol)
     status = jnp.where(
         ~finite,
         NONFINITE,
-        jnp.where(rel < config.tol, CONVERGED, jnp.where(it >= config.max_iter, MAX_ITER, RUNNING)),
+        jnp.where(settled, CONVERGED, jnp.where(it >= config.max_iter, MAX_ITER, RUNNING)),
     ).astype(jnp.int32)
     new = state._replace(
         **carry,
         loss=F_new,
         rel_change=rel,
+        x_change=x_change,
         iteration=it,
         loss_history=(
             state.loss_history.at[state.iteration].set(F_new)
@@ -128,6 +157,7 @@ def to_result(state) -> FitResult:
         converged=(state.status == CONVERGED) & jnp.isfinite(state.loss),
         status=state.status,
         rel_change=state.rel_change,
+        x_change=state.x_change,
     )
 
 

@@ -50,6 +50,7 @@ class VariantState(NamedTuple):
     loss: Any
     initial_loss: Any
     rel_change: Any
+    x_change: Any
     iteration: Any
     loss_history: Any
     status: Any

@@ -54,6 +54,7 @@ class SupportState(NamedTuple):
     loss: Any
     initial_loss: Any
     rel_change: Any
+    x_change: Any
     iteration: Any
     loss_history: Any
     status: Any

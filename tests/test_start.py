@@ -1,0 +1,52 @@
+"""The start of a fit: the NMF's sweeps, its objective trace and its tolerance."""
+
+import jax
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sccase_jax.problem import device_matrix
+from sccase_jax.start import nmf
+
+
+def _x(m=60, n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    X = sp.random(m, n, density=0.3, random_state=rng, dtype=np.float64)
+    X.data = rng.random(X.nnz)
+    return X
+
+
+@pytest.mark.parametrize("fmt", ["dense", "sparse"])
+def test_nmf_trace_is_the_objective_after_each_sweep(fmt):
+    X = _x()
+    Xd = device_matrix(X, np.float64, fmt)
+    key = jax.random.PRNGKey(3)
+    W, H, sweeps, hist = nmf(Xd, 4, key, 12, trace=True)
+    assert int(sweeps) == 12
+    hist = np.asarray(hist)
+    # The objective after the last sweep is ||X - W H||^2 of the returned factors.
+    direct = np.sum((X.toarray() - np.asarray(W) @ np.asarray(H)) ** 2)
+    assert hist[-1, 0] == pytest.approx(direct, rel=1e-9)
+    # HALS never raises it; the relative decrease is what the tolerance reads.
+    assert np.all(np.diff(hist[:, 0]) <= 1e-12 * hist[:-1, 0])
+    np.testing.assert_allclose(hist[1:, 1], (hist[:-1, 0] - hist[1:, 0]) / hist[:-1, 0],
+                               rtol=1e-9, atol=1e-15)
+    # The same factors with and without the trace, and without it (n_iter sweeps, tol 0).
+    W2, H2 = nmf(Xd, 4, key, 12)
+    np.testing.assert_array_equal(np.asarray(W), np.asarray(W2))
+    np.testing.assert_array_equal(np.asarray(H), np.asarray(H2))
+
+
+def test_nmf_tol_stops_at_the_first_small_decrease():
+    X = device_matrix(_x(seed=1), np.float64, "dense")
+    key = jax.random.PRNGKey(0)
+    _, _, _, full = nmf(X, 3, key, 100, trace=True)
+    rel = np.asarray(full)[:, 1]
+    tol = float(np.quantile(rel[1:40], 0.5))
+    expect = int(np.argmax(rel < tol)) + 1  # sweeps run, the first small one included
+    W, H, sweeps, _ = nmf(X, 3, key, 100, tol=tol, trace=True)
+    assert int(sweeps) == expect < 100
+    # Stopping early gives the iterate of that many sweeps.
+    We, He = nmf(X, 3, key, expect)
+    np.testing.assert_array_equal(np.asarray(W), np.asarray(We))
+    np.testing.assert_array_equal(np.asarray(H), np.asarray(He))
