@@ -31,11 +31,11 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from sccase_jax.evaluation.clustering import knn_graph, partition, pca_embedding
+from sccase_jax.evaluation.clustering import knn_graph, pca_embedding
 from sccase_jax.evaluation.metrics import openmp_single_thread, require
 from sccase_jax.validate import InputError, check_int
 
-__all__ = ["KEstimate", "estimate_n_components", "kneedle", "n_distinct_rows"]
+__all__ = ["KEstimate", "davies_bouldin", "estimate_n_components", "kneedle", "n_distinct_rows"]
 
 
 class KEstimate(NamedTuple):
@@ -131,28 +131,60 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
         for i, k in enumerate(ks):
             km = cluster.KMeans(int(k), n_init=1, random_state=seed, max_iter=100).fit(emb)
             inertia[i] = km.inertia_
-            db[i] = (skm.davies_bouldin_score(emb, km.labels_)
-                     if len(np.unique(km.labels_)) > 1 else np.inf)
+            db[i] = davies_bouldin(emb, km.labels_)
     k_knee = int(ks[kneedle(ks, inertia)])
     k_db = int(ks[int(np.flatnonzero(db <= np.min(db) * (1.0 + db_tolerance))[0])])
 
     graph = knn_graph(emb, n_neighbors)
     best, k_sil = -np.inf, k_knee
     sub = rng.choice(n, min(n, 2000), replace=False)
+    dist = skm.pairwise_distances(emb[sub])  # once, for every silhouette below
     for r in np.geomspace(0.05, 5.0, 14):
-        lab = partition(graph, float(r), "leiden", seed)
+        lab = _leiden(graph, float(r), seed)
         c = len(np.unique(lab))
         if c > k_max:
             break  # cluster counts grow with the resolution; larger ones only cost time
         if c < k_min or len(np.unique(lab[sub])) < 2:
             continue
-        s = skm.silhouette_score(emb[sub], lab[sub])
+        s = skm.silhouette_score(dist, lab[sub], metric="precomputed")
         if s > best:
             best, k_sil = s, c
     k = int(np.clip(np.ceil((k_knee + k_db + k_sil) / 3.0), k_min, k_max))
     if details:
         return KEstimate(k, k_knee, k_db, k_sil, ks, inertia, db)
     return k
+
+
+def davies_bouldin(emb, labels) -> float:
+    """The Davies-Bouldin score of a clustering (scikit-learn's definition; ``inf`` for a
+    single cluster), from the cluster means: one pass over the points, no pairwise step."""
+    labels = np.unique(labels, return_inverse=True)[1]
+    c = int(labels.max()) + 1
+    if c < 2:
+        return np.inf
+    counts = np.bincount(labels, minlength=c).astype(np.float64)
+    centroids = np.zeros((c, emb.shape[1]))
+    np.add.at(centroids, labels, emb)
+    centroids /= counts[:, None]
+    intra = np.bincount(labels, np.linalg.norm(emb - centroids[labels], axis=1), minlength=c) / counts
+    diff = centroids[:, None, :] - centroids[None, :, :]
+    sep = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    if np.allclose(intra, 0) or np.allclose(sep, 0):
+        return 0.0
+    sep[sep == 0] = np.inf
+    return float(np.mean(np.max((intra[:, None] + intra[None, :]) / sep, axis=1)))
+
+
+def _leiden(graph, resolution: float, seed: int) -> np.ndarray:
+    """Leiden labels (modularity with a resolution, weighted: the RB configuration model
+    of :func:`~sccase_jax.evaluation.clustering.partition`) from igraph's own C
+    implementation, seeded through Python's ``random`` (igraph's generator)."""
+    import random
+
+    random.seed(seed)
+    part = graph.community_leiden(objective_function="modularity", weights="weight",
+                                  resolution=resolution, n_iterations=2)
+    return np.asarray(part.membership)
 
 
 def n_distinct_rows(M) -> int:

@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 import numpy as np
 import scipy.sparse as sp
 from helpers import typed_counts
@@ -48,3 +50,24 @@ def test_davies_bouldin_rule_takes_the_smallest_near_optimal_k():
     bare = estimate_n_components(X, k_max=12, db_tolerance=0.0, details=True)
     assert bare.davies_bouldin == int(bare.ks[np.argmin(bare.db)])
     assert est.davies_bouldin <= bare.davies_bouldin
+
+
+def test_davies_bouldin_equals_scikit_learns():
+    from hypothesis import given
+    from hypothesis import strategies as st
+    from sklearn.metrics import davies_bouldin_score
+
+    from sccase_jax.estimate import davies_bouldin
+
+    @given(st.integers(2, 9), st.integers(0, 2**31 - 1))
+    def check(c, seed):
+        rng = np.random.default_rng(seed)
+        emb = rng.normal(size=(60, 5)) + rng.integers(0, 3, (60, 1))
+        labels = rng.integers(0, c, 60) * 3 + 1  # codes need not be 0..c-1
+        if len(np.unique(labels)) < 2:
+            return
+        assert davies_bouldin(emb, labels) == pytest.approx(davies_bouldin_score(emb, labels),
+                                                            rel=1e-12)
+
+    check()
+    assert davies_bouldin(np.ones((5, 2)), np.zeros(5)) == np.inf

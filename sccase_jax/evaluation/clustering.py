@@ -98,9 +98,15 @@ def neighbor_graph(emb: np.ndarray, n_neighbors: int = 15, seed: int = 0):
     a.obsm["X_emb"] = np.asarray(emb, np.float32)
     sc.pp.neighbors(a, n_neighbors=min(n_neighbors, emb.shape[0] - 1), use_rep="X_emb",
                     random_state=seed, transformer="sklearn")
-    C = sp.triu(a.obsp["connectivities"], k=1).tocoo()
-    g = ig.Graph(n=emb.shape[0], edges=list(zip(C.row.tolist(), C.col.tolist())), directed=False)
-    g.es["weight"] = C.data.tolist()
+    return _graph(ig, emb.shape[0], sp.triu(a.obsp["connectivities"], k=1).tocoo())
+
+
+def _graph(ig, n: int, C):
+    """The undirected igraph graph of the upper-triangle COO matrix ``C`` (weights from its
+    values), built from the index arrays directly (no Python list of edge tuples)."""
+    edges = np.column_stack([C.row, C.col]).astype(np.int64, copy=False)
+    g = ig.Graph(n=n, edges=edges, directed=False)
+    g.es["weight"] = C.data.astype(np.float64, copy=False).tolist()
     return g
 
 
@@ -114,10 +120,7 @@ def knn_graph(emb: np.ndarray, n_neighbors: int = 15, dtype=np.float32):
     emb = np.asarray(emb) if dtype is None else np.asarray(emb, dtype)
     with openmp_single_thread():
         A = nb.kneighbors_graph(emb, min(n_neighbors, emb.shape[0] - 1), include_self=False)
-    C = sp.triu(((A + A.T) > 0).astype(np.float64), k=1).tocoo()
-    g = ig.Graph(n=emb.shape[0], edges=list(zip(C.row.tolist(), C.col.tolist())), directed=False)
-    g.es["weight"] = C.data.tolist()
-    return g
+    return _graph(ig, emb.shape[0], sp.triu(((A + A.T) > 0).astype(np.float64), k=1).tocoo())
 
 
 def partition(graph, resolution: float, method: str = "leiden", seed: int = 0) -> np.ndarray:
