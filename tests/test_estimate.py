@@ -2,9 +2,8 @@
 
 import time
 
-import pytest
-
 import numpy as np
+import pytest
 import scipy.sparse as sp
 from helpers import typed_counts
 

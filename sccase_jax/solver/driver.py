@@ -4,8 +4,9 @@ Any solver whose state is a NamedTuple carrying the fields that :func:`tracked_f
 makes (plus its own iterate, caches or optimiser state) runs in :func:`drive`, a
 :func:`jax.lax.while_loop`, with each step returning its next state through
 :func:`advance`: the same preallocated history of F, the stopping rules (``|dF| / |F| <
-tol``, and with ``config.x_tol > 0`` the relative change of H and Z below ``x_tol``), the ``max_iter`` cap and the guard that keeps the last finite iterate when F
-stops being finite.  :func:`to_result` turns a final state into a
+tol``, and with ``config.x_tol > 0`` the relative change of H and Z below ``x_tol``),
+the ``max_iter`` cap and the guard that keeps the last finite iterate when F stops being
+finite.  :func:`to_result` turns a final state into a
 :class:`~sccase_jax.result.FitResult` of device arrays.  The alternating solver
 (:mod:`~sccase_jax.solver.alternating`), the projected optax solver
 (:mod:`~sccase_jax.solver.projected`) and the masked sweep members share it.
@@ -74,9 +75,10 @@ def advance(
     (``F_prev`` defaults to ``state.loss``, ``change`` to ``F_new - F_prev``; a solver that
     knows its change of F more accurately passes it), with ``config.x_tol > 0`` the
     relative change of the iterate (:func:`relative_step`; otherwise it is not computed
-    and stays ``inf``), and the status: converged when either falls below its tolerance.  On a non-finite ``F_new`` every field that is
-    not bookkeeping (the iterate, optimiser state and ``loss``) keeps its previous
-    value, so the last finite iterate is what comes back.  The fields named in ``caches``
+    and stays ``inf``), and the status: converged when either falls below its tolerance.
+    On a non-finite ``F_new`` every field that is not bookkeeping (the iterate, optimiser
+    state and ``loss``) keeps its previous value, so the last finite iterate is what comes
+    back.  The fields named in ``caches``
     are exempt: a non-finite F ends the fit, whose result never reads a cache, and
     restoring one would keep the previous value alive beside the new one to the end of the
     iteration (for ``G S`` one more n x n array at the solver's peak).
