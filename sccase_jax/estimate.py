@@ -35,7 +35,8 @@ from sccase_jax.evaluation.clustering import knn_graph, pca_embedding
 from sccase_jax.evaluation.metrics import openmp_single_thread, require
 from sccase_jax.validate import InputError, check_int
 
-__all__ = ["KEstimate", "davies_bouldin", "estimate_n_components", "kneedle", "n_distinct_rows"]
+__all__ = ["KEstimate", "davies_bouldin", "estimate_n_components", "kneedle", "n_distinct_rows",
+           "pca_from_gram"]
 
 
 class KEstimate(NamedTuple):
@@ -65,7 +66,7 @@ def kneedle(x, y) -> int:
 
 def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: int = 0,
                           n_pcs: int = 20, max_cells: int = 5000, n_neighbors: int = 15,
-                          db_tolerance: float = 0.1, details: bool = False):
+                          db_tolerance: float = 0.1, details: bool = False, gram=None):
     """Estimated number of cell types of a preprocessed peaks x cells matrix.
 
     Parameters
@@ -88,6 +89,10 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
         Relative tolerance of the Davies-Bouldin rule (0 gives the bare argmin).
     details
         Return a :class:`KEstimate` with each estimator's answer instead of an int.
+    gram
+        ``X^T X`` (cells x cells) when the caller has it (the fit's G): the PCA then comes
+        from its centred eigenvectors (:func:`pca_from_gram`, the same scores up to sign)
+        instead of a sparse SVD of X, which costs seconds on 100,000+ peaks.
 
     Raises
     ------
@@ -110,8 +115,10 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
                 "cell types; pass n_components"
             )
     rng = np.random.default_rng(seed)
+    keep = None
     if n > max_cells:
-        M = M[np.sort(rng.choice(n, max_cells, replace=False))]
+        keep = np.sort(rng.choice(n, max_cells, replace=False))
+        M = M[keep]
         n = max_cells
     distinct = n_distinct_rows(M)
     if distinct < 2:
@@ -123,7 +130,12 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
         k_max = min(30, max(5, n // 20))
     k_max = int(min(k_max, n - 1, distinct))
     k_min = int(max(2, min(k_min, k_max)))
-    emb = pca_embedding(M, min(n_pcs, min(M.shape) - 1), transform=None, seed=seed)
+    n_pcs = min(n_pcs, min(M.shape) - 1)
+    if gram is None:
+        emb = pca_embedding(M, n_pcs, transform=None, seed=seed)
+    else:
+        G = np.asarray(gram)
+        emb = pca_from_gram(G if keep is None else G[np.ix_(keep, keep)], n_pcs, seed=seed)
 
     ks = np.arange(k_min, k_max + 1)
     inertia, db = np.empty(len(ks)), np.empty(len(ks))
@@ -153,6 +165,28 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
     if details:
         return KEstimate(k, k_knee, k_db, k_sil, ks, inertia, db)
     return k
+
+
+def pca_from_gram(G, n_pcs: int, seed: int = 0) -> np.ndarray:
+    """PCA scores (cells x ``n_pcs``) of the cells whose Gram matrix ``G = M M^T`` is given.
+
+    The scores of centred PCA are the top eigenvectors of the centred Gram matrix
+    ``K = (I - 11^T / n) G (I - 11^T / n)``, each scaled by the square root of its
+    eigenvalue: the same as :func:`~sccase_jax.evaluation.clustering.pca_embedding` of M
+    up to the sign of each component (and rounding), without touching M's features.
+    """
+    from scipy.sparse.linalg import eigsh
+
+    K = np.array(G, dtype=np.float64)
+    n = K.shape[0]
+    row = K.mean(axis=1)
+    K -= row[:, None]
+    K -= row[None, :]
+    K += row.mean()
+    v0 = np.random.default_rng(seed).uniform(-1.0, 1.0, n)
+    vals, vecs = eigsh(K, k=int(n_pcs), which="LA", v0=v0)
+    order = np.argsort(vals)[::-1]
+    return vecs[:, order] * np.sqrt(np.maximum(vals[order], 0.0))[None, :]
 
 
 def davies_bouldin(emb, labels) -> float:

@@ -18,7 +18,7 @@ from sccase_jax.solver.projected import run_variant
 from sccase_jax.support.fit import fit_support
 from sccase_jax.validate import InputError
 
-__all__ = ["fit", "fit_options", "fit_variant", "solver_config"]
+__all__ = ["dense_z", "fit", "fit_options", "fit_variant", "solver_config"]
 
 FIT_OPTIONS = Options.names(FIT)
 
@@ -71,10 +71,11 @@ fit.__signature__ = signature(fit, FIT, keep=("X", "n_components", "P", "init"))
 
 
 def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=None,
-             depth=None) -> FitResult:
+             depth=None, reduced=None) -> FitResult:
     """:func:`fit` with checked :class:`~sccase_jax.options.Options` (as ``enhance`` calls it);
     ``batch``: integer batch codes of the cells, for the batch term; ``depth``: relative
-    depths, for the depth term."""
+    depths, for the depth term; ``reduced``: X's :func:`~sccase_jax.problem.reduce`, when
+    formed already (dense Z only)."""
     opts = opts.resolved()
     if depth is not None and solver_config(opts).h_step != "backtrack":
         raise InputError("correct_depth needs the backtracking H step (h_step='backtrack')")
@@ -85,7 +86,7 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
         return _fit_knn(X, n_components, opts, P, init)
     t0 = time.perf_counter()
     prob = prepare(X, n_components, opts, P=P, k_ref=opts.k_ref, init=init, batch=batch,
-                   depth=depth)
+                   depth=depth, reduced=reduced)
     if opts.progress:
         n = prob.factors.Z.shape[0]
         _progress.stage(f"start: {n} cells, k = {int(n_components)}, Gram matrix, Jaccard Z0 "
@@ -106,6 +107,11 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     params = fit_options(opts, n_components, k_ref, config, prob.hp.lam.dtype)
     params["gram"] = "dense" if prob.data.G is not None else "sparse"
     return res.fetch(params)
+
+
+def dense_z(opts: Options, n_cells: int) -> bool:
+    """Whether a fit of ``n_cells`` cells with these options keeps Z dense (n x n)."""
+    return not _knn(opts.resolved(), n_cells)
 
 
 def _knn(opts: Options, n_cells: int) -> bool:

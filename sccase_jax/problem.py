@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +37,12 @@ from sccase_jax.validate import InputError, check_int, check_matrix, default_dty
 
 __all__ = [
     "Problem",
+    "Reduced",
     "check_input",
     "dense_limit",
     "device_matrix",
     "prepare",
+    "reduce",
     "warn_if_not_preprocessed",
 ]
 
@@ -55,6 +57,29 @@ class Problem(NamedTuple):
     data: Data
     factors: Factors
     hp: Hyperparams
+
+
+class Reduced(NamedTuple):
+    """X on the device and the cell Gram matrix it reduces to (:func:`reduce`)."""
+
+    X: Any  # peaks x cells on the device, dense or BCOO
+    G: Any  # X^T X (cells x cells) on the device, or None when products go through X
+    reduce_on: str  # where G and the Jaccard start are formed: "host" or "device"
+
+
+def reduce(X, options: Options | None = None, *, reduce_on: str = "auto", **overrides) -> Reduced:
+    """Put a preprocessed peaks x cells X on the device and form ``G = X^T X`` once.
+
+    What :func:`prepare` does first; :func:`sccase_jax.enhance` calls it before estimating
+    k, whose PCA then comes from G (:func:`~sccase_jax.estimate.pca_from_gram`) instead of
+    a sparse SVD of X, and hands the result to :func:`prepare` (``reduced=``).
+    """
+    opts = (options or Options()).replace(**overrides).resolved()
+    if reduce_on not in REDUCE_ON:
+        raise InputError(f"reduce_on must be 'auto', 'host' or 'device', got {reduce_on!r}")
+    X = X.tocsc() if sp.issparse(X) else np.asarray(X)
+    return Reduced(*_device_data(X, opts.dtype or default_dtype(), opts.gram, opts.x_format,
+                                 reduce_on))
 
 
 def dense_limit(dtype) -> int:
@@ -147,7 +172,7 @@ def warn_if_not_preprocessed(X) -> None:
 
 def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_ref=None,
             init: Factors | None = None, reduce_on: str = "auto", batch=None, depth=None,
-            **overrides) -> Problem:
+            reduced: Reduced | None = None, **overrides) -> Problem:
     """Check X and build the device data, the starting factors and the hyperparameters.
 
     ``options`` (an :class:`~sccase_jax.options.Options`, default the defaults) with
@@ -164,6 +189,7 @@ def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_r
     a GPU), else host.  ``batch`` (one integer code per cell of X) adds the batch term
     ``batch_weight x lam x ||A Z||^2`` (:mod:`~sccase_jax.objectives.batch`); ``depth``
     (the relative depth of each cell) the depth term (:mod:`~sccase_jax.objectives.depth`).
+    ``reduced``: the :func:`reduce` of this X, when the caller formed it already.
     """
     opts = (options or Options()).replace(**overrides).resolved()
     X = check_input(X, n_components)
@@ -179,7 +205,12 @@ def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_r
         raise InputError(f"reduce_on must be 'auto', 'host' or 'device', got {reduce_on!r}")
 
     key_mask, key_nmf = jax.random.split(jax.random.PRNGKey(opts.seed))
-    Xd, G, reduce_on = _device_data(X, dtype, opts.gram, opts.x_format, reduce_on)
+    if reduced is None:
+        Xd, G, reduce_on = _device_data(X, dtype, opts.gram, opts.x_format, reduce_on)
+    else:
+        Xd, G, reduce_on = reduced
+        if tuple(Xd.shape) != (m, n):
+            raise InputError(f"reduced holds a {Xd.shape[0]} x {Xd.shape[1]} X, not {m} x {n}")
     Pfull = np.zeros((m, k), np.dtype(dtype))
     if k_ref:
         P = np.asarray(P, np.dtype(dtype))

@@ -36,7 +36,8 @@ def test_keys_and_shapes(small, enhanced):
     assert out.varm["sccase_W"].shape == (out.n_vars, 4)
     assert out.obsp["sccase_Z"].shape == (out.n_obs, out.n_obs)
     info = out.uns["sccase"]
-    assert info["n_iter"] == 3 and len(info["loss"]) == 3
+    # The default stopping rule (x_tol) may end the fit before max_iter = 3.
+    assert 1 <= info["n_iter"] <= 3 and len(info["loss"]) == info["n_iter"]
     assert info["params"]["n_components"] == 4 and info["params"]["seed"] == 1
     assert isinstance(info["converged"], (bool, np.bool_))
     np.testing.assert_array_equal(out.X.toarray(), small.X[:, keep].toarray())

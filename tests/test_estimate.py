@@ -70,3 +70,16 @@ def test_davies_bouldin_equals_scikit_learns():
 
     check()
     assert davies_bouldin(np.ones((5, 2)), np.zeros(5)) == np.inf
+
+
+def test_pca_from_the_gram_matrix_is_the_pca_up_to_sign():
+    from sccase_jax.estimate import pca_from_gram
+    from sccase_jax.evaluation.clustering import pca_embedding
+
+    X = _typed(4, n_per=30)  # peaks x cells
+    M = X.T.tocsr()
+    ref = pca_embedding(M, 6, transform=None)
+    got = pca_from_gram((M @ M.T).toarray(), 6)
+    signs = np.sign(np.sum(ref * got, axis=0))
+    np.testing.assert_allclose(got * signs, ref, rtol=1e-7, atol=1e-9)
+    assert estimate_n_components(X, seed=2, gram=(M @ M.T).toarray()) == estimate_n_components(X, seed=2)

@@ -311,12 +311,12 @@ def test_default_k_with_reference_keeps_a_column_per_profile(bm, monkeypatch):
 
     full, small = bm
     ref = pseudobulk_reference(full.X, full.obs["cell_type"].values, var=full.var)  # 6 profiles
-    monkeypatch.setattr(est, "estimate_n_components", lambda X, seed=0: 2)
+    monkeypatch.setattr(est, "estimate_n_components", lambda X, seed=0, gram=None: 2)
     out = enhance(small, reference=ref, max_iter=1)
     # c = max(estimate 2, 6 profiles) = 6, then the scCASER rule round(1.3 c) = 8; k_ref 6
     assert out.uns["sccase"]["params"]["n_components"] == 8
     assert out.uns["sccase"]["reference"]["k_ref"] == 6
-    monkeypatch.setattr(est, "estimate_n_components", lambda X, seed=0: 9)
+    monkeypatch.setattr(est, "estimate_n_components", lambda X, seed=0, gram=None: 9)
     out = enhance(small, reference=ref, max_iter=1)
     assert out.uns["sccase"]["params"]["n_components"] == 12  # the estimate wins: round(11.7)
     assert out.uns["sccase"]["reference"]["k_ref"] == 6

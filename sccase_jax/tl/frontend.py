@@ -20,11 +20,11 @@ import scipy.sparse as sp
 
 from sccase_jax import estimate, io, output
 from sccase_jax import progress as _progress
-from sccase_jax.fitting import fit_with
+from sccase_jax.fitting import dense_z, fit_with
 from sccase_jax.objectives.depth import relative_depth
 from sccase_jax.options import Options, options_from, signature
 from sccase_jax.preprocessing import check_preprocessed, preprocess
-from sccase_jax.problem import check_input
+from sccase_jax.problem import check_input, reduce
 from sccase_jax.reference.mapping import reference_block
 from sccase_jax.validate import InputError, check_matrix
 
@@ -77,7 +77,10 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
 
     counts = get_counts(adata, opts.layer)
     X, peak_mask, cell_mask = _preprocessed(counts, opts)
-    k, estimated = _components(X, opts, reference)
+    # X on the device and G = X^T X, formed once: for the fit, and for the PCA of the k
+    # estimate (from G instead of a sparse SVD of X, which costs seconds on many peaks).
+    reduced = reduce(X, opts) if dense_z(opts, X.shape[1]) else None
+    k, estimated = _components(X, opts, reference, None if reduced is None else reduced.G)
     kept = counts[peak_mask][:, cell_mask]
     ref_info, P = None, None
     if reference is not None:
@@ -88,7 +91,7 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
     if batch is not None:
         batch = batch_codes(adata, opts.batch_key, cell_mask)
     depth = relative_depth(np.asarray(kept.sum(axis=0)).ravel()) if opts.correct_depth else None
-    res = fit_with(X, k, opts, P=P, batch=batch, depth=depth)
+    res = fit_with(X, k, opts, P=P, batch=batch, depth=depth, reduced=reduced)
     _check_finite(res)
     E, B, z_store, z_kept = _outputs(res, X, opts, neighbors, write_layer=out_file is None)
 
@@ -193,7 +196,7 @@ def _preprocessed(counts, opts: Options):
     return X, peak_mask, cell_mask
 
 
-def _components(X, opts: Options, reference) -> tuple[int, bool]:
+def _components(X, opts: Options, reference, gram=None) -> tuple[int, bool]:
     """``(k, estimated)``: ``opts.n_components``, or the released code's rule on the
     estimated number of cell types (with a reference, at least one type per profile)."""
     if opts.n_components is not None:
@@ -202,7 +205,8 @@ def _components(X, opts: Options, reference) -> tuple[int, bool]:
         _progress.stage(f"estimating the number of cell types ({X.shape[1]} cells x "
                         f"{X.shape[0]} peaks)")
     t_est = time.perf_counter()
-    c = c_est = int(estimate.estimate_n_components(X, seed=opts.seed))
+    c = c_est = int(estimate.estimate_n_components(
+        X, seed=opts.seed, gram=None if gram is None else np.asarray(gram)))
     if reference is None:
         k = c + 1
     else:
