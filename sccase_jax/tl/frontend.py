@@ -11,6 +11,7 @@ enhanced matrix (:mod:`sccase_jax.output`) and returns a new AnnData, or writes 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from typing import Any
@@ -36,15 +37,18 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
     """Enhance scATAC-seq counts with scCASE; returns a new AnnData over the kept peaks.
 
     ``adata`` holds cells x peaks counts in ``X`` (or ``layers[layer]``) and is never
-    modified; a backed AnnData is read into memory first.  ``n_components`` is k, the total
-    number of components (``None``: the estimated number of cell types c, plus 1; with a
-    reference ``round(1.3 c) + c // 2500`` with c at least its number of profiles, so that
-    each profile keeps its column in W1).  ``reference``: scCASER, an AnnData of reference
-    profiles x peaks (bulk, pseudo-bulk or self-reference: :mod:`sccase_jax.reference`),
-    matched to the kept peaks by name or genomic overlap.  Every other setting is an option
-    of :class:`sccase_jax.options.Options`, listed below with its default; an unknown
-    keyword is a ``TypeError`` raised before any work, naming the closest valid one, and
-    every value is checked before any work (:class:`~sccase_jax.validate.InputError`).
+    modified; a backed AnnData is read into memory first.  A path is read with
+    :func:`sccase_jax.readers.read` (an .h5ad, a Cell Ranger .h5 or matrix-market folder, a
+    MuData .h5mu; a fragments file needs ``sccase_jax.read(path, peaks=BED)`` first).
+    ``n_components`` is k, the total number of components (``None``: the estimated number of
+    cell types c, plus 1; with a reference ``round(1.3 c) + c // 2500`` with c at least its
+    number of profiles, so that each profile keeps its column in W1).  ``reference``:
+    scCASER, an AnnData of reference profiles x peaks (bulk, pseudo-bulk or self-reference:
+    :mod:`sccase_jax.reference`), matched to the kept peaks by name or genomic overlap.
+    Every other setting is an option of :class:`sccase_jax.options.Options`, listed below
+    with its default; an unknown keyword is a ``TypeError`` raised before any work, naming
+    the closest valid one, and every value is checked before any work
+    (:class:`~sccase_jax.validate.InputError`).
 
     Returns a new AnnData (kept cells x kept peaks) with ``obs`` and ``var`` copied, ``X``
     the raw counts, ``layers[key_added]`` the enhanced matrix ``(X B)^T`` (``B`` from
@@ -62,11 +66,16 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
         raise InputError("k_ref and alpha need a reference (reference=...)")
     if opts.batch_key is None and opts.batch_weight != 1.0:
         raise InputError("batch_weight needs batch_key (the obs column of the batches)")
+    path = os.fspath(adata) if isinstance(adata, (str, os.PathLike)) else None
     out_file = opts.out_file
     if out_file is not None:
         out_file = io.check_out_file(
             out_file, overwrite=opts.overwrite,
-            protect=(("input", io.source_file(adata)), ("reference", io.source_file(reference))))
+            protect=(("input", path or io.source_file(adata)), ("reference", io.source_file(reference))))
+    if path is not None:  # any input the readers know, told apart by its content
+        from sccase_jax.readers import read
+
+        adata = read(path)
     batch = batch_codes(adata, opts.batch_key)  # refused before any work
     opts = opts.resolved(reference=reference is not None)
     neighbors = output.resolve_neighbors(opts.neighbors, opts.output)
