@@ -38,6 +38,7 @@ from __future__ import annotations
 import gzip
 import os
 import tempfile
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -172,7 +173,7 @@ def read(path, *, peaks=None, barcodes=None, counting: str = "insertion",
     elif fmt == "10x_h5":
         adata = _read_10x_h5(path)
     elif fmt == "10x_mtx":
-        adata = _read_mtx(_mtx_folder(path))
+        adata = _read_mtx(_mtx_folder(path), path if os.path.isfile(path) else None)
     elif fmt == "h5mu":
         adata = _read_h5mu(path, modality)
     else:
@@ -333,10 +334,10 @@ def _read_lines(path) -> np.ndarray:
         return np.array([ln.rstrip("\n").split("\t")[0] for ln in fh if ln.strip()], dtype=str)
 
 
-def _read_mtx(folder: str):
+def _read_mtx(folder: str, mtx: str | None = None):
     import scipy.io
 
-    mtx = _find(folder, ("matrix.mtx.gz", "matrix.mtx"))
+    mtx = mtx or _find(folder, ("matrix.mtx.gz", "matrix.mtx"))
     bc = _find(folder, ("barcodes.tsv.gz", "barcodes.tsv"))
     bed = _find(folder, ("peaks.bed.gz", "peaks.bed"))
     feats = _find(folder, ("features.tsv.gz", "features.tsv"))
@@ -392,7 +393,9 @@ def _read_fragments(path: str, peaks, barcodes, counting: str, min_fragments):
     snap = _need("snapatac2", "counting a fragments file", "snapatac2")
     # Chromosomes of the peaks only (fragments elsewhere cannot count), each as long as any.
     sizes = {c: 2**31 - 1 for c in bed["chrom"].unique()}
-    with tempfile.TemporaryDirectory(prefix="sccase-fragments-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sccase-fragments-") as tmp, warnings.catch_warnings():
+        # SnapATAC2 builds its AnnData from a frame with a non-string index (a harmless notice).
+        warnings.filterwarnings("ignore", message="Transforming to str index")
         try:
             frags = snap.pp.import_fragments(
                 path, chrom_sizes=sizes, file=os.path.join(tmp, "fragments.h5ad"),
