@@ -79,13 +79,16 @@ def _log(args, msg: str) -> None:
 def run(args) -> int:
     """Run ``enhance``; user errors raise :class:`~sccase_jax.validate.InputError`."""
     from sccase_jax import tl  # imports JAX: not before a command needs it
-    from sccase_jax.readers import read
+    from sccase_jax.readers import detect_format, read
 
     if args.reference is None and (args.k_ref is not None or args.alpha is not None):
         raise InputError("--k-ref and --alpha need --reference")
     out = io.check_out_file(args.output_file, protect=(("input", args.input),
                                                   ("reference", args.reference)),
                             overwrite=True, what="output")
+    if detect_format(args.input) == "fragments" and args.peaks is not None:
+        _log(args, f"counting {args.input} in the peaks of {args.peaks} with SnapATAC2 "
+                   f"({args.counting}; a large file takes minutes)")
     adata = read(args.input, peaks=args.peaks, barcodes=args.barcodes, counting=args.counting,
                  min_fragments=args.min_fragments, modality=args.modality)
     source = adata.uns.get("sccase_input", {}).get("format", "h5ad")
