@@ -34,7 +34,6 @@ import time
 import numpy as np
 
 from sccase_jax.cli.args import int_at_least, seed_type
-from sccase_jax.readers import read
 from sccase_jax.validate import InputError
 
 __all__ = ["add_parser", "markdown_table", "run"]
@@ -100,6 +99,8 @@ def run(args) -> int:
     def log(msg):
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
+
+    from sccase_jax.readers import read  # pandas and the readers: not at start-up
 
     out_dir = os.path.abspath(args.out)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):

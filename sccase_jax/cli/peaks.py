@@ -23,7 +23,6 @@ import sys
 import numpy as np
 
 from sccase_jax.cli.args import int_at_least
-from sccase_jax.readers import read
 from sccase_jax.validate import InputError
 
 __all__ = ["METHODS", "RANK_BY", "add_parser", "group_means", "run"]
@@ -98,6 +97,7 @@ def _heatmap_matrix(adata, table, labels, layer, n_show):
 def run(args) -> int:
     """Run ``peaks``; user errors raise :class:`~sccase_jax.validate.InputError`."""
     from sccase_jax.evaluation.plotting import plot_peak_heatmap
+    from sccase_jax.readers import read  # pandas and the readers: not at start-up
     from sccase_jax.tl.peaks import check_groups, peak_coordinates, specific_peaks, write_bed
 
     out_dir = os.path.abspath(args.out)
