@@ -40,10 +40,16 @@ import os
 import tempfile
 import warnings
 
-import numpy as np
-import pandas as pd
-import scipy.sparse as sp
-
+from sccase_jax.tenx import (
+    mtx_folder,
+    open_text,
+    peak_var,
+    read_10x_h5,
+    read_bed,
+    read_lines,
+    read_mtx,
+    to_anndata,
+)
 from sccase_jax.validate import InputError
 
 __all__ = ["COUNTINGS", "FORMATS", "detect_format", "read", "read_bed"]
@@ -77,33 +83,14 @@ def _need(module: str, what: str, pip: str):
                          "'sccase_jax[formats]')") from None
 
 
-def _open_text(path):
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt") if gz else open(path)
-
-
 def _first_record(path) -> list[str] | None:
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             for _, line in zip(range(1000), fh):
                 if line.strip() and not line.startswith("#"):
                     return line.rstrip("\n").split("\t")
     except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile):
         return None
-    return None
-
-
-def _mtx_folder(path: str) -> str | None:
-    """The matrix-market folder a path names (the folder, a Cell Ranger ``outs`` folder, or
-    its ``matrix.mtx(.gz)``), or None."""
-    if os.path.isfile(path):
-        base = os.path.basename(path)
-        return os.path.dirname(path) or "." if base.endswith((".mtx", ".mtx.gz")) else None
-    for sub in ("", "filtered_peak_bc_matrix", "filtered_feature_bc_matrix"):
-        d = os.path.join(path, sub)
-        if any(os.path.isfile(os.path.join(d, f)) for f in ("matrix.mtx", "matrix.mtx.gz")):
-            return d
     return None
 
 
@@ -116,7 +103,7 @@ def detect_format(path, what: str = "input") -> str:
     if not os.path.exists(path):
         raise InputError(f"{what} file not found: {path}")
     if os.path.isdir(path) or path.endswith((".mtx", ".mtx.gz")):
-        if _mtx_folder(path) is None:
+        if mtx_folder(path) is None:
             raise InputError(f"{what} is a directory without matrix.mtx(.gz): {path}; give {SUPPORTED}")
         return "10x_mtx"
     if path.endswith(".h5ad"):
@@ -171,9 +158,9 @@ def read(path, *, peaks=None, barcodes=None, counting: str = "insertion",
     if fmt == "h5ad":
         adata = _read_h5ad(path, what)
     elif fmt == "10x_h5":
-        adata = _read_10x_h5(path)
+        adata = read_10x_h5(path)
     elif fmt == "10x_mtx":
-        adata = _read_mtx(_mtx_folder(path), path if os.path.isfile(path) else None)
+        adata = read_mtx(mtx_folder(path), path if os.path.isfile(path) else None)
     elif fmt == "h5mu":
         adata = _read_h5mu(path, modality)
     else:
@@ -220,161 +207,6 @@ def _read_h5mu(path: str, modality: str):
                          f"({type(exc).__name__}: {exc})") from None
 
 
-# -- Cell Ranger -------------------------------------------------------------------------------
-
-def _strings(a) -> np.ndarray:
-    """Strings of an h5py dataset's values (fixed-length bytes or variable-length)."""
-    a = np.asarray(a)
-    if a.dtype.kind in "SU":
-        return a.astype(str)
-    return np.array([x.decode() if isinstance(x, bytes) else str(x) for x in a], dtype=str)
-
-
-def _peak_var(names, chrom=None, start=None, end=None, **cols) -> pd.DataFrame:
-    """``var``: peak names as the index, ``chrom/start/end`` (given or parsed from the names)."""
-    from sccase_jax.reference.matching import parse_peak_names
-
-    names = np.asarray(names, dtype=str)
-    var = pd.DataFrame(index=pd.Index(names, name=None))
-    if chrom is None:
-        iv = parse_peak_names(names)
-        if iv is not None:
-            chrom, start, end = iv
-    if chrom is not None:
-        var["chrom"] = pd.Categorical(np.asarray(chrom, dtype=str))
-        var["start"] = np.asarray(start, np.int64)
-        var["end"] = np.asarray(end, np.int64)
-    for k, v in cols.items():
-        var[k] = pd.Categorical(np.asarray(v, dtype=str))
-    return var
-
-
-def _anndata(M, barcodes, var):
-    import anndata as ad
-
-    obs = pd.DataFrame(index=pd.Index(np.asarray(barcodes, dtype=str), name=None))
-    return ad.AnnData(X=sp.csr_matrix(M, dtype=np.float32), obs=obs, var=var)
-
-
-def _read_10x_h5(path: str):
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            g = f["matrix"]
-            if not {"barcodes", "data", "indices", "indptr", "shape", "features"} <= set(g.keys()):
-                raise InputError(f"{path}: /matrix lacks barcodes, data, indices, indptr, shape or "
-                                 "features: not a Cell Ranger feature-barcode matrix")
-            n_features, n_barcodes = (int(x) for x in g["shape"][:])
-            # CSC of peaks x barcodes (indptr over barcodes) is CSR of barcodes x peaks.
-            M = sp.csr_matrix((g["data"][:], g["indices"][:], g["indptr"][:]),
-                              shape=(n_barcodes, n_features))
-            barcodes = _strings(g["barcodes"][:])
-            feats = g["features"]
-            get = lambda k: _strings(feats[k][:]) if k in feats else None  # noqa: E731
-            ids, types, genome, interval = get("id"), get("feature_type"), get("genome"), get("interval")
-    except InputError:
-        raise
-    except Exception as exc:  # h5py raises many types for a corrupt file
-        raise InputError(f"cannot read {path} as a Cell Ranger .h5 ({type(exc).__name__}: {exc})") from None
-    if ids is None or len(ids) != n_features or len(barcodes) != n_barcodes:
-        raise InputError(f"{path}: features or barcodes do not match the matrix shape "
-                         f"{n_features} x {n_barcodes}")
-    types = np.full(n_features, "Peaks") if types is None else types
-    keep = types == "Peaks"
-    if not keep.any():
-        raise InputError(f"{path} holds no Peaks features (feature types: "
-                         f"{', '.join(np.unique(types))}): not scATAC counts")
-    if not keep.all():
-        M = M[:, np.flatnonzero(keep)]
-    extra = {"feature_types": types[keep]}
-    if genome is not None:
-        extra["genome"] = genome[keep]
-    names = ids[keep]
-    coords = {}
-    if interval is not None:
-        from sccase_jax.reference.matching import parse_peak_names
-
-        iv = parse_peak_names(interval[keep])
-        if iv is not None:
-            coords = dict(zip(("chrom", "start", "end"), iv))
-    return _anndata(M, barcodes, _peak_var(names, **coords, **extra))
-
-
-def _find(folder: str, names) -> str | None:
-    return next((os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))), None)
-
-
-def read_bed(path) -> pd.DataFrame:
-    """A BED file (gzip allowed; ``#``, ``track`` and ``browser`` lines skipped) as a frame
-    with ``chrom``, ``start``, ``end`` and ``name`` (``chr:start-end``, Cell Ranger's and
-    SnapATAC2's peak names)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError(f"peaks BED file not found: {path}")
-    rows = []
-    with _open_text(path) as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            f = line.rstrip("\n").split("\t")
-            if len(f) < 3 or not (f[1].isdigit() and f[2].isdigit()) or int(f[2]) <= int(f[1]):
-                raise InputError(f"{path}, line {i}: not a BED record (chrom, start, end with "
-                                 f"start < end): {line.strip()[:80]!r}")
-            rows.append((f[0], int(f[1]), int(f[2])))
-    if not rows:
-        raise InputError(f"{path} holds no BED records")
-    bed = pd.DataFrame(rows, columns=["chrom", "start", "end"])
-    bed["name"] = bed["chrom"] + ":" + bed["start"].astype(str) + "-" + bed["end"].astype(str)
-    return bed
-
-
-def _read_lines(path) -> np.ndarray:
-    with _open_text(path) as fh:
-        return np.array([ln.rstrip("\n").split("\t")[0] for ln in fh if ln.strip()], dtype=str)
-
-
-def _read_mtx(folder: str, mtx: str | None = None):
-    import scipy.io
-
-    mtx = mtx or _find(folder, ("matrix.mtx.gz", "matrix.mtx"))
-    bc = _find(folder, ("barcodes.tsv.gz", "barcodes.tsv"))
-    bed = _find(folder, ("peaks.bed.gz", "peaks.bed"))
-    feats = _find(folder, ("features.tsv.gz", "features.tsv"))
-    if bc is None or (bed is None and feats is None):
-        raise InputError(f"matrix-market folder {folder} needs barcodes.tsv(.gz) and peaks.bed or "
-                         "features.tsv(.gz) beside matrix.mtx")
-    try:
-        with (gzip.open(mtx, "rb") if mtx.endswith(".gz") else open(mtx, "rb")) as fh:
-            M = sp.csr_matrix(scipy.io.mmread(fh).T)  # barcodes x peaks
-    except Exception as exc:  # scipy raises many types for a malformed file
-        raise InputError(f"cannot read {mtx} as a matrix-market file ({type(exc).__name__}: {exc})") from None
-    barcodes = _read_lines(bc)
-    if bed is not None:
-        b = read_bed(bed)
-        var = _peak_var(b["name"], b["chrom"], b["start"], b["end"])
-        keep = np.ones(len(b), bool)
-    else:
-        table = pd.read_csv(feats, sep="\t", header=None, dtype=str)
-        types = table[2].to_numpy(str) if table.shape[1] > 2 else np.full(len(table), "Peaks")
-        keep = types == "Peaks"
-        if not keep.any():
-            raise InputError(f"{feats} lists no Peaks features (feature types: "
-                             f"{', '.join(np.unique(types))}): not scATAC counts")
-        t = table[keep]
-        coords = {}
-        if t.shape[1] >= 6 and t[4].str.isdigit().all() and t[5].str.isdigit().all():
-            coords = dict(chrom=t[3].to_numpy(str), start=t[4].astype(np.int64).to_numpy(),
-                          end=t[5].astype(np.int64).to_numpy())
-        var = _peak_var(t[0].to_numpy(str), **coords, feature_types=types[keep])
-    if M.shape != (len(barcodes), len(keep)):
-        raise InputError(f"{mtx} is {M.shape[1]} features x {M.shape[0]} barcodes but the folder "
-                         f"lists {len(keep)} features and {len(barcodes)} barcodes")
-    if not keep.all():
-        M = M[:, np.flatnonzero(keep)]
-    return _anndata(M, barcodes, var)
-
-
 # -- fragments (SnapATAC2) --------------------------------------------------------------------
 
 def _read_fragments(path: str, peaks, barcodes, counting: str, min_fragments):
@@ -387,7 +219,7 @@ def _read_fragments(path: str, peaks, barcodes, counting: str, min_fragments):
     if bed["name"].duplicated().any():
         raise InputError(f"{peaks} lists the peak {bed['name'][bed['name'].duplicated()].iloc[0]} "
                          "twice")
-    keep = None if barcodes is None else list(_read_lines(barcodes))
+    keep = None if barcodes is None else list(read_lines(barcodes))
     if min_fragments is None:
         min_fragments = 0 if keep is not None else DEFAULT_MIN_FRAGMENTS
     snap = _need("snapatac2", "counting a fragments file", "snapatac2")
@@ -414,8 +246,8 @@ def _read_fragments(path: str, peaks, barcodes, counting: str, min_fragments):
     if adata.n_obs == 0:
         raise InputError(f"{path}: no barcode has {min_fragments} fragments on the peaks' "
                          "chromosomes (lower min_fragments / --min-fragments, or give barcodes)")
-    var = _peak_var(bed["name"], bed["chrom"], bed["start"], bed["end"])
-    out = _anndata(adata.X, adata.obs_names, var)
+    var = peak_var(bed["name"], bed["chrom"], bed["start"], bed["end"])
+    out = to_anndata(adata.X, adata.obs_names, var)
     for col in adata.obs.columns:
         out.obs[col] = adata.obs[col].to_numpy()
     return out
