@@ -103,7 +103,7 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
     B, z_store, z_kept = store.weights_and_z(res, opts, neighbors)
     keep_layer, layer_note = store.layer_plan((X.shape[1], X.shape[0]), opts)
     if opts.progress and not keep_layer:
-        _progress.stage(f"the enhanced layer is {layer_note}")
+        _progress.stage(f"enhanced layer: {layer_note}")
     E, enh = store.enhanced_output(X, B, opts, keep_layer, in_memory=out_file is None)
 
     out = _assemble(adata, kept, peak_mask, cell_mask, res, E, z_store, opts)
