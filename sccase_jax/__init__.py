@@ -30,13 +30,14 @@ _EXPORTS = {
     "register_objective": "objectives",
     "estimate_n_components": "estimate",
     "enhance": "tl",
+    "read": "readers",
     "write_enhanced_h5ad": "io",
     "enable_compilation_cache": "jaxconfig",
     "evaluate_clustering": "evaluation.clustering",
     "run_recovery": "evaluation.recovery",
 }
-_SUBMODULES = ("datasets", "evaluation", "io", "objectives", "ops", "options", "output",
-               "reference", "sharding", "solver", "tl")
+_SUBMODULES = ("datasets", "evaluation", "implicit", "io", "objectives", "ops", "options",
+               "output", "readers", "reference", "sharding", "solver", "tl")
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 
@@ -60,11 +61,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from sccase_jax import (  # noqa: F401
         datasets,
         evaluation,
+        implicit,
         io,
         objectives,
         ops,
         options,
         output,
+        readers,
         reference,
         sharding,
         solver,
@@ -80,6 +83,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from sccase_jax.options import Options  # noqa: F401
     from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig, release_config  # noqa: F401
     from sccase_jax.preprocessing import preprocess  # noqa: F401
+    from sccase_jax.readers import read  # noqa: F401
     from sccase_jax.result import FitResult, Status  # noqa: F401
     from sccase_jax.sweeps import sweep  # noqa: F401
     from sccase_jax.tl import enhance  # noqa: F401

@@ -10,11 +10,13 @@ leaves a partial file behind that reads back as a valid result.
 Inputs.  :func:`read_h5ad` reads an ``.h5ad`` file with one-line errors naming it.
 
 Large enhanced layers.  For large data the dense cells x peaks result does not fit in
-memory (10k cells x 100k peaks is 4 GB in float32).  :func:`write_enhanced_h5ad` writes the
+memory (10k cells x 100k peaks is 4 GB in float32).  :func:`write_layer_h5ad` writes the
 AnnData without that layer, then creates ``layers/<key>`` with h5py in anndata's on-disk
 format (a dense array: ``encoding-type = "array"``, ``encoding-version = "0.2.0"``) and
-fills it ``block`` cells at a time, so only one block of the result exists in memory at
-once.  ``anndata.read_h5ad`` reads the file back as usual (also ``backed="r"``).
+fills it from an :class:`~sccase_jax.implicit.EnhancedMatrix` block by block, so only one
+block of the result exists in memory at once (:func:`write_enhanced_h5ad`: the same from
+X and the weights).  ``anndata.read_h5ad`` reads the file back as usual (also
+``backed="r"``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from sccase_jax import output
 from sccase_jax.validate import InputError, check_int
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "source_file",
     "write_enhanced_h5ad",
     "write_h5ad_atomic",
+    "write_layer_h5ad",
 ]
 
 # Suffixes accepted for an output file: ``.h5ad``, and ``.h5ad.part`` for a temporary name
@@ -56,14 +58,36 @@ def write_enhanced_h5ad(adata, path: str, X, Z, *, key: str = "sccase", block: i
     """Write ``adata`` to ``path`` with ``layers[key] = (X Z)^T`` added block by block.
 
     ``adata`` must not already hold ``layers[key]``; its shape must be cells x peaks with
-    ``X`` peaks x cells.  The dataset is chunked by cell blocks (and compressed with none,
-    so blocks write at disk speed); ``dtype`` is the layer's (float32 or float16).  The file
+    ``X`` peaks x cells and ``Z`` the cells x cells weights (dense or scipy sparse).  With
+    ``scale`` the layer is min-max scaled per peak then per cell (two more passes of
+    products collect the ranges).  ``dtype`` is the layer's (float32 or float16).  The file
     is written under a temporary name beside ``path`` (through a symlink: beside its
     target) and renamed to it only when complete (:func:`atomic_output`); on any failure
     the temporary file is removed and ``path`` is left as it was.
     """
+    from sccase_jax.implicit import EnhancedMatrix
+
     block = check_int("block", block, 1, integral_float=False)
-    m, n = X.shape
+    enh = EnhancedMatrix(X, Z, dtype=dtype)
+    if scale:
+        enh = enh.with_scaling(block)
+    write_layer_h5ad(adata, path, enh, key=key, block=block, device=device)
+
+
+def write_layer_h5ad(adata, path: str, enh, *, key: str = "sccase", block: int = 1024,
+                     device: bool | None = None, progress=None) -> None:
+    """Write ``adata`` to ``path`` with ``layers[key]`` filled from ``enh`` block by block.
+
+    ``enh`` is a :class:`~sccase_jax.implicit.EnhancedMatrix` (or a view of it) of
+    ``adata``'s shape; only one block of it is in memory at a time.  The dataset is created
+    with h5py in anndata's on-disk format (a dense array: ``encoding-type = "array"``,
+    ``encoding-version = "0.2.0"``), chunked by cell blocks and not compressed, so blocks
+    write at disk speed; ``anndata.read_h5ad`` reads it back as usual (also
+    ``backed="r"``).  Written atomically (:func:`atomic_output`); ``progress(done, total)``
+    is called after each block.
+    """
+    block = check_int("block", block, 1, integral_float=False)
+    n, m = enh.shape
     if adata.shape != (n, m):
         raise ValueError(f"adata is {adata.shape}, expected (cells, peaks) = {(n, m)}")
     if key in adata.layers:
@@ -75,12 +99,12 @@ def write_enhanced_h5ad(adata, path: str, X, Z, *, key: str = "sccase", block: i
             layers.attrs.setdefault("encoding-type", "dict")
             layers.attrs.setdefault("encoding-version", "0.1.0")
             rows = max(1, min(n, block, (1 << 22) // max(m, 1)))  # chunks of at most 16 MB
-            ds = layers.create_dataset(key, shape=(n, m), dtype=dtype,
+            ds = layers.create_dataset(key, shape=(n, m), dtype=enh.dtype,
                                        chunks=(rows, m) if n and m else None)
             ds.attrs["encoding-type"] = "array"
             ds.attrs["encoding-version"] = "0.2.0"
-            for j, E in output.enhanced_blocks(X, Z, block, np.float32, scale, device):
-                ds[j : j + E.shape[0]] = E.astype(dtype, copy=False)
+            for j, E in enh.blocks(block, device=device, progress=progress):
+                ds[j : j + E.shape[0]] = E
 
 
 def write_h5ad_atomic(adata, path: str) -> None:

@@ -59,6 +59,10 @@ OFF_SUPPORT = ("drop", "exact")
 # (docs/atlas.md): the dense fit holds about 5.5 n^2 floats, 8.8 GB in float32 at 20,000.
 KNN_AUTO_CELLS = 20_000
 DEFAULT_N_NEIGHBORS = 30
+# The dense enhanced layer is stored (in the returned AnnData and the file) only up to this
+# many bytes unless asked for: above it the output keeps the weights that reproduce it
+# (obsp) and the values are computed on demand (docs/usage.md, "The enhanced layer").
+DEFAULT_LAYER_BUDGET = 500_000_000
 
 
 def option(default, help: str, check: Callable | None = None, *, scope: str = ENHANCE,
@@ -114,6 +118,22 @@ def _store_z(name, value):
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1:
         return int(value)
     raise v.InputError(f"{name} must be 'auto', 'full', 'none' or a positive integer, got {value!r}")
+
+
+def _budget(name, value):
+    """A number of bytes (``"500MB"``, ``"2GB"`` and ``"1e9"`` are read too), or None for no limit."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "inf", "all")):
+        return None
+    if isinstance(value, str):
+        text = value.strip().upper().removesuffix("B")
+        units = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+        scale = units.get(text[-1:], 1.0)
+        try:
+            value = float(text[:-1] if text[-1:] in units else text) * scale
+        except ValueError:
+            raise v.InputError(f"{name} must be a number of bytes (e.g. 500MB, 2GB) or none, got "
+                               f"{value!r}") from None
+    return int(v.check_real(name, value))
 
 
 def _optional_bool(name, value):
@@ -292,6 +312,11 @@ class Options:
     store_layer: bool = option(True, "keep the enhanced layer (False: recomputable from the "
                                "stored Z with sccase_jax.tl.enhanced_layer)", v.check_bool,
                                flag=None)
+    layer_budget: int | None = option(
+        DEFAULT_LAYER_BUDGET, "store the dense enhanced layer only up to this many bytes "
+        "(e.g. 2GB; none: always); above it the output keeps the weights that reproduce it "
+        "and sccase_jax.tl.enhanced computes it on demand", _budget, parse=str,
+        metavar="BYTES|none", default_text="500MB")
     # Files -------------------------------------------------------------------------------------
     out_file: Any = option(None, "write the result to this .h5ad, the enhanced layer in cell "
                            "blocks", flag=None)

@@ -16,21 +16,20 @@ import numpy as np
 import scipy.sparse as sp
 
 from sccase_jax.options import DEFAULT_NEIGHBORS, OUTPUTS, Options
-from sccase_jax.preprocessing import binarize, tfidf
-from sccase_jax.validate import InputError, check_choice, check_int
+from sccase_jax.validate import check_choice, check_int
 
 __all__ = [
     "DEFAULT_NEIGHBORS",
     "OUTPUTS",
     "block_product",
     "enhanced_blocks",
-    "enhanced_layer",
     "enhanced_matrix",
     "keep_largest",
     "minmax_scale",
     "output_weights",
     "resolve_neighbors",
     "scale_block",
+    "sparse_weights",
     "stored_z",
     "weights",
 ]
@@ -261,48 +260,6 @@ def enhanced_blocks(X, Z, block: int = 1024, dtype=np.float32, scale: bool = Fal
     for j in range(0, n, block):
         E = raw(j)
         yield j, (scale_block(E, lo, span) if scale else E)
-
-
-def enhanced_layer(adata, key: str = "sccase", *, block: int = 1024) -> np.ndarray:
-    """Recompute the enhanced layer of an ``enhance`` output from what it stores.
-
-    From the raw counts in ``adata.X`` (kept cells x kept peaks), the settings in
-    ``uns[key]["params"]`` (TF-IDF variant, binarisation, output, blend, neighbours,
-    scaling) and Z in ``obsp[f"{key}_Z"]``: the same matrix as ``layers[key]`` (float32;
-    to the bit when the counts are whole numbers), for outputs written with
-    ``store_layer=False``.  The stored Z must cover the output's neighbours (the default
-    ``store_z="auto"`` does); otherwise an :class:`~sccase_jax.validate.InputError` says why.
-    """
-    info = adata.uns.get(key)
-    if not isinstance(info, dict) or "params" not in info:
-        raise InputError(f"uns[{key!r}] holds no enhance settings: not an enhance output")
-    params = info["params"]
-    zkey = f"{key}_Z"
-    if zkey not in adata.obsp:
-        raise InputError(f"obsp[{zkey!r}] is missing (written with store_z='none'): Z is needed "
-                         "to recompute the enhanced layer")
-    neighbors = params.get("neighbors")
-    neighbors = None if neighbors in (None, "none") else int(neighbors)
-    stored = params.get("store_z", "full")
-    if stored not in ("full", "none") and (neighbors is None or int(stored) < neighbors):
-        used = "every cell" if neighbors is None else f"{neighbors} neighbours per cell"
-        raise InputError(f"obsp[{zkey!r}] keeps {stored} neighbours per cell but the output used "
-                         f"{used}; write with store_z='full' (or a larger store_z) to recompute it")
-    Z = adata.obsp[zkey]
-    Z = Z.toarray() if sp.issparse(Z) else np.asarray(Z)
-    C = sp.csr_matrix(adata.X, dtype=np.float64).T.tocsr()  # peaks x cells
-    if params.get("binarize"):
-        C = binarize(C)
-    X = tfidf(C, params.get("tfidf", "l2"))
-    if neighbors is not None:
-        Z = keep_largest(Z, neighbors)
-    output = params.get("output", "blend")
-    blend = 0.0 if output != "blend" else float(params["blend"])
-    B = weights(Z, output, blend, inplace=neighbors is not None)
-    E = enhanced_matrix(X, B, block=block)
-    if params.get("scale_output"):
-        minmax_scale(E)
-    return E
 
 
 def sparse_weights(Z, output: str, blend: float, neighbors) -> sp.csc_matrix:

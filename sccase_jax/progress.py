@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["Reporter", "report", "stage"]
+__all__ = ["Reporter", "block_reporter", "report", "stage"]
 
 _STATUS = {0: "", 1: "  converged", 2: "  iteration budget reached (max_iter)",
            3: "  non-finite F, stopped"}
@@ -61,3 +61,20 @@ class Reporter:
         self.last = now
         report(it, float(state.loss), float(state.rel_change), int(state.status), eta,
                float(state.x_change))
+
+
+def block_reporter(what: str, every: float = 10.0):
+    """``progress(done, total)`` for a loop over cell blocks (the enhanced layer computed or
+    written block by block): a stage line at most every ``every`` seconds; a short loop
+    prints nothing, a long one also says when it is done."""
+    import time
+
+    state = {"last": time.perf_counter(), "shown": False}
+
+    def show(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - state["last"] >= every or (done == total and state["shown"]):
+            state["last"], state["shown"] = now, True
+            stage(f"  {what}: {done} of {total} cells")
+
+    return show

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import sccase_jax
 from sccase_jax import io, output, validate
 from sccase_jax.estimate import estimate_n_components, n_distinct_rows
+from sccase_jax.implicit import EnhancedMatrix
 from sccase_jax.output import enhanced_matrix
 from sccase_jax.params import SolverConfig, release_config
 from sccase_jax.preprocessing import check_preprocessed
@@ -100,11 +101,11 @@ def test_block_functions_refuse_non_positive_blocks(tmp_path, block):
 
 
 def test_failed_write_leaves_no_file_and_keeps_an_old_one(adata, baseline, tmp_path, monkeypatch):
-    def broken(X, Z, block, *args, **kwargs):
-        yield 0, np.zeros((min(block, Z.shape[1]), X.shape[0]), np.float32)
+    def broken(self, block, *args, **kwargs):
+        yield 0, np.zeros((min(block, self.shape[0]), self.shape[1]), np.float32)
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(output, "enhanced_blocks", broken)
+    monkeypatch.setattr(EnhancedMatrix, "blocks", broken)
     path = tmp_path / "out.h5ad"
     with pytest.raises(RuntimeError, match="disk full"):
         sccase_jax.enhance(adata, 2, out_file=str(path), block=4, **FAST)

@@ -1,6 +1,6 @@
 """``sccase-jax``: a thin command line over :func:`sccase_jax.enhance`.
 
-Subcommands: ``enhance IN.h5ad OUT.h5ad`` (:mod:`~sccase_jax.cli.enhance`), ``evaluate``
+Subcommands: ``enhance IN OUT.h5ad`` (:mod:`~sccase_jax.cli.enhance`), ``evaluate``
 (:mod:`~sccase_jax.cli.evaluate`), ``peaks`` (:mod:`~sccase_jax.cli.peaks`) and ``demo``
 (:mod:`~sccase_jax.cli.demo`); the options
 of ``enhance`` are built from :class:`sccase_jax.options.Options`
@@ -21,7 +21,8 @@ from sccase_jax.validate import InputError
 
 __all__ = ["CLIError", "build_parser", "main", "write_h5ad_atomic"]
 
-DESCRIPTION = ("sccase-jax: enhance scATAC-seq counts (.h5ad) with scCASE, a thin command line "
+DESCRIPTION = ("sccase-jax: enhance scATAC-seq counts (.h5ad, Cell Ranger .h5 or matrix folder, "
+               "fragments + peaks, .h5mu) with scCASE, a thin command line "
                "over sccase_jax.enhance. Run 'sccase-jax COMMAND --help' for the options of "
                "each command.")
 

@@ -1,5 +1,8 @@
-"""``sccase-jax enhance IN.h5ad OUT.h5ad [options]``: :func:`sccase_jax.enhance` on a file.
+"""``sccase-jax enhance IN OUT.h5ad [options]``: :func:`sccase_jax.enhance` on a file.
 
+IN is any input :func:`sccase_jax.readers.read` reads (an .h5ad, a Cell Ranger .h5 or
+matrix-market folder, a fragments file with ``--peaks``, a MuData .h5mu), told apart by
+its content.
 The output is checked before the input is read (:func:`sccase_jax.io.check_out_file`:
 never the input or the reference under any alias, a directory where a file can really
 be created), written to a temporary file beside it and renamed (no partial file is ever
@@ -14,8 +17,11 @@ import time
 import warnings
 
 from sccase_jax import io
-from sccase_jax.cli.args import add_options, given_options
+from sccase_jax.cli.args import add_options, given_options, int_at_least
 from sccase_jax.validate import InputError
+
+# sccase_jax.readers.COUNTINGS, spelt out: the parser must not import the readers' dependencies.
+COUNTINGS = ("insertion", "paired-insertion", "fragment")
 
 __all__ = ["ENHANCE_OPTIONS", "OUT_OF_CORE_ENTRIES", "add_parser", "run"]
 
@@ -28,20 +34,35 @@ ENHANCE_OPTIONS = (
     "min_cells_frac", "tfidf", "output", "blend", "scale_output", "neighbors", "binarize",
     "drop_empty_cells", "preset", "k_ref", "alpha", "peak_match", "min_peak_match", "store_z",
     "layer_dtype", "batch_key", "batch_weight", "correct_depth",
-) + ("z_support", "n_neighbors", "knn_from", "off_support")  # issue 21: Z restricted to a kNN support
+) + ("z_support", "n_neighbors", "knn_from", "off_support") + ("layer_budget",)
 
 
 def add_parser(subparsers):
     """Add the ``enhance`` subcommand to an argparse subparsers object."""
-    p = subparsers.add_parser("enhance", help="enhance an .h5ad file (cells x peaks counts)")
-    p.add_argument("input", help="input .h5ad (counts in X or --layer)")
+    p = subparsers.add_parser("enhance", help="enhance scATAC counts (.h5ad, Cell Ranger .h5 or "
+                              "matrix-market folder, fragments + peaks BED, .h5mu)")
+    p.add_argument("input", help="input: .h5ad (counts in X or --layer), Cell Ranger "
+                   "filtered_peak_bc_matrix.h5 / filtered_feature_bc_matrix.h5, a matrix-market "
+                   "folder, fragments.tsv.gz (with --peaks) or .h5mu (its atac modality)")
     p.add_argument("output_file", metavar="output", help="output .h5ad")
     add_options(p, ENHANCE_OPTIONS)
     p.add_argument("--reference", default=None, metavar="REF.h5ad",
                    help="scCASER: reference profiles x peaks (.h5ad); --k stays the total k")
+    p.add_argument("--peaks", default=None, metavar="PEAKS.bed",
+                   help="fragments input: the peaks to count in (BED: chrom, start, end)")
+    p.add_argument("--barcodes", default=None, metavar="BARCODES.tsv",
+                   help="fragments input: the cell barcodes to keep, one per line (default: "
+                        "barcodes with at least --min-fragments fragments)")
+    p.add_argument("--min-fragments", type=int_at_least("min_fragments", 0), default=None,
+                   metavar="N", help="fragments input without --barcodes: keep barcodes with at "
+                   "least N unique fragments (default 200)")
+    p.add_argument("--counting", choices=COUNTINGS, default="insertion",
+                   help="fragments input: insertion (cut sites, as Cell Ranger counts; default), "
+                        "paired-insertion or fragment (SnapATAC2's strategies)")
+    p.add_argument("--modality", default="atac", help=".h5mu input: the modality (default atac)")
     p.add_argument("--no-layer", dest="store_layer", action="store_false",
-                   help="leave the enhanced layer out of the output (the largest part of it; "
-                        "sccase_jax.tl.enhanced_layer recomputes it from the stored Z)")
+                   help="leave the dense enhanced layer out of the output whatever its size "
+                        "(sccase_jax.tl.enhanced computes it on demand from the stored weights)")
     p.add_argument("--out-of-core", action="store_true",
                    help="write the enhanced layer to the output in cell blocks (automatic from"
                         f" {OUT_OF_CORE_ENTRIES:.0e} cells x peaks)")
@@ -58,22 +79,31 @@ def _log(args, msg: str) -> None:
 def run(args) -> int:
     """Run ``enhance``; user errors raise :class:`~sccase_jax.validate.InputError`."""
     from sccase_jax import tl  # imports JAX: not before a command needs it
+    from sccase_jax.readers import detect_format, read
 
     if args.reference is None and (args.k_ref is not None or args.alpha is not None):
         raise InputError("--k-ref and --alpha need --reference")
     out = io.check_out_file(args.output_file, protect=(("input", args.input),
                                                   ("reference", args.reference)),
                             overwrite=True, what="output")
-    adata = io.read_h5ad(args.input)
-    _log(args, f"read {args.input}: {adata.n_obs} cells x {adata.n_vars} peaks")
+    if detect_format(args.input) == "fragments" and args.peaks is not None:
+        _log(args, f"counting {args.input} in the peaks of {args.peaks} with SnapATAC2 "
+                   f"({args.counting}; a large file takes minutes)")
+    adata = read(args.input, peaks=args.peaks, barcodes=args.barcodes, counting=args.counting,
+                 min_fragments=args.min_fragments, modality=args.modality)
+    source = adata.uns.get("sccase_input", {}).get("format", "h5ad")
+    _log(args, f"read {args.input} ({source}): {adata.n_obs} cells x {adata.n_vars} peaks")
     kwargs = dict(given_options(args, ENHANCE_OPTIONS), progress=not args.quiet,
                   store_layer=args.store_layer)
     if args.reference is not None:
         kwargs["reference"] = io.read_h5ad(args.reference, "reference")
         _log(args, f"read {args.reference}: {kwargs['reference'].n_obs} reference profiles")
-    out_of_core = args.out_of_core or adata.n_obs * adata.n_vars >= OUT_OF_CORE_ENTRIES
+    entries = adata.n_obs * adata.n_vars
+    stored = args.store_layer and (args.layer_budget is None or
+                                   entries * (2 if args.layer_dtype == "float16" else 4) <= args.layer_budget)
+    out_of_core = args.out_of_core or entries >= OUT_OF_CORE_ENTRIES
     with io.atomic_output(out) as tmp:
-        if out_of_core and args.store_layer:
+        if out_of_core and stored:
             # Everything that can be checked without the fit has been; enhance writes the
             # file block by block under the temporary name, renamed when all is done.
             kwargs.update(out_file=tmp, overwrite=True)

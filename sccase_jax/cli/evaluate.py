@@ -16,9 +16,11 @@ labelled types is refused.  DIR receives
 
 A label column must hold cell types: a continuous column (FRiP) or one with more classes
 than ``--max-classes`` (100) or than half the cells (total reads) is refused up front.
-Without the enhanced layer, an ``enhance`` output written with ``--no-layer`` gets it
-recomputed from its stored Z (:func:`sccase_jax.tl.enhanced_layer`); any other input is
-enhanced with the default settings first.
+IN may be any input :func:`sccase_jax.readers.read` reads.  Without the enhanced layer,
+an ``enhance`` output (written above its ``layer_budget`` or with ``--no-layer``) is
+evaluated from its stored counts and weights without forming the dense matrix
+(:func:`sccase_jax.tl.enhanced_matrix`; the PCA works through products with vectors);
+any other input is enhanced with the default settings first.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import time
 import numpy as np
 
 from sccase_jax.cli.args import int_at_least, seed_type
-from sccase_jax.io import read_h5ad
 from sccase_jax.validate import InputError
 
 __all__ = ["add_parser", "markdown_table", "run"]
@@ -48,7 +49,8 @@ TFIDF_NAMES = {"paper": "raw (TF-IDF, Eq. 1)", "l2": "raw (L2 TF-IDF)"}
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand to an ``argparse`` subparsers object."""
     p = subparsers.add_parser("evaluate", help="clustering scores and figures, raw vs enhanced")
-    p.add_argument("input", help="input .h5ad (raw counts in X; enhanced in --layer)")
+    p.add_argument("input", help="input .h5ad (raw counts in X; enhanced in --layer), or any "
+                   "input sccase-jax enhance reads")
     p.add_argument("--labels", required=True,
                    help="obs column with the cell types (cells without a label are left out)")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
@@ -98,10 +100,12 @@ def run(args) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    from sccase_jax.readers import read  # pandas and the readers: not at start-up
+
     out_dir = os.path.abspath(args.out)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise _error(f"--out exists and is not a directory: {out_dir}")
-    adata = read_h5ad(args.input)
+    adata = read(args.input)
     if args.labels not in adata.obs:
         have = ", ".join(map(repr, adata.obs.columns)) or "none"
         raise _error(f"labels column {args.labels!r} not in obs (available: {have})")
@@ -113,28 +117,29 @@ def run(args) -> int:
         raise _error(f"layer {args.layer!r} not in layers (available: {have}); leave out "
                      "--layer to enhance the input first")
     t0 = time.perf_counter()
-    if args.layer is None and "sccase" not in adata.layers and _recomputable(adata):
-        from sccase_jax.tl import enhanced_layer
-
-        log("no layer 'sccase': recomputing it from the stored counts, settings and Z")
-        adata.layers["sccase"] = enhanced_layer(adata)
-        layer = "sccase"
-    elif args.layer is None and "sccase" not in adata.layers:
+    if args.layer is None and "sccase" not in adata.layers and not _recomputable(adata):
         from sccase_jax.tl import enhance
 
         log("no layer 'sccase': enhancing with the default settings first")
         adata = enhance(adata, seed=args.seed, layer=args.counts_layer)
         labels, labelled = _labels(adata, args.labels, args.max_classes)
-        layer = "sccase"
+    layer = args.layer or "sccase"
+    if layer in adata.layers:
+        enhanced = np.asarray(adata.layers[layer])
     else:
-        layer = args.layer or "sccase"
+        from sccase_jax.tl import enhanced_matrix
+
+        log("no layer 'sccase': working from the stored counts and weights (the dense matrix "
+            "is never formed)")
+        enhanced = enhanced_matrix(adata)
     counts = adata.X if args.counts_layer is None else adata.layers[args.counts_layer]
-    enhanced = np.asarray(adata.layers[layer])
     n_unlabelled = int(adata.n_obs - labelled.sum())
     if n_unlabelled:  # printed even with --quiet: it changes what is scored
         print(f"sccase-jax: note: {n_unlabelled} of {adata.n_obs} cells have no label in "
               f"{args.labels!r} and are left out of the evaluation", file=sys.stderr, flush=True)
-        counts, enhanced = counts[labelled], enhanced[labelled]
+        counts = counts[labelled]
+        enhanced = (enhanced.select(cells=labelled) if hasattr(enhanced, "select")
+                    else enhanced[labelled])
     created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     try:
@@ -177,9 +182,10 @@ def _labels(adata, column, max_classes: int = MAX_CLASSES):
 
 
 def _recomputable(adata) -> bool:
-    """Whether ``adata`` is an enhance output written without its layer (store_layer=False)."""
+    """Whether ``adata`` is an enhance output that stores what reproduces its layer."""
     info = adata.uns.get("sccase")
-    return isinstance(info, dict) and "params" in info and "sccase_Z" in adata.obsp
+    return (isinstance(info, dict) and "params" in info
+            and ("sccase_weights" in adata.obsp or "sccase_Z" in adata.obsp))
 
 
 def _evaluate(args, adata, counts, enhanced, labels, layer, n_unlabelled, out_dir, t0, log) -> int:

@@ -7,7 +7,12 @@ missing labels, a single group, the method) runs before DIR is created; then DIR
   (``group, rank, peak, score, p, p_adj`` and, for the factor method, ``factor``);
 * ``bed/GROUP.bed``: each group's peaks in rank order (chr, start, end, peak, rank, score);
 * ``heatmap.png``: groups x the top ``--heatmap-top`` peaks of every group, the group mean
-  of the enhanced layer (the TF-IDF of the counts without one), z-scored per peak.
+  of the enhanced layer (computed for those peaks only when the output stores no dense
+  layer; the TF-IDF of the counts for an input that is no enhance output), z-scored per peak.
+
+IN may be any input :func:`sccase_jax.readers.read` reads; an output written without its
+dense layer works as it is (the differential tests compute the enhanced values peak block
+by peak block, :func:`sccase_jax.tl.specific_peaks`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import sys
 import numpy as np
 
 from sccase_jax.cli.args import int_at_least
-from sccase_jax.io import read_h5ad
 from sccase_jax.validate import InputError
 
 __all__ = ["METHODS", "RANK_BY", "add_parser", "group_means", "run"]
@@ -68,6 +72,7 @@ def _heatmap_matrix(adata, table, labels, layer, n_show):
     import scipy.sparse as sp
 
     from sccase_jax.preprocessing import tfidf
+    from sccase_jax.tl.peaks import implicit_layer
 
     groups = sorted(table["group"].unique())
     top = table[table["rank"] <= n_show]
@@ -76,6 +81,10 @@ def _heatmap_matrix(adata, table, labels, layer, n_show):
     layer = "sccase" if layer is None else layer
     if layer != "X" and layer in adata.layers:
         M = adata.layers[layer][:, cols]
+    elif layer == "sccase" and implicit_layer(adata):
+        from sccase_jax.tl import enhanced
+
+        M = enhanced(adata, peaks=cols)  # the chosen peaks only, computed on demand
     else:
         M = tfidf(sp.csr_matrix(adata.X, dtype=np.float64).T, "l2").T.tocsr()[:, cols]
     M = M.toarray() if sp.issparse(M) else np.asarray(M, float)
@@ -88,14 +97,15 @@ def _heatmap_matrix(adata, table, labels, layer, n_show):
 def run(args) -> int:
     """Run ``peaks``; user errors raise :class:`~sccase_jax.validate.InputError`."""
     from sccase_jax.evaluation.plotting import plot_peak_heatmap
+    from sccase_jax.readers import read  # pandas and the readers: not at start-up
     from sccase_jax.tl.peaks import check_groups, peak_coordinates, specific_peaks, write_bed
 
     out_dir = os.path.abspath(args.out)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise InputError(f"--out exists and is not a directory: {out_dir}")
-    adata = read_h5ad(args.input)
+    adata = read(args.input)
     labels = check_groups(adata, args.groupby)
-    if args.layer not in (None, "X") and args.layer not in adata.layers:
+    if args.layer not in (None, "X", "sccase") and args.layer not in adata.layers:
         have = ", ".join(map(repr, adata.layers.keys())) or "none"
         raise InputError(f"layer {args.layer!r} not found in adata.layers (available: {have})")
     table = specific_peaks(adata, args.groupby, args.n_top, method=args.method,

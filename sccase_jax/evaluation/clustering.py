@@ -29,6 +29,7 @@ __all__ = [
     "ClusterResult",
     "cluster_to_k",
     "evaluate_clustering",
+    "implicit_pca",
     "knn_graph",
     "neighbor_graph",
     "partition",
@@ -51,9 +52,15 @@ def pca_embedding(M, n_pcs: int = 50, *, transform: str | None = "tfidf", tfidf_
 
     ``transform="tfidf"`` applies :func:`~sccase_jax.preprocessing.tfidf` to raw counts
     first; ``None`` uses ``M`` as it is.  Features are centred (sparse input via ARPACK,
-    as scanpy does), so the result is the usual PCA.
+    as scanpy does), so the result is the usual PCA.  An enhanced matrix in implicit form
+    (:class:`~sccase_jax.implicit.EnhancedMatrix`, an output without its dense layer) is
+    decomposed through its products with vectors (:func:`implicit_pca`), never formed.
     """
     _check_n_pcs(n_pcs)
+    if hasattr(M, "linear_operator"):
+        if transform is not None:
+            raise ValueError("an enhanced matrix in implicit form is used as it is: transform=None")
+        return implicit_pca(M, n_pcs, seed=seed)
     decomp = require("sklearn.decomposition")
     if transform == "tfidf":
         M = tfidf(sp.csr_matrix(M).T, tfidf_variant).T.tocsr()
@@ -65,6 +72,27 @@ def pca_embedding(M, n_pcs: int = 50, *, transform: str | None = "tfidf", tfidf_
         return pca.fit_transform(sp.csr_matrix(M, dtype=np.float64))
     pca = decomp.PCA(n_pcs, svd_solver="randomized", random_state=seed)
     return pca.fit_transform(np.asarray(M, dtype=np.float32))
+
+
+def implicit_pca(M, n_pcs: int = 50, *, seed: int = 0) -> np.ndarray:
+    """PCA scores (cells x ``n_pcs``, float32) of a matrix known by its products with vectors.
+
+    ``M.linear_operator(center=True)`` (an :class:`~sccase_jax.implicit.EnhancedMatrix`)
+    is decomposed by ARPACK (:func:`scipy.sparse.linalg.svds`, a seeded start): the
+    scores are ``U S`` of the centred matrix, largest first, each component's sign fixed
+    so that its largest score is positive.  Each product costs one pass over the stored
+    counts and weights, so the cells x peaks matrix is never formed.
+    """
+    from scipy.sparse.linalg import svds
+
+    op = M.linear_operator(center=True)
+    k = int(min(n_pcs, min(op.shape) - 1))
+    v0 = np.random.default_rng(seed).standard_normal(min(op.shape))
+    U, S, _ = svds(op, k=k, v0=v0)
+    order = np.argsort(S)[::-1]
+    U, S = U[:, order], S[order]
+    U *= np.where(U[np.argmax(np.abs(U), axis=0), np.arange(k)] < 0, -1.0, 1.0)
+    return (U * S).astype(np.float32)
 
 
 def _missing_labels(labels: np.ndarray) -> np.ndarray:

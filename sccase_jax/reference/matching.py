@@ -19,7 +19,8 @@ import scipy.sparse as sp
 
 from sccase_jax.validate import InputError
 
-__all__ = ["PeakMatch", "ReferenceError", "match_peaks", "parse_peak_names", "peak_intervals"]
+__all__ = ["PeakMatch", "ReferenceError", "match_peaks", "overlapping", "parse_peak_names",
+           "peak_intervals"]
 
 _CHROM_COLS = ("chr", "chrom", "chromosome", "seqnames")
 _START_COLS = ("start", "chromStart")
@@ -97,6 +98,12 @@ def peak_intervals(var):
             return parse_peak_names(var.index)
         return np.asarray(var[c].astype(str), dtype=object), start, end
     return parse_peak_names(var.index)
+
+
+def overlapping(t_iv, r_iv):
+    """Index pairs ``(rows, cols)`` of the intervals of ``t_iv`` and ``r_iv`` (each ``(chrom,
+    start, end)`` arrays) that overlap by at least one base (half-open intervals)."""
+    return _overlap_pairs(t_iv, r_iv)
 
 
 def _overlap_pairs(t_iv, r_iv):

@@ -11,6 +11,7 @@ enhanced matrix (:mod:`sccase_jax.output`) and returns a new AnnData, or writes 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from typing import Any
@@ -26,6 +27,7 @@ from sccase_jax.options import Options, options_from, signature
 from sccase_jax.preprocessing import check_preprocessed, preprocess
 from sccase_jax.problem import check_input, reduce
 from sccase_jax.reference.mapping import reference_block
+from sccase_jax.tl import store
 from sccase_jax.validate import InputError, check_matrix
 
 __all__ = ["batch_codes", "enhance", "get_counts"]
@@ -35,15 +37,18 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
     """Enhance scATAC-seq counts with scCASE; returns a new AnnData over the kept peaks.
 
     ``adata`` holds cells x peaks counts in ``X`` (or ``layers[layer]``) and is never
-    modified; a backed AnnData is read into memory first.  ``n_components`` is k, the total
-    number of components (``None``: the estimated number of cell types c, plus 1; with a
-    reference ``round(1.3 c) + c // 2500`` with c at least its number of profiles, so that
-    each profile keeps its column in W1).  ``reference``: scCASER, an AnnData of reference
-    profiles x peaks (bulk, pseudo-bulk or self-reference: :mod:`sccase_jax.reference`),
-    matched to the kept peaks by name or genomic overlap.  Every other setting is an option
-    of :class:`sccase_jax.options.Options`, listed below with its default; an unknown
-    keyword is a ``TypeError`` raised before any work, naming the closest valid one, and
-    every value is checked before any work (:class:`~sccase_jax.validate.InputError`).
+    modified; a backed AnnData is read into memory first.  A path is read with
+    :func:`sccase_jax.readers.read` (an .h5ad, a Cell Ranger .h5 or matrix-market folder, a
+    MuData .h5mu; a fragments file needs ``sccase_jax.read(path, peaks=BED)`` first).
+    ``n_components`` is k, the total number of components (``None``: the estimated number of
+    cell types c, plus 1; with a reference ``round(1.3 c) + c // 2500`` with c at least its
+    number of profiles, so that each profile keeps its column in W1).  ``reference``:
+    scCASER, an AnnData of reference profiles x peaks (bulk, pseudo-bulk or self-reference:
+    :mod:`sccase_jax.reference`), matched to the kept peaks by name or genomic overlap.
+    Every other setting is an option of :class:`sccase_jax.options.Options`, listed below
+    with its default; an unknown keyword is a ``TypeError`` raised before any work, naming
+    the closest valid one, and every value is checked before any work
+    (:class:`~sccase_jax.validate.InputError`).
 
     Returns a new AnnData (kept cells x kept peaks) with ``obs`` and ``var`` copied, ``X``
     the raw counts, ``layers[key_added]`` the enhanced matrix ``(X B)^T`` (``B`` from
@@ -61,11 +66,16 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
         raise InputError("k_ref and alpha need a reference (reference=...)")
     if opts.batch_key is None and opts.batch_weight != 1.0:
         raise InputError("batch_weight needs batch_key (the obs column of the batches)")
+    path = os.fspath(adata) if isinstance(adata, (str, os.PathLike)) else None
     out_file = opts.out_file
     if out_file is not None:
         out_file = io.check_out_file(
             out_file, overwrite=opts.overwrite,
-            protect=(("input", io.source_file(adata)), ("reference", io.source_file(reference))))
+            protect=(("input", path or io.source_file(adata)), ("reference", io.source_file(reference))))
+    if path is not None:  # any input the readers know, told apart by its content
+        from sccase_jax.readers import read
+
+        adata = read(path)
     batch = batch_codes(adata, opts.batch_key)  # refused before any work
     opts = opts.resolved(reference=reference is not None)
     neighbors = output.resolve_neighbors(opts.neighbors, opts.output)
@@ -93,9 +103,15 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
     depth = relative_depth(np.asarray(kept.sum(axis=0)).ravel()) if opts.correct_depth else None
     res = fit_with(X, k, opts, P=P, batch=batch, depth=depth, reduced=reduced)
     _check_finite(res)
-    E, B, z_store, z_kept = _outputs(res, X, opts, neighbors, write_layer=out_file is None)
+    B, z_store, z_kept = store.weights_and_z(res, opts, neighbors)
+    keep_layer, layer_note = store.layer_plan((X.shape[1], X.shape[0]), opts)
+    if opts.progress and not keep_layer:
+        _progress.stage(f"enhanced layer: {layer_note}")
+    E, enh = store.enhanced_output(X, B, opts, keep_layer, in_memory=out_file is None)
 
     out = _assemble(adata, kept, peak_mask, cell_mask, res, E, z_store, opts)
+    if sp.issparse(B):
+        out.obsp[f"{opts.key_added}_weights"] = sp.csr_matrix(B)
     params = dict(res.params, min_cells_frac=opts.min_cells_frac, tfidf=opts.tfidf,
                   binarize=opts.binarize, drop_empty_cells=opts.drop_empty_cells,
                   preset=opts.preset, output=opts.output,
@@ -106,16 +122,20 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
                   layer_dtype=opts.layer_dtype, batch_key=opts.batch_key,
                   batch_weight=float(opts.batch_weight) if opts.batch_key else None,
                   correct_depth=bool(opts.correct_depth),
-                  store_layer=bool(opts.store_layer) and out_file is None)
+                  store_layer=keep_layer, layer_budget=opts.layer_budget)
     record = {"loss": res.loss, "initial_loss": res.initial_loss, "n_iter": res.n_iter,
               "converged": res.converged, "status": str(res.status), "message": res.message,
-              "rel_change": res.rel_change, "params": params,
+              "rel_change": res.rel_change, "params": params, "layer": layer_note,
               "time_s": time.perf_counter() - t0}
+    if enh.scaling is not None:
+        record["scaling"] = enh.scaling.as_dict()
     if ref_info is not None:
         record["reference"] = ref_info
+    if isinstance(adata.uns.get("sccase_input"), dict):  # what a reader recorded about the file
+        record["input"] = dict(adata.uns["sccase_input"])
     out.uns[opts.key_added] = _plain(record)
     if out_file is not None:
-        _write(out, out_file, X, B, opts)
+        store.write(out, out_file, enh, keep_layer, opts)
     return out
 
 
@@ -239,46 +259,6 @@ def _check_finite(res) -> None:
     )
 
 
-def _outputs(res, X, opts: Options, neighbors, write_layer: bool):
-    """``(E or None, B, what obsp keeps of Z, what that is)``: the enhanced matrix (in memory
-    unless it is written to a file or left out), its weights B and the stored Z."""
-    if sp.issparse(res.Z):  # the support-restricted fit's Z (z_support="knn")
-        return _outputs_sparse(res, X, opts, neighbors, write_layer)
-    z_kept = output.stored_z(opts.store_z, neighbors)
-    # The neighbours the output uses, selected once: for the output and for obsp.
-    Zk = res.Z if neighbors is None else output.keep_largest(res.Z, int(neighbors))
-    z_store = None
-    if z_kept == "full":
-        z_store = res.Z
-    elif z_kept != "none":
-        z_store = sp.csr_matrix(Zk if z_kept == neighbors else output.keep_largest(res.Z, z_kept))
-    B = output.weights(Zk, opts.output, opts.blend, inplace=neighbors is not None)
-    del Zk
-    return _layer(X, B, opts, write_layer), B, z_store, z_kept
-
-
-def _outputs_sparse(res, X, opts: Options, neighbors, write_layer: bool):
-    """:func:`_outputs` for a sparse Z: no n x n array (the support's Z is kept whole in
-    obsp unless ``store_z`` says otherwise)."""
-    z_kept = output.stored_z(opts.store_z, neighbors)
-    z_store = None
-    if z_kept != "none":
-        cut = None if z_kept == "full" else int(z_kept)
-        z_store = sp.csr_matrix(output.sparse_weights(res.Z, "xz", 0.0, cut))
-    B = output.sparse_weights(res.Z, opts.output, opts.blend, neighbors)
-    return _layer(X, B, opts, write_layer), B, z_store, z_kept
-
-
-def _layer(X, B, opts: Options, write_layer: bool):
-    """The enhanced matrix ``X B`` (min-max scaled when asked), or ``None`` when not kept."""
-    if not (write_layer and opts.store_layer):
-        return None
-    E = output.enhanced_matrix(X, B)
-    if opts.scale_output:
-        output.minmax_scale(E)
-    return E
-
-
 def _assemble(adata, kept, peak_mask, cell_mask, res, E, z_store, opts: Options):
     """The returned AnnData: raw counts, obs and var of the kept cells and peaks, the
     enhanced layer, H^T, W and Z."""
@@ -297,22 +277,6 @@ def _assemble(adata, kept, peak_mask, cell_mask, res, E, z_store, opts: Options)
     if z_store is not None:
         out.obsp[f"{key}_Z"] = z_store
     return out
-
-
-def _write(out, out_file: str, X, B, opts: Options) -> None:
-    """Write ``out`` to ``out_file``: with the enhanced layer computed in cell blocks (and
-    the announced size), or without it."""
-    if not opts.store_layer:
-        io.write_h5ad_atomic(out, out_file)
-        return
-    extra = ((out.n_obs, out.n_vars), opts.layer_dtype)
-    if opts.progress:
-        layer = out.n_obs * out.n_vars * np.dtype(opts.layer_dtype).itemsize
-        _progress.stage(f"writing {out_file}: about {io.format_bytes(io.h5ad_bytes(out, extra))}, "
-                        f"the enhanced layer ({io.format_bytes(layer)} {opts.layer_dtype}) block by "
-                        "block")
-    io.write_enhanced_h5ad(out, out_file, X, B, key=opts.key_added, block=opts.block,
-                           scale=opts.scale_output, dtype=np.dtype(opts.layer_dtype))
 
 
 def _plain(v: Any):

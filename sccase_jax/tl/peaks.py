@@ -15,7 +15,9 @@ p_adj``, plus ``factor`` for the factor method):
 * ``method="wilcoxon"`` / ``"t-test"``: a differential accessibility test of each peak,
   the group against the rest, on a layer of the AnnData (default the enhanced layer;
   ``layer="X"``: the L2 TF-IDF of the counts in ``X``), by scanpy's ``rank_genes_groups``
-  (its score, p and Benjamini-Hochberg adjusted p).
+  (its score, p and Benjamini-Hochberg adjusted p).  An output without its dense layer is
+  tested on the enhanced values computed on demand, :data:`PEAK_BLOCK_ENTRIES` at a time
+  (each peak's test uses that peak's values only; the adjusted p is taken over all peaks).
 
 The table goes to ``adata.uns[key_added]`` (a DataFrame) when ``inplace``.
 """
@@ -30,11 +32,13 @@ import scipy.sparse as sp
 
 from sccase_jax.validate import InputError, check_int
 
-__all__ = ["METHODS", "RANK_BY", "check_groups", "factor_tests", "peak_coordinates",
-           "specific_peaks", "write_bed"]
+__all__ = ["METHODS", "PEAK_BLOCK_ENTRIES", "RANK_BY", "check_groups", "factor_tests",
+           "implicit_layer", "peak_coordinates", "specific_peaks", "write_bed"]
 
 METHODS = ("factor", "wilcoxon", "t-test")
 RANK_BY = ("share", "loading")
+# Most cells x peaks entries of one block of the enhanced values tested at a time.
+PEAK_BLOCK_ENTRIES = 1 << 25
 _COORD = re.compile(r"^(?P<chr>[^:_\-]+)[:_\-](?P<start>\d+)[_\-](?P<end>\d+)$")
 
 
@@ -115,10 +119,60 @@ def _factor_table(adata, labels, key: str, n_top: int, rank_by: str) -> pd.DataF
     return pd.concat(rows, ignore_index=True)
 
 
-def _da_table(adata, labels, layer, key: str, n_top: int, method: str) -> pd.DataFrame:
+def implicit_layer(adata, key: str = "sccase") -> bool:
+    """Whether ``adata`` is an enhance output without its dense layer that stores what
+    reproduces it (the weights, or Z)."""
+    info = adata.uns.get(key)
+    return (key not in adata.layers and isinstance(info, dict) and "params" in info
+            and (f"{key}_weights" in adata.obsp or f"{key}_Z" in adata.obsp))
+
+
+def _rank(M, labels, names, n_top: int, method: str):
+    """scanpy's ``rank_genes_groups`` of a cells x peaks block: ``{group: (names, scores,
+    p, p_adj)}`` of its ``n_top`` best peaks."""
     import anndata as ad
     import scanpy as sc
 
+    tmp = ad.AnnData(X=M, obs=pd.DataFrame({"g": pd.Categorical(labels)},
+                                           index=[str(i) for i in range(M.shape[0])]),
+                     var=pd.DataFrame(index=pd.Index(names)))
+    sc.tl.rank_genes_groups(tmp, "g", method=method, n_genes=n_top, corr_method="benjamini-hochberg",
+                            tie_correct=method == "wilcoxon")
+    res = tmp.uns["rank_genes_groups"]
+    return {g: (np.asarray(res["names"][g]).astype(str), np.asarray(res["scores"][g], float),
+                np.asarray(res["pvals"][g], float), np.asarray(res["pvals_adj"][g], float))
+            for g in res["names"].dtype.names}
+
+
+def _rank_blocks(adata, labels, key: str, n_top: int, method: str):
+    """:func:`_rank` over every peak of the implicit enhanced matrix, peak block by peak
+    block; p adjusted (Benjamini-Hochberg) over all peaks, as scanpy adjusts them."""
+    from sccase_jax.tl.enhanced import enhanced_matrix
+
+    enh = enhanced_matrix(adata, key)
+    n, m = enh.shape
+    step = max(1, PEAK_BLOCK_ENTRIES // max(n, 1))
+    names = adata.var_names.to_numpy().astype(str)
+    parts: dict = {}
+    for start in range(0, m, step):
+        cols = slice(start, min(start + step, m))
+        M = enh.select(peaks=cols).toarray()
+        for g, (nm, sc_, p, _) in _rank(M, labels, names[cols], M.shape[1], method).items():
+            parts.setdefault(g, []).append((nm, sc_, p))
+    out = {}
+    for g, blocks in parts.items():
+        nm, sc_, p = (np.concatenate(x) for x in zip(*blocks))
+        p = np.where(np.isnan(p), 1.0, p)
+        adj = _bh(p)
+        order = np.argsort(-sc_, kind="stable")[:n_top]
+        out[g] = (nm[order], sc_[order], p[order], adj[order])
+    return out
+
+
+def _da_table(adata, labels, layer, key: str, n_top: int, method: str) -> pd.DataFrame:
+    if layer in (None, key) and implicit_layer(adata, key):
+        ranked = _rank_blocks(adata, labels, key, n_top, method)
+        return _tidy(ranked)
     if layer == "X":
         from sccase_jax.preprocessing import tfidf
 
@@ -130,18 +184,13 @@ def _da_table(adata, labels, layer, key: str, n_top: int, method: str) -> pd.Dat
             raise InputError(f"layer {layer!r} not found in adata.layers (available: {have}; "
                              "'X' tests the TF-IDF of the counts)")
         M = adata.layers[layer]
-    tmp = ad.AnnData(X=M, obs=pd.DataFrame({"g": pd.Categorical(labels)},
-                                           index=adata.obs_names), var=adata.var[[]])
-    sc.tl.rank_genes_groups(tmp, "g", method=method, n_genes=n_top, corr_method="benjamini-hochberg",
-                            tie_correct=method == "wilcoxon")
-    res = tmp.uns["rank_genes_groups"]
-    rows = []
-    for g in res["names"].dtype.names:
-        rows.append(pd.DataFrame({
-            "group": g, "rank": np.arange(1, len(res["names"][g]) + 1),
-            "peak": np.asarray(res["names"][g]).astype(str),
-            "score": np.asarray(res["scores"][g], float), "p": np.asarray(res["pvals"][g], float),
-            "p_adj": np.asarray(res["pvals_adj"][g], float)}))
+    return _tidy(_rank(M, labels, adata.var_names.to_numpy().astype(str), n_top, method))
+
+
+def _tidy(ranked: dict) -> pd.DataFrame:
+    rows = [pd.DataFrame({"group": g, "rank": np.arange(1, len(nm) + 1), "peak": nm,
+                          "score": sc_, "p": p, "p_adj": adj})
+            for g, (nm, sc_, p, adj) in ranked.items()]
     return pd.concat(rows, ignore_index=True)
 
 
@@ -172,13 +221,15 @@ def specific_peaks(adata, groupby: str = "cell_type", n_top: int = 100, *, metho
 
 
 def peak_coordinates(adata, peaks) -> pd.DataFrame:
-    """``chr, start, end`` of ``peaks`` (var names): from ``var`` columns ``chr/start/end``
-    where present, else parsed from names such as ``chr1:100-600`` or ``chr1-100-600``."""
+    """``chr, start, end`` of ``peaks`` (var names): from ``var`` columns ``chrom`` (or
+    ``chr``), ``start`` and ``end`` where present, else parsed from names such as
+    ``chr1:100-600`` or ``chr1-100-600``."""
     peaks = pd.Index(peaks)
     var = adata.var
-    if {"chr", "start", "end"} <= set(var.columns):
-        sub = var.loc[peaks, ["chr", "start", "end"]]
-        return pd.DataFrame({"chr": sub["chr"].astype(str).to_numpy(),
+    chrom = next((c for c in ("chrom", "chr") if c in var.columns), None)
+    if chrom is not None and {"start", "end"} <= set(var.columns):
+        sub = var.loc[peaks, [chrom, "start", "end"]]
+        return pd.DataFrame({"chr": sub[chrom].astype(str).to_numpy(),
                              "start": sub["start"].astype(np.int64).to_numpy(),
                              "end": sub["end"].astype(np.int64).to_numpy()}, index=peaks)
     parsed = [_COORD.match(str(p)) for p in peaks]
