@@ -16,7 +16,8 @@ PCA 50, Leiden seeds 0, 1, 2) at the iterations in ``--at``.  With ``--support D
 for the fit with Z restricted to D candidates per cell (``z_support="knn"``).
 
     python -m experiments.stopping --dataset granja2019_D6T1_2k --seeds 0 1 2
-    python -m experiments.stopping --report        # the table in docs/model.md, "Stopping"
+    python -m experiments.stopping --summary       # the table in docs/model.md, "Stopping"
+    python -m experiments.stopping --report        # every iteration
 
 Results: ``experiments/results/stopping_<dataset>[_support<D>].json``.  Data: Granja 2019
 bone marrow, chromVAR's example and cells simulated from Corces 2016 sorted bulk profiles;
@@ -60,7 +61,8 @@ def _spnorm_rel(A, B):
 
 
 def iterates(X, k, seed, max_iter, support=None):
-    """The default solver's iterates after each iteration: a list of dicts (host arrays)."""
+    """The default solver's iterates after each iteration, one at a time (host arrays):
+    ``(idx, generator of dicts)``; only the current iterate is held."""
     import jax
 
     from sccase_jax.options import Options
@@ -68,7 +70,6 @@ def iterates(X, k, seed, max_iter, support=None):
 
     config = SolverConfig(max_iter=max_iter, tol=0.0)
     opts = Options(seed=seed).resolved()
-    out = []
     if support is None:
         from sccase_jax.problem import prepare
         from sccase_jax.solver.alternating import _start, update
@@ -85,15 +86,18 @@ def iterates(X, k, seed, max_iter, support=None):
         step = jax.jit(update, static_argnames=("config",))
         state = _start(prob.data, prob.W, prob.H, prob.V, prob.hp, config)
         data, hp, idx = prob.data, prob.hp, np.asarray(prob.data.idx)
-    out.append(dict(F=float(state.loss), W=np.asarray(state.W), H=np.asarray(state.H),
-                    Z=np.asarray(state.Z)))
-    for _ in range(max_iter):
-        t = time.perf_counter()
-        state = step(state, data, hp, config)
-        jax.block_until_ready(state.loss)
-        out.append(dict(F=float(state.loss), W=np.asarray(state.W), H=np.asarray(state.H),
-                        Z=np.asarray(state.Z), s=time.perf_counter() - t))
-    return out, idx
+
+    def gen(state):
+        yield dict(F=float(state.loss), W=np.asarray(state.W), H=np.asarray(state.H),
+                   Z=np.asarray(state.Z))
+        for _ in range(max_iter):
+            t = time.perf_counter()
+            state = step(state, data, hp, config)
+            jax.block_until_ready(state.loss)
+            yield dict(F=float(state.loss), W=np.asarray(state.W), H=np.asarray(state.H),
+                       Z=np.asarray(state.Z), s=time.perf_counter() - t)
+
+    return idx, gen(state)
 
 
 def run(name, seeds, at, support=None):
@@ -115,18 +119,24 @@ def run(name, seeds, at, support=None):
     last = max(at)
     for seed in seeds:
         k = int(estimate_n_components(X, seed=seed)) + 1
-        its, idx = iterates(X, k, seed, last, support)
-        Bs = [_weights(it["Z"], idx) for it in its]
-        rows = []
-        for t in range(1, len(its)):
-            p, c = its[t - 1], its[t]
+        idx, its = iterates(X, k, seed, last, support)
+        prev = next(its)
+        B_prev = _weights(prev["Z"], idx)
+        kept, rows = {}, []
+        for t, cur in enumerate(its, start=1):
+            B = _weights(cur["Z"], idx)
             rows.append(dict(
-                t=t, F=c["F"], dF=abs(c["F"] - p["F"]) / abs(p["F"]), s=c["s"],
-                dW=_rel(c["W"], p["W"]), dH=_rel(c["H"], p["H"]), dZ=_rel(c["Z"], p["Z"]),
-                dB=_spnorm_rel(Bs[t], Bs[t - 1]), dB_last=_spnorm_rel(Bs[t], Bs[-1])))
+                t=t, F=cur["F"], dF=abs(cur["F"] - prev["F"]) / abs(prev["F"]), s=cur["s"],
+                dW=_rel(cur["W"], prev["W"]), dH=_rel(cur["H"], prev["H"]),
+                dZ=_rel(cur["Z"], prev["Z"]), dB=_spnorm_rel(B, B_prev)))
+            if t in at:
+                kept[t] = B
+            prev, B_prev = cur, B
+        for row in rows:
+            row["dB_last"] = _spnorm_rel(kept[row["t"]], kept[last]) if row["t"] in kept else None
         scores = {}
         for t in at:
-            E = enhanced_matrix(X, Bs[t])
+            E = enhanced_matrix(X, kept[t])
             sc, _ = score(E, labels, None)
             scores[str(t)] = {m: sc[m] for m in ("ari", "ami", "ari_sd", "ami_sd")}
             print(f"{name} seed {seed} k {k} t {t}: ARI {sc['ari']:.3f} AMI {sc['ami']:.3f}",
@@ -137,6 +147,27 @@ def run(name, seeds, at, support=None):
     path.write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {path}")
     return res
+
+
+def summary(x_tol=1e-4):
+    """One row per saved result: where the rule on the iterate stops (the first t with
+    max(dH, dZ) < x_tol) and the clustering there against the last iteration, seed means."""
+    print(f"| data | Z | seeds | stops at (x_tol {x_tol:g}) | ARI / AMI there | ARI / AMI at the last |")
+    print("|---|---|---|---|---|---|")
+    for path in sorted(RESULTS.glob("stopping_*.json")):
+        r = json.loads(path.read_text())
+        last = str(max(r["at"]))
+        stops, here, end = [], [], []
+        for s in r["seeds"].values():
+            t = next((row["t"] for row in s["iterations"] if max(row["dH"], row["dZ"]) < x_tol), None)
+            stops.append(t)
+            if t is not None and str(t) in s["scores"]:
+                here.append((s["scores"][str(t)]["ari"], s["scores"][str(t)]["ami"]))
+            end.append((s["scores"][last]["ari"], s["scores"][last]["ami"]))
+        mean = lambda v: "-" if not v else f"{np.mean([a for a, _ in v]):.3f} / {np.mean([b for _, b in v]):.3f}"  # noqa: E731
+        z = f"support {r['support']}" if r.get("support") else "dense"
+        print(f"| {r['dataset']} | {z} | {len(r['seeds'])} | {', '.join(map(str, stops))} | "
+              f"{mean(here)} | {mean(end)} (t = {last}) |")
 
 
 def report():
@@ -156,8 +187,9 @@ def report():
                 if sc is None and t not in (6, 7, 8):
                     continue
                 cells = (f"{sc['ari']:.3f} | {sc['ami']:.3f}" if sc else " | ")
+                last = "-" if row["dB_last"] is None else f"{row['dB_last']:.1e}"
                 lines.append(f"| {seed} | {s['k']} | {t} | {row['dF']:.1e} | {row['dW']:.1e} | {row['dH']:.1e} | "
-                             f"{row['dZ']:.1e} | {row['dB']:.1e} | {row['dB_last']:.1e} | {cells} |")
+                             f"{row['dZ']:.1e} | {row['dB']:.1e} | {last} | {cells} |")
     print("\n".join(lines))
 
 
@@ -168,7 +200,10 @@ def main(argv=None):
     ap.add_argument("--at", type=int, nargs="+", default=list(AT))
     ap.add_argument("--support", type=int, default=None)
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--summary", action="store_true")
     args = ap.parse_args(argv)
+    if args.summary:
+        return summary()
     if args.report:
         return report()
     run(args.dataset, args.seeds, sorted(args.at), args.support)
