@@ -90,9 +90,10 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
     details
         Return a :class:`KEstimate` with each estimator's answer instead of an int.
     gram
-        ``X^T X`` (cells x cells) when the caller has it (the fit's G): the PCA then comes
-        from its centred eigenvectors (:func:`pca_from_gram`, the same scores up to sign)
-        instead of a sparse SVD of X, which costs seconds on 100,000+ peaks.
+        ``X^T X`` (cells x cells) when the caller has it (the fit's G): when a product with
+        it is cheaper than one with the sparse X (more than n^2 / 2 stored entries, as on
+        100,000+ peaks), the PCA comes from its centred eigenvectors
+        (:func:`pca_from_gram`, the same scores up to sign) instead of a sparse SVD of X.
 
     Raises
     ------
@@ -131,12 +132,15 @@ def estimate_n_components(X, *, k_min: int = 2, k_max: int | None = None, seed: 
     k_max = int(min(k_max, n - 1, distinct))
     k_min = int(max(2, min(k_min, k_max)))
     n_pcs = min(n_pcs, min(M.shape) - 1)
-    if gram is None:
+    # The exact PCA through whichever operator has the cheaper product with a vector: the
+    # sparse cells x peaks M (2 nnz) or the dense cell Gram matrix (n^2).  Both give the
+    # same scores up to sign; an approximate (randomized) PCA changed the estimates.
+    nnz = M.nnz if sp.issparse(M) else M.size
+    if gram is None or n * n >= 2 * nnz:
         emb = pca_embedding(M, n_pcs, transform=None, seed=seed)
     else:
         G = np.asarray(gram)
         emb = pca_from_gram(G if keep is None else G[np.ix_(keep, keep)], n_pcs, seed=seed)
-
     ks = np.arange(k_min, k_max + 1)
     inertia, db = np.empty(len(ks)), np.empty(len(ks))
     with openmp_single_thread():

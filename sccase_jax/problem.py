@@ -104,12 +104,25 @@ def dense_limit(dtype) -> int:
     return 100_000_000 if not limit else int(limit // (8 * itemsize))
 
 
+# On a CPU a sparse X sparser than this is kept as BCOO on the device by x_format="auto":
+# its thin products (X A, W^T X: the NMF start and two per iteration) are then 2x faster
+# than the dense ones at scATAC densities (2-3 % at 2,000 cells, 8,700-118,000 peaks,
+# experiments/start_costs.py), and G and the Jaccard counts come from the host's sparse
+# products (start.crossprod).  On GPUs and TPUs dense X stays faster (the earlier rule).
+DENSE_MIN_DENSITY = {"cpu": 0.1}
+
+
 def device_matrix(X, dtype, fmt: str = "auto"):
     """Put a peaks x cells matrix on device: dense, or ``BCOO`` for large sparse inputs
-    (more than :func:`dense_limit` entries)."""
+    (more than :func:`dense_limit` entries) and, on a CPU, sparse ones (below
+    :data:`DENSE_MIN_DENSITY`)."""
     m, n = X.shape
     if fmt == "auto":
-        fmt = "dense" if m * n <= dense_limit(dtype) or not sp.issparse(X) else "sparse"
+        sparse_in = sp.issparse(X)
+        fill = X.nnz / max(m * n, 1) if sparse_in else 1.0
+        fmt = "dense" if (not sparse_in or (
+            m * n <= dense_limit(dtype)
+            and fill >= DENSE_MIN_DENSITY.get(jax.default_backend(), 0.0))) else "sparse"
     if fmt == "dense":
         # Cast while still sparse: no float64 dense copy of X on the host.
         return jnp.asarray(X.astype(np.dtype(dtype)).toarray() if sp.issparse(X) else np.asarray(X), dtype)
@@ -271,7 +284,7 @@ def _start(X, Xd, k: int, k_ref: int, Pfull, key_nmf, opts: Options, reduce_on: 
     Jaccard similarity for Z."""
     m, n = X.shape
     if k > k_ref:
-        W0, H0 = nmf(Xd, k - k_ref, key_nmf, n_iter=opts.nmf_iter, tol=opts.nmf_tol)
+        W0, H0 = nmf(Xd, k - k_ref, key_nmf, n_iter=opts.nmf_iter, tol=opts.nmf_tol, host=X)
     else:
         W0, H0 = jnp.zeros((m, 0), dtype), jnp.zeros((0, n), dtype)
     if k_ref:

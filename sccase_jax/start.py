@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 from jax import lax
+from jax.experimental import sparse as jsparse
 
-from sccase_jax.ops import wt_x
+from sccase_jax.ops import x_matmul, xt_matmul
 
 __all__ = [
+    "crossprod",
     "dropout_mask",
     "nnls_h",
     "gram_matrix",
@@ -38,46 +40,72 @@ def dropout_mask(key, n: int, keep_prob: float = 0.95):
     return jax.random.bernoulli(key, keep_prob, (n, n))
 
 
-def _blocked_crossprod(A, Bm, dtype, block: int = 2048):
-    """``A^T Bm`` as a dense array, column block by column block (sparse-aware)."""
-    n = Bm.shape[1]
-    out = np.empty((A.shape[1], n), dtype=dtype)
-    At = A.T.tocsr() if sp.issparse(A) else A.T
-    for j in range(0, n, block):
-        blk = Bm[:, j : j + block]
-        prod = At @ blk
-        out[:, j : j + block] = prod.toarray() if sp.issparse(prod) else prod
+# A peak contributes its outer product to X^T X: c^2 updates through a sparse product (c the
+# cells it is open in), or n^2 multiply-adds through a dense one, which runs about this many
+# times faster per update on the 2-core CPU (scipy's sparse product against float32 BLAS,
+# experiments/start_costs.py).  A peak open in more than n / sqrt(DENSE_SPEEDUP) cells is
+# cheaper in the dense product (1024: the fastest of 64-4096 on 2,000 x 118,000 and
+# 10,000 x 10,000 data; all dense or all sparse were 2-6x slower).
+DENSE_SPEEDUP = 1024.0
+# Rows of X densified at a time for the dense product (floats).
+DENSE_BLOCK_FLOATS = 1 << 24
+
+
+def crossprod(X, binary: bool = False) -> np.ndarray:
+    """``X^T X`` (cells x cells, float64) of a peaks x cells matrix; ``binary``: of ``X > 0``.
+
+    Each peak (row of X) goes where its outer product is cheaper: the peaks open in many
+    cells (above ``n / sqrt(DENSE_SPEEDUP)``) through dense float32 BLAS, a block of rows at
+    a time, the rest through scipy's sparse product.  The work is then close to
+    ``sum_p min(c_p^2, n^2 / DENSE_SPEEDUP)`` (``c_p`` the cells of peak p): linear in the
+    stored entries for the rare peaks, and the few very common ones (promoters, open in
+    most cells) no longer dominate.  Binary counts are exact (integers below 2^24 in float32
+    blocks, int64 in the sparse part); other values accumulate the dense blocks in float32
+    and everything else in float64.
+    """
+    Xr = sp.csr_matrix(X)
+    Xr.sum_duplicates()
+    if binary:
+        Xr = Xr.astype(bool).astype(np.float32)
+    n = Xr.shape[1]
+    counts = np.diff(Xr.indptr)
+    dense = counts > n / np.sqrt(DENSE_SPEEDUP)
+    out = np.zeros((n, n))
+    rows = np.flatnonzero(dense)
+    step = max(1, DENSE_BLOCK_FLOATS // max(n, 1))
+    for j in range(0, rows.size, step):
+        D = Xr[rows[j : j + step]].toarray().astype(np.float32, copy=False)
+        out += D.T @ D
+    S = sp.csc_matrix(Xr[~dense], dtype=np.int64 if binary else np.float64)
+    if S.nnz:
+        out += (S.T @ S).toarray()
     return out
 
 
-def gram_matrix(X, dtype=np.float32, block: int = 2048) -> np.ndarray:
-    """``G = X^T X`` (cells x cells) from a peaks x cells matrix, accumulated in float64."""
-    X = sp.csc_matrix(X, dtype=np.float64) if sp.issparse(X) else np.asarray(X, np.float64)
-    return _blocked_crossprod(X, X, np.float64, block).astype(dtype, copy=False)
+def gram_matrix(X, dtype=np.float32) -> np.ndarray:
+    """``G = X^T X`` (cells x cells) from a peaks x cells matrix (:func:`crossprod`)."""
+    X = X if sp.issparse(X) else sp.csr_matrix(np.asarray(X))
+    return crossprod(X).astype(dtype, copy=False)
 
 
-def jaccard_similarity(X, normalize: str | None = "column", block: int = 2048) -> np.ndarray:
+def jaccard_similarity(X, normalize: str | None = "column") -> np.ndarray:
     """Jaccard similarity between the binarised cell profiles (columns of X).
 
-    ``J[i, j] = |a_i & a_j| / |a_i | a_j|`` with counts in int64 (the released code's int16
-    overflows).  Two empty cells get 0.  ``normalize="column"`` makes each column sum 1
-    (paper), ``"row"`` each row (released code), ``None`` leaves J as is.
-    Returns float64 (n x n).
+    ``J[i, j] = |a_i & a_j| / |a_i | a_j|`` with exact counts (:func:`crossprod`; the
+    released code's int16 overflows).  Two empty cells get 0.  ``normalize="column"``
+    makes each column sum 1 (paper), ``"row"`` each row (released code), ``None`` leaves
+    J as is.  Returns float64 (n x n).
     """
-    Xb = sp.csc_matrix(X) if sp.issparse(X) else sp.csc_matrix(np.asarray(X))
-    Xb = Xb.astype(bool).astype(np.int64)
-    inter = _blocked_crossprod(Xb, Xb, np.int64, block)
-    size = np.asarray(Xb.sum(axis=0)).ravel()
+    if normalize not in ("column", "row", None):
+        raise ValueError(f"normalize must be 'column', 'row' or None, got {normalize!r}")
+    X = X if sp.issparse(X) else sp.csr_matrix(np.asarray(X))
+    inter = crossprod(X, binary=True)
+    size = np.diagonal(inter).copy()
     union = size[:, None] + size[None, :] - inter
     J = np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
-    if normalize == "column":
-        s = J.sum(axis=0, keepdims=True)
+    if normalize is not None:
+        s = J.sum(axis=0 if normalize == "column" else 1, keepdims=True)
         J = np.divide(J, s, out=np.zeros_like(J), where=s > 0)
-    elif normalize == "row":
-        s = J.sum(axis=1, keepdims=True)
-        J = np.divide(J, s, out=np.zeros_like(J), where=s > 0)
-    elif normalize is not None:
-        raise ValueError(f"normalize must be 'column', 'row' or None, got {normalize!r}")
     return J
 
 
@@ -118,17 +146,17 @@ def jaccard_similarity_device(X, normalize: str | None = "column"):
     return _jaccard_device(X, normalize)
 
 
-def _nndsvda(X, k, key, n_power: int = 4):
-    """NNDSVD-a start from a randomized truncated SVD of X (dense or BCOO)."""
-    m, n = X.shape
-    dtype = X.dtype
+def _nndsvda(xa, xtb, shape, dtype, k, key, n_power: int = 4):
+    """NNDSVD-a start from a randomized truncated SVD of X, given its products
+    ``xa(A) = X A`` and ``xtb(B) = X^T B``."""
+    m, n = shape
     ell = min(k + 10, min(m, n))
-    Y = X @ jax.random.normal(key, (n, ell), dtype)
+    Y = xa(jax.random.normal(key, (n, ell), dtype))
     for _ in range(n_power):
         Y, _ = jnp.linalg.qr(Y)
-        Y, _ = jnp.linalg.qr(X @ (X.T @ Y))
+        Y, _ = jnp.linalg.qr(xa(xtb(Y)))
     Qm, _ = jnp.linalg.qr(Y)
-    small = (X.T @ Qm).T  # ell x n
+    small = xtb(Qm).T  # ell x n
     Ub, s, Vt = jnp.linalg.svd(small, full_matrices=False)
     U = (Qm @ Ub)[:, :k]
     s, V = s[:k], Vt[:k]
@@ -146,17 +174,16 @@ def _nndsvda(X, k, key, n_power: int = 4):
     # The leading pair is non-negative up to sign: use its absolute values.
     W = W.at[:, 0].set(jnp.sqrt(s[0]) * jnp.abs(U[:, 0]))
     H = H.at[0].set(jnp.sqrt(s[0]) * jnp.abs(V[0]))
-    mean = jnp.sum(X.T @ jnp.ones((m,), dtype)) / (m * n)
+    mean = jnp.sum(xtb(jnp.ones((m, 1), dtype))) / (m * n)
     W = jnp.where(W > 0, W, mean)
     H = jnp.where(H > 0, H, mean)
     return W, H
 
 
-@partial(jax.jit, static_argnames=("k", "n_iter", "trace", "inner"))
-def _nmf(X, key, k: int, n_iter: int, tol, trace: bool = False, inner: int = 1):
-    W, H = _nndsvda(X, k, key)
-    eps = jnp.finfo(X.dtype).tiny
-    dtype = W.dtype
+def _nmf(xa, xtb, shape, dtype, sq_norm, key, k: int, n_iter: int, tol, trace: bool, inner: int):
+    """The NMF start inside ``jit``, given X's products ``xa``, ``xtb`` (see :func:`nmf`)."""
+    W, H = _nndsvda(xa, xtb, shape, dtype, k, key)
+    eps = jnp.finfo(dtype).tiny
 
     def hals_cols(W, XHt, HHt):
         # One HALS sweep over the k columns of W for min ||X - W H|| with fixed H.
@@ -176,21 +203,19 @@ def _nmf(X, key, k: int, n_iter: int, tol, trace: bool = False, inner: int = 1):
 
         return lax.fori_loop(0, k, row, H)
 
-    # ||X - W H||^2 = ||X||^2 - 2 <W^T X, H> + <W^T W, H H^T> after each sweep, from the
-    # products the sweep forms anyway (in float64-free arithmetic: the residual of a
-    # rank-k fit of scATAC data is most of ||X||^2, so nothing cancels).
-    xx = jnp.sum(jnp.square(X.data if hasattr(X, "data") and not isinstance(X, jax.Array) else X))
-
     def sweep(carry):
         i, W, H, f_prev, _, hist = carry
-        XHt, HHt = X @ H.T, H @ H.T
+        XHt, HHt = xa(H.T), H @ H.T
         for _ in range(inner):  # inner > 1: the products reused (accelerated HALS)
             W = hals_cols(W, XHt, HHt)
-        WtX, WtW = wt_x(X, W), W.T @ W
+        WtX, WtW = xtb(W).T, W.T @ W
         H_new = H
         for _ in range(inner):
             H_new = hals_rows(H_new, WtX, WtW)
-        f = xx - 2.0 * jnp.vdot(WtX, H_new) + jnp.vdot(WtW, H_new @ H_new.T)
+        # ||X - W H||^2 = ||X||^2 - 2 <W^T X, H> + <W^T W, H H^T>, from the products the
+        # sweep forms anyway (the residual of a rank-k fit of scATAC data is most of
+        # ||X||^2, so nothing cancels).
+        f = sq_norm - 2.0 * jnp.vdot(WtX, H_new) + jnp.vdot(WtW, H_new @ H_new.T)
         rel = (f_prev - f) / jnp.maximum(jnp.abs(f_prev), eps)
         if trace:
             dh = H_new - H
@@ -204,31 +229,80 @@ def _nmf(X, key, k: int, n_iter: int, tol, trace: bool = False, inner: int = 1):
         i, _, _, _, rel, _ = carry
         return (i < n_iter) & ~((tol > 0) & (rel < tol))
 
-    hist = jnp.full((n_iter if trace else 0, 3), jnp.nan, dtype)
+    hist = jnp.full((max(n_iter, 1) if trace else 0, 3), jnp.nan, dtype)
     init = (jnp.asarray(0, jnp.int32), W, H, jnp.asarray(jnp.inf, dtype),
             jnp.asarray(jnp.inf, dtype), hist)
     sweeps, W, H, _, _, hist = lax.while_loop(keep_going, sweep, init)
     return W, H, sweeps, hist
 
 
+@partial(jax.jit, static_argnames=("k", "n_iter", "trace", "inner"))
+def _nmf_device(X, key, k: int, n_iter: int, tol, trace: bool = False, inner: int = 1):
+    data = X.data if isinstance(X, jsparse.BCOO) else X
+    return _nmf(lambda A: x_matmul(X, A), lambda B: xt_matmul(X, B), X.shape, X.dtype,
+                jnp.sum(jnp.square(data)), key, k, n_iter, tol, trace, inner)
+
+
+def _nmf_host(X, dtype, key, k: int, n_iter: int, tol, trace: bool, inner: int):
+    """:func:`_nmf` with X's products computed by scipy on the host (``jax.pure_callback``).
+
+    On a CPU scipy's sparse products are 3-4x faster than a ``BCOO`` product inside XLA at
+    120,000 peaks (``experiments/start_costs.py``).  The program holds host callbacks, so
+    JAX does not keep it in the persistent compilation cache: it is compiled per call
+    (about a second), which only pays where the products are large (:data:`HOST_NNZ`).
+    """
+    Xr = sp.csr_matrix(X, dtype=dtype)
+    Xr.sort_indices()
+    # X^T B through the CSC view of X^T: each peak's entries add its row of B to a few rows
+    # of the small n x p result (a CSR X^T would gather B's rows across its m x p array).
+    Xt = Xr.T
+    m, n = Xr.shape
+    dt = np.dtype(dtype)
+
+    def product(M, rows):
+        def cb(B):
+            return np.asarray(M @ np.asarray(B), dt)
+
+        return lambda B: jax.pure_callback(cb, jax.ShapeDtypeStruct((rows, B.shape[1]), dt), B)
+
+    sq = float(np.square(Xr.data, dtype=np.float64).sum())
+    run = jax.jit(lambda key, tol: _nmf(product(Xr, m), product(Xt, n), (m, n), dt,
+                                        jnp.asarray(sq, dt), key, k, n_iter, tol, trace, inner))
+    return run(key, tol)
+
+
+# Above this many stored entries a sparse X's NMF products run in scipy on a CPU host
+# (_nmf_host); below, the program stays in XLA, where JAX caches it across processes.
+HOST_NNZ = 2_000_000
+
+
 def nmf(X, k: int, key, n_iter: int = 200, tol: float = 0.0, *, trace: bool = False,
-        inner: int = 1):
+        inner: int = 1, host=None):
     """Non-negative factorisation ``X ~ W H`` (W: m x k, H: k x n), seeded by ``key``.
 
     NNDSVD-a start (randomized SVD, the random part seeded) followed by HALS sweeps, all
-    jitted; ``X`` may be a dense array or a ``BCOO`` matrix.  The sweeps stop after
-    ``n_iter``, or earlier once a sweep lowers ``||X - W H||^2`` by less than ``tol`` of
-    itself (``0``: all ``n_iter``).  ``trace=True`` returns ``(W, H, sweeps, history)``
+    jitted.  ``X``: a device array (dense or ``BCOO``), whose products run in XLA, or a
+    scipy sparse matrix ``host``-side: with ``host`` (a scipy sparse X), on a CPU and above
+    :data:`HOST_NNZ` stored entries the products run in scipy instead (same sweeps, the
+    products rounded differently).  The sweeps stop after ``n_iter``, or earlier once a
+    sweep lowers ``||X - W H||^2`` by less than ``tol`` of itself (``0``: all ``n_iter``).
+    ``inner``: HALS passes over W (and then over H) per pair of products with X
+    (accelerated HALS, Gillis and Glineur 2012; 1, plain HALS, the default: more passes
+    reached the same objective with fewer products but clustered worse,
+    ``experiments/nmf_start.py``).  ``trace=True`` returns ``(W, H, sweeps, history)``
     with the history of (objective, its relative decrease, ``||dH|| / ||H||``) per sweep.
-    ``inner``: HALS passes over W (and then over H) per pair of products with X, which
-    cost O(nnz(X) k) against O((m + n) k^2) for a pass (accelerated HALS, Gillis and
-    Glineur 2012); 1 is plain HALS.
     """
     m, n = X.shape
     if not 1 <= k <= min(m, n):
         raise ValueError(f"n_components must be between 1 and min(peaks, cells) = {min(m, n)}, got {k}")
     with jax.default_matmul_precision("highest"):  # same start on CPU and on tensor cores
-        W, H, sweeps, hist = _nmf(X, key, k, n_iter, jnp.asarray(tol, X.dtype), trace, inner)
+        if (host is not None and sp.issparse(host) and host.nnz > HOST_NNZ
+                and jax.default_backend() == "cpu"):
+            W, H, sweeps, hist = _nmf_host(host, X.dtype, key, k, n_iter,
+                                           jnp.asarray(tol, X.dtype), trace, inner)
+        else:
+            W, H, sweeps, hist = _nmf_device(X, key, k, n_iter, jnp.asarray(tol, X.dtype), trace,
+                                             inner)
     return (W, H, sweeps, hist) if trace else (W, H)
 
 

@@ -50,3 +50,32 @@ def test_nmf_tol_stops_at_the_first_small_decrease():
     We, He = nmf(X, 3, key, expect)
     np.testing.assert_array_equal(np.asarray(W), np.asarray(We))
     np.testing.assert_array_equal(np.asarray(H), np.asarray(He))
+
+
+def test_crossprod_splits_peaks_between_dense_and_sparse_products(monkeypatch):
+    import sccase_jax.start as start
+
+    rng = np.random.default_rng(4)
+    X = sp.random(300, 40, density=0.1, random_state=rng, format="csr")
+    X.data = rng.random(X.nnz)
+    X[:5] = rng.random((5, 40))  # five peaks open in every cell: the dense part
+    X = sp.csr_matrix(X)
+    D = X.toarray()
+    for speedup in (1e-9, 64.0, 1e12):  # all sparse, split, all dense
+        monkeypatch.setattr(start, "DENSE_SPEEDUP", speedup)
+        np.testing.assert_allclose(start.crossprod(X), D.T @ D, rtol=1e-6)
+        B = (D > 0).astype(float)
+        np.testing.assert_array_equal(start.crossprod(X, binary=True), B.T @ B)
+
+
+def test_host_products_give_the_device_nmf(monkeypatch):
+    import sccase_jax.start as start
+
+    X = _x(seed=2)
+    key = jax.random.PRNGKey(1)
+    Xd = device_matrix(X, np.float32, "sparse")
+    W, H = nmf(Xd, 3, key, 30)
+    monkeypatch.setattr(start, "HOST_NNZ", 0)
+    Wh, Hh = nmf(Xd, 3, key, 30, host=X)  # the same sweeps, scipy's products
+    np.testing.assert_allclose(np.asarray(Wh), np.asarray(W), rtol=2e-3, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(Hh), np.asarray(H), rtol=2e-3, atol=1e-5)

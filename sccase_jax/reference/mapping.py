@@ -156,7 +156,8 @@ def reference_loadings(Rt, k_ref: int, *, X=None, n_free: int = 0, seed: int = 0
     # The same key as problem.prepare's NMF of the free block, so this is (nearly) its W0.
     _, key_nmf = jax.random.split(key)
     Xd = device_matrix(X, dtype)
-    W0, _ = nmf(Xd, max(n_free, 1), key_nmf, n_iter=nmf_iter, tol=nmf_tol)
+    W0, _ = nmf(Xd, max(n_free, 1), key_nmf, n_iter=nmf_iter, tol=nmf_tol,
+                host=X if sp.issparse(X) else None)
     return P * float(np.mean(np.linalg.norm(np.asarray(W0, np.float64), axis=0)))
 
 
