@@ -33,7 +33,7 @@ ENHANCE_OPTIONS = (
     "n_components", "lam", "gamma1", "gamma2", "keep_prob", "tol", "x_tol", "max_iter", "seed", "layer",
     "min_cells_frac", "tfidf", "output", "blend", "scale_output", "neighbors", "binarize",
     "drop_empty_cells", "preset", "k_ref", "alpha", "peak_match", "min_peak_match", "store_z",
-    "layer_dtype", "batch_key", "batch_weight", "correct_depth",
+    "layer_dtype", "batch_key", "batch_method", "batch_weight", "correct_depth",
 ) + ("z_support", "n_neighbors", "knn_from", "off_support") + ("layer_budget",)
 
 
@@ -121,6 +121,8 @@ def run(args) -> int:
                        f"({r['frac_matched']:.1%}, by {r['match_method']}); k_ref = {r['k_ref']}")
         _log(args, f"fit: {info.get('message', info.get('status'))}; "
                    f"{time.perf_counter() - t0:.1f} s; {result.n_obs} cells x {result.n_vars} peaks kept")
+        if isinstance(info.get("support"), dict):
+            _log(args, f"output: {info['support']['message']}")
         if "out_file" not in kwargs:
             _log(args, f"writing {out}: about {io.format_bytes(io.h5ad_bytes(result))}"
                        f" ({_size_parts(result)})")
