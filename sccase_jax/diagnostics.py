@@ -17,7 +17,8 @@ nearest ones, 0 when they are no closer than random cells.  The output reports t
 over cells (on a seeded sample of at most :data:`SAMPLE` cells) and calls the enhanced
 structure *supported* when it is at least :data:`MIN_SUPPORT` (docs/results.md, "When
 enhancement cannot help": the output rules that clustered below raw TF-IDF on the
-measured data scored 0.41-0.50, those at or above it 0.58-0.77).
+measured data scored 0.42-0.55, the default 0.58-0.77; a rough guide, measured, not
+derived).
 """
 
 from __future__ import annotations

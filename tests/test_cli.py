@@ -33,6 +33,7 @@ def test_enhance_writes_anndata(small_file, tmp_path):
     r = cli("enhance", small_file, out, "--k", 3, "--max-iter", 2, "--seed", 3)
     assert r.returncode == 0, r.stderr
     assert "iter" in r.stderr  # progress lines
+    assert "output: neighbour support" in r.stderr  # the support check, in words
     res = ad.read_h5ad(out)
     assert "sccase" in res.layers and "X_sccase" in res.obsm and "sccase_Z" in res.obsp
     assert res.uns["sccase"]["params"]["seed"] == 3

@@ -121,8 +121,6 @@ def run(args) -> int:
                        f"({r['frac_matched']:.1%}, by {r['match_method']}); k_ref = {r['k_ref']}")
         _log(args, f"fit: {info.get('message', info.get('status'))}; "
                    f"{time.perf_counter() - t0:.1f} s; {result.n_obs} cells x {result.n_vars} peaks kept")
-        if isinstance(info.get("support"), dict):
-            _log(args, f"output: {info['support']['message']}")
         if "out_file" not in kwargs:
             _log(args, f"writing {out}: about {io.format_bytes(io.h5ad_bytes(result))}"
                        f" ({_size_parts(result)})")
