@@ -44,7 +44,9 @@ def test_enhance_writes_anndata(small_file, tmp_path):
 def test_quiet_prints_nothing(small_file, tmp_path):
     r = cli("enhance", small_file, tmp_path / "o.h5ad", "--k", 2, "--max-iter", 1, "--quiet")
     assert r.returncode == 0, r.stderr
-    assert r.stderr == "" and r.stdout == ""
+    assert r.stdout == ""
+    # no progress; warnings (here the support check on random counts) still get one line each
+    assert all(line.startswith("sccase-jax: warning:") for line in r.stderr.splitlines())
 
 
 @pytest.mark.parametrize(
