@@ -35,7 +35,12 @@ CORCES_BULK = "corces2016_bulk_signature"  # 13 sorted bulk profiles over 1,768 
 # methods text); the D6T1 target keeps all 16, so both are reported.
 SIMULATED = {"sim_corces2016": dict(n_cells=100, depth=100.0, depth_sd=0.5, noise=0.7, seed=0)}
 MIN_TYPE_FRAC = {"granja2019_D6T1_2k_types3pct": (D6T1_2K, 0.03)}
-DERIVED = (*SIMULATED, *MIN_TYPE_FRAC)
+# Random (not stratified) subsamples of the whole donor D6T1, seed 0: its natural type mix
+# at the sizes scCASER is measured at; and the 108 cells of donor D5T1 in bm600 alone (a
+# small set of the other donor, 6 types).
+SUBSAMPLES = {f"granja2019_D6T1_10k_sub{n}": n for n in (500, 1500, 2000)}
+DONOR_SUBSETS = {"granja2019_bm600_D5T1": (BM600, "Group", "BMMC_D5T1")}
+DERIVED = (*SIMULATED, *MIN_TYPE_FRAC, *SUBSAMPLES, *DONOR_SUBSETS)
 
 # Benchmark data: the real counts by short name, and synthetic sizes (cells, peaks before
 # the peak filter) for ``synthetic_counts``.
@@ -58,6 +63,18 @@ def load(name: str):
         return drop_rare_types(load(base), frac)
     if name in SIMULATED:
         return simulate_sorted(**SIMULATED[name])
+    if name in SUBSAMPLES:
+        import numpy as np
+
+        full = load(D6T1_10K)
+        idx = np.sort(np.random.default_rng(0).choice(full.n_obs, SUBSAMPLES[name], replace=False))
+        return full[idx].copy()
+    if name in DONOR_SUBSETS:
+        base, key, value = DONOR_SUBSETS[name]
+        a = load(base)
+        a = a[(a.obs[key] == value).to_numpy()].copy()
+        a.obs["cell_type"] = a.obs["cell_type"].astype(str).astype("category")
+        return a
     path = data_path(name)
     if not path.exists():
         raise FileNotFoundError(

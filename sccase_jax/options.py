@@ -55,6 +55,7 @@ STORE_Z = ("auto", "full", "none")
 Z_SUPPORTS = ("auto", "dense", "knn")
 KNN_FROM = ("embedding", "cosine", "jaccard")
 OFF_SUPPORT = ("drop", "exact")
+BATCH_METHODS = ("harmony", "term")
 # z_support="auto" restricts Z to each cell's candidate neighbours above this many cells
 # (docs/atlas.md): the dense fit holds about 5.5 n^2 floats, 8.8 GB in float32 at 20,000.
 KNN_AUTO_CELLS = 20_000
@@ -272,9 +273,14 @@ class Options:
                                  default_text="1")
     # Batch correction (docs/batch.md) --------------------------------------------------------
     batch_key: str | None = option(
-        None, "obs column of the batches: adds batch_weight x lam x ||A Z||^2, the "
-        "between-batch variance of each column of Z (docs/batch.md)", _optional_key, parse=str,
+        None, "obs column of the batches, corrected as batch_method says (docs/batch.md)",
+        _optional_key, parse=str,
         metavar="KEY")
+    batch_method: str = option(
+        "harmony", "how batch_key corrects: 'harmony' corrects the fit's cell embedding with "
+        "Harmony (harmonypy) and builds the output's similarity from it; 'term' adds the "
+        "batch term batch_weight x lam x ||A Z||^2 to the objective (docs/batch.md)",
+        _choice(BATCH_METHODS), choices=BATCH_METHODS)
     batch_weight: float = option(1.0, "weight beta of the batch term relative to lam (at a "
                                  "fixed H it shrinks the between-batch part of Z by 1 / (1 + "
                                  "beta))", _nonneg)

@@ -189,11 +189,13 @@ def test_enhance_with_neighbors(small):
 
 def test_enhance_default_neighbors(small, monkeypatch):
     # The default ("auto") keeps DEFAULT_NEIGHBORS weights a cell for the blend and all of Z
-    # for X Z; shrunk here below the 150 cells so that it cuts.
+    # for X Z; shrunk here below the 150 cells so that it cuts (and the share of the
+    # cells, a tenth: 15 here, turned off).
     import sccase_jax.output as output
     import sccase_jax.tl as tl
 
     monkeypatch.setattr(output, "DEFAULT_NEIGHBORS", 7)
+    monkeypatch.setattr(output, "NEIGHBORS_SHARE", 0.0)
     fit = dict(n_components=3, max_iter=1, seed=2)
     auto = tl.enhance(small, **fit)
     assert auto.uns["sccase"]["params"]["neighbors"] == 7

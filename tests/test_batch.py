@@ -124,8 +124,9 @@ def test_enhance_with_batch_key_records_it_and_moves_mass_across_batches():
     a = _batched()
     kw = dict(max_iter=5, seed=0, store_z="full", output="xz", neighbors="all")
     plain = sccase_jax.enhance(a, 4, **kw)
-    corr = sccase_jax.enhance(a, 4, batch_key="batch", batch_weight=3.0, **kw)
+    corr = sccase_jax.enhance(a, 4, batch_key="batch", batch_method="term", batch_weight=3.0, **kw)
     assert corr.uns["sccase"]["params"]["batch_key"] == "batch"
+    assert corr.uns["sccase"]["params"]["batch_method"] == "term"
     assert corr.uns["sccase"]["params"]["batch_weight"] == 3.0
     Ob = one_hot(np.unique(a.obs["batch"], return_inverse=True)[1])
     assert between(corr.obsp["sccase_Z"], Ob) < 0.5 * between(plain.obsp["sccase_Z"], Ob)
@@ -166,6 +167,60 @@ def test_batch_weight_is_checked():
         sccase_jax.enhance(_batched(), 3, batch_key="batch", batch_weight=-1.0)
     with pytest.raises(InputError, match="batch_weight needs batch_key"):
         sccase_jax.enhance(_batched(), 3, batch_weight=2.0)
+    with pytest.raises(InputError, match="batch_method='term'"):
+        sccase_jax.enhance(_batched(), 3, batch_key="batch", batch_weight=2.0)
+    with pytest.raises(InputError, match="batch_method"):
+        sccase_jax.enhance(_batched(), 3, batch_key="batch", batch_method="combat")
+
+
+def _shifted(seed=0):
+    """Two types x two batches in 3 dimensions; batch 1 shifted along the first axis."""
+    rng = np.random.default_rng(seed)
+    lab = np.repeat([0, 1], 60)
+    batch = np.tile([0, 1], 60)
+    emb = np.where(lab[:, None] == 0, [3.0, 0.0, 1.0], [0.0, 3.0, 1.0]) + 0.2 * rng.normal(size=(120, 3))
+    emb[batch == 1, 0] += 2.0
+    return emb, lab, batch
+
+
+def test_harmony_mixes_the_batches_and_keeps_the_types():
+    from sccase_jax.evaluation.batch import batch_scores
+    from sccase_jax.integration import harmony
+
+    emb, lab, batch = _shifted()
+    corr = harmony(emb, batch, seed=0)
+    assert corr.shape == emb.shape
+    before, after = batch_scores(emb, batch, lab), batch_scores(corr, batch, lab)
+    assert after["other_batch_fraction"] > before["other_batch_fraction"] + 0.2
+    assert after["celltype_asw"] > 0.7
+    with pytest.raises(InputError, match="two batches"):
+        harmony(emb, np.zeros(120))
+    with pytest.raises(InputError, match="one batch per cell"):
+        harmony(emb, batch[:5])
+
+
+def test_harmony_needs_harmonypy(monkeypatch):
+    import sys
+
+    from sccase_jax.integration import harmony
+
+    monkeypatch.setitem(sys.modules, "harmonypy", None)
+    emb, _, batch = _shifted()
+    with pytest.raises(InputError, match="pip install"):
+        harmony(emb, batch)
+
+
+def test_enhance_harmony_builds_the_output_from_the_corrected_embedding():
+    from sccase_jax import output
+
+    a = _batched()
+    out = sccase_jax.enhance(a, 4, batch_key="batch", max_iter=3, seed=0, neighbors=20, store_z=20)
+    p = out.uns["sccase"]["params"]
+    assert p["batch_method"] == "harmony" and p["batch_weight"] == "none"
+    Hc = out.obsm["X_sccase_harmony"]
+    assert Hc.shape == out.obsm["X_sccase"].shape
+    np.testing.assert_allclose(out.obsp["sccase_Z"].toarray(),
+                               output.embedding_similarity(Hc, 20).toarray(), rtol=1e-5)
 
 
 def test_batch_and_depth_terms_compose():
@@ -244,6 +299,11 @@ def test_cli_batch_key(tmp_path):
     path, out = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
     _batched().write_h5ad(path)
     assert main(["enhance", str(path), str(out), "--k", "3", "--max-iter", "2", "--batch-key", "batch",
-                 "--batch-weight", "2", "--quiet"]) == 0
+                 "--batch-method", "term", "--batch-weight", "2", "--quiet"]) == 0
     params = ad.read_h5ad(out).uns["sccase"]["params"]
     assert params["batch_key"] == "batch" and params["batch_weight"] == 2.0
+    out2 = tmp_path / "harmony.h5ad"
+    assert main(["enhance", str(path), str(out2), "--k", "3", "--max-iter", "2", "--batch-key",
+                 "batch", "--quiet"]) == 0
+    res = ad.read_h5ad(out2)
+    assert res.uns["sccase"]["params"]["batch_method"] == "harmony" and "X_sccase_harmony" in res.obsm

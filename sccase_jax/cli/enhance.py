@@ -33,7 +33,7 @@ ENHANCE_OPTIONS = (
     "n_components", "lam", "gamma1", "gamma2", "keep_prob", "tol", "x_tol", "max_iter", "seed", "layer",
     "min_cells_frac", "tfidf", "output", "blend", "scale_output", "neighbors", "binarize",
     "drop_empty_cells", "preset", "k_ref", "alpha", "peak_match", "min_peak_match", "store_z",
-    "layer_dtype", "batch_key", "batch_weight", "correct_depth",
+    "layer_dtype", "batch_key", "batch_method", "batch_weight", "correct_depth",
 ) + ("z_support", "n_neighbors", "knn_from", "off_support") + ("layer_budget",)
 
 

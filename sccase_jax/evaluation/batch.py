@@ -11,7 +11,10 @@ Luecken et al. 2022, "Benchmarking atlas-level data integration"):
 * ``graph_connectivity``: per cell type, the share of its cells in the largest connected
   component of the kNN graph restricted to that type, averaged over types;
 * ``celltype_asw``: the silhouette of the cell-type labels (Euclidean), rescaled to
-  ``(s + 1) / 2``.
+  ``(s + 1) / 2``;
+* ``other_batch_fraction``: the share of each cell's ``k`` nearest neighbours that belong
+  to another batch, averaged over cells (not a scib score: the plain fraction, which the
+  two-donor targets are stated in; 0: every neighbourhood within its own batch).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def _knn(emb, k):
 
 
 def batch_scores(emb: np.ndarray, batch, labels, *, k: int = 15) -> dict[str, float]:
-    """``batch_asw``, ``ilisi``, ``graph_connectivity`` and ``celltype_asw`` of ``emb``
+    """``batch_asw``, ``ilisi``, ``graph_connectivity``, ``celltype_asw`` and
+    ``other_batch_fraction`` of ``emb``
     (cells x dimensions) for the ``batch`` and cell-type ``labels`` (module docstring)."""
     metrics = require("sklearn.metrics")
     emb = np.asarray(emb, np.float64)
@@ -49,6 +53,7 @@ def batch_scores(emb: np.ndarray, batch, labels, *, k: int = 15) -> dict[str, fl
     codes = np.unique(batch, return_inverse=True)[1]
     frac = np.stack([(codes[nn] == b).mean(axis=1) for b in range(n_b)], axis=1)
     ilisi = 1.0 / (frac**2).sum(axis=1)
+    other = float((codes[nn] != codes[:, None]).mean())
     conn = []
     rows = np.repeat(np.arange(emb.shape[0]), nn.shape[1])
     A = sp.csr_matrix((np.ones(rows.size), (rows, nn.ravel())), shape=(emb.shape[0],) * 2)
@@ -59,4 +64,5 @@ def batch_scores(emb: np.ndarray, batch, labels, *, k: int = 15) -> dict[str, fl
     return {"batch_asw": float(np.mean(asw)) if asw else float("nan"),
             "ilisi": float((ilisi.mean() - 1.0) / (n_b - 1)) if n_b > 1 else float("nan"),
             "graph_connectivity": float(np.mean(conn)),
-            "celltype_asw": float((metrics.silhouette_score(emb, labels) + 1.0) / 2.0)}
+            "celltype_asw": float((metrics.silhouette_score(emb, labels) + 1.0) / 2.0),
+            "other_batch_fraction": other}

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from sccase_jax import estimate, io, output
+from sccase_jax import diagnostics, estimate, integration, io, output
 from sccase_jax import progress as _progress
 from sccase_jax.fitting import dense_z, fit_with
 from sccase_jax.objectives.depth import relative_depth
@@ -66,6 +66,9 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
         raise InputError("k_ref and alpha need a reference (reference=...)")
     if opts.batch_key is None and opts.batch_weight != 1.0:
         raise InputError("batch_weight needs batch_key (the obs column of the batches)")
+    if opts.batch_method == "harmony" and opts.batch_weight != 1.0:
+        raise InputError("batch_weight is the weight of the batch term: use it with "
+                         "batch_method='term'")
     path = os.fspath(adata) if isinstance(adata, (str, os.PathLike)) else None
     out_file = opts.out_file
     if out_file is not None:
@@ -78,7 +81,6 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
         adata = read(path)
     batch = batch_codes(adata, opts.batch_key)  # refused before any work
     opts = opts.resolved(reference=reference is not None)
-    neighbors = output.resolve_neighbors(opts.neighbors, opts.output)
     # A backed AnnData holds X as an on-disk dataset: read it (a new object) into memory.
     if getattr(adata, "isbacked", False):
         adata = adata.to_memory()
@@ -87,6 +89,7 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
 
     counts = get_counts(adata, opts.layer)
     X, peak_mask, cell_mask = _preprocessed(counts, opts)
+    neighbors = output.resolve_neighbors(opts.neighbors, opts.output, X.shape[1])
     # X on the device and G = X^T X, formed once: for the fit, and for the PCA of the k
     # estimate (from G instead of a sparse SVD of X, which costs seconds on many peaks).
     reduced = reduce(X, opts) if dense_z(opts, X.shape[1]) else None
@@ -101,15 +104,28 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
     if batch is not None:
         batch = batch_codes(adata, opts.batch_key, cell_mask)
     depth = relative_depth(np.asarray(kept.sum(axis=0)).ravel()) if opts.correct_depth else None
-    res = fit_with(X, k, opts, P=P, batch=batch, depth=depth, reduced=reduced)
+    harmony = batch is not None and opts.batch_method == "harmony"
+    res = fit_with(X, k, opts, P=P, batch=None if harmony else batch, depth=depth,
+                   reduced=reduced)
     _check_finite(res)
+    corrected = None
+    if harmony:
+        # The embedding corrected for the batches, and the output's similarity built from it
+        # instead of the fitted Z (sccase_jax.integration).
+        if opts.progress:
+            _progress.stage("correcting the cell embedding for the batches (Harmony)")
+        corrected = integration.harmony(res.H.T, batch, seed=opts.seed)
+        res = res._replace(Z=output.embedding_similarity(corrected, neighbors))
     B, z_store, z_kept = store.weights_and_z(res, opts, neighbors)
+    support = _support(X, B, opts)
     keep_layer, layer_note = store.layer_plan((X.shape[1], X.shape[0]), opts)
     if opts.progress and not keep_layer:
         _progress.stage(f"enhanced layer: {layer_note}")
     E, enh = store.enhanced_output(X, B, opts, keep_layer, in_memory=out_file is None)
 
     out = _assemble(adata, kept, peak_mask, cell_mask, res, E, z_store, opts)
+    if corrected is not None:
+        out.obsm[f"X_{opts.key_added}_harmony"] = corrected
     if sp.issparse(B):
         out.obsp[f"{opts.key_added}_weights"] = sp.csr_matrix(B)
     params = dict(res.params, min_cells_frac=opts.min_cells_frac, tfidf=opts.tfidf,
@@ -120,7 +136,9 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
                   neighbors=None if neighbors is None else int(neighbors), layer=opts.layer,
                   n_components_estimated=estimated, store_z=z_kept,
                   layer_dtype=opts.layer_dtype, batch_key=opts.batch_key,
-                  batch_weight=float(opts.batch_weight) if opts.batch_key else None,
+                  batch_method=opts.batch_method if opts.batch_key else None,
+                  batch_weight=(float(opts.batch_weight)
+                                if opts.batch_key and opts.batch_method == "term" else None),
                   correct_depth=bool(opts.correct_depth),
                   store_layer=keep_layer, layer_budget=opts.layer_budget)
     record = {"loss": res.loss, "initial_loss": res.initial_loss, "n_iter": res.n_iter,
@@ -129,6 +147,8 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
               "time_s": time.perf_counter() - t0}
     if enh.scaling is not None:
         record["scaling"] = enh.scaling.as_dict()
+    if support is not None:
+        record["support"] = support
     if ref_info is not None:
         record["reference"] = ref_info
     if isinstance(adata.uns.get("sccase_input"), dict):  # what a reader recorded about the file
@@ -239,6 +259,19 @@ def _components(X, opts: Options, reference, gram=None) -> tuple[int, bool]:
                         f"k = {k}"
                         + ("" if reference is None else " (at least one type per reference profile)"))
     return k, True
+
+
+def _support(X, B, opts: Options):
+    """The neighbour support of the blended output (:mod:`sccase_jax.diagnostics`), with a
+    warning when the data do not support the structure it imposes; None for ``"xz"``."""
+    if opts.output != "blend" or opts.blend == 0:
+        return None
+    support = diagnostics.neighbour_support(X, B, seed=opts.seed)
+    if opts.progress:
+        _progress.stage(f"output: {support['message']}")
+    if not support["supported"]:
+        warnings.warn(support["message"], UserWarning, stacklevel=3)
+    return support
 
 
 def _check_finite(res) -> None:

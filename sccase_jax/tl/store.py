@@ -27,9 +27,17 @@ __all__ = ["enhanced_output", "layer_plan", "weights_and_z", "write"]
 
 def weights_and_z(res, opts, neighbors):
     """``(B, what obsp keeps of Z, what that is)``: the output weights (sparse CSC when the
-    output uses neighbours) and the stored Z."""
+    output uses neighbours) and the stored Z.  A support-restricted Z with fewer candidates
+    per cell than the output's ``neighbors`` is replaced by each cell's ``neighbors``
+    largest entries of ``max(H^T H, 0)``."""
     z_kept = output.stored_z(opts.store_z, neighbors)
     if sp.issparse(res.Z):  # the support-restricted fit's Z (z_support="knn"): never n x n
+        n = res.Z.shape[0]
+        if neighbors is not None and np.diff(sp.csc_matrix(res.Z).indptr).max(initial=0) < min(neighbors, n):
+            # The support holds fewer candidates than the output averages: the weights come
+            # from the model's similarity H^T H (which Z equals on the support at the
+            # default lam), each cell's largest ``neighbors`` of it.
+            res = res._replace(Z=output.embedding_similarity(res.H.T, neighbors))
         z_store = None
         if z_kept != "none":
             cut = None if z_kept == "full" else int(z_kept)

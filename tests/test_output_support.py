@@ -1,0 +1,86 @@
+"""How many cells the blended output averages ("auto"), the similarity of an embedding, and
+the neighbour-support diagnostic the output records (sccase_jax.diagnostics)."""
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from helpers import typed_counts
+
+import sccase_jax
+from sccase_jax import diagnostics, output
+from sccase_jax.preprocessing import preprocess
+
+
+def test_auto_neighbors_grow_with_the_cells_up_to_the_cap():
+    assert output.resolve_neighbors("auto", "blend") == output.DEFAULT_NEIGHBORS == 300
+    assert output.resolve_neighbors("auto", "blend", 2000) == 300
+    assert output.resolve_neighbors("auto", "blend", 5001) == 501
+    assert output.resolve_neighbors("auto", "blend", 10_335) == 1000
+    assert output.resolve_neighbors("auto", "blend", 10**6) == output.NEIGHBORS_MAX
+    assert output.resolve_neighbors("auto", "xz", 10**6) is None
+    assert output.resolve_neighbors(40, "blend", 10**6) == 40
+
+
+@pytest.mark.parametrize("N", [1, 4, 9])
+def test_embedding_similarity_is_the_largest_entries_of_the_clipped_gram(N):
+    rng = np.random.default_rng(N)
+    E = rng.normal(size=(9, 3))
+    full = np.maximum(E @ E.T, 0)
+    Zs = output.embedding_similarity(E, N, block=4)
+    assert sp.issparse(Zs) and Zs.shape == (9, 9)
+    # every kept entry is the clipped Gram matrix's, and none larger was left out
+    D = Zs.toarray()
+    kept = D > 0
+    np.testing.assert_allclose(D[kept], full[kept])
+    for j in range(9):
+        assert kept[:, j].sum() <= N
+        if kept[:, j].any():
+            assert full[~kept[:, j], j].max(initial=0) <= D[kept[:, j], j].min() + 1e-12
+    np.testing.assert_allclose(output.embedding_similarity(E, None), full, rtol=1e-6)
+
+
+def _typed_X(seed=0):
+    C, lab = typed_counts(n_per=30, k=3, peaks=150, block=40, seed=seed)
+    X, _, _ = preprocess(sp.csr_matrix(C, dtype=np.float64).T)
+    return X, lab
+
+
+def test_support_is_high_for_the_data_s_own_neighbours_and_low_for_random_cells():
+    X, lab = _typed_X()
+    n = X.shape[1]
+    G = (X.T @ X).toarray()
+    np.fill_diagonal(G, -np.inf)
+    M = 20
+    own = np.zeros((n, n))
+    for j in range(n):
+        own[np.argsort(-G[:, j])[:M], j] = 1.0
+    top = diagnostics.neighbour_support(X, sp.csc_matrix(own))
+    assert top["support"] == pytest.approx(1.0) and top["supported"]
+    rng = np.random.default_rng(0)
+    rand = np.zeros((n, n))
+    for j in range(n):
+        rand[rng.choice(np.delete(np.arange(n), j), M, replace=False), j] = 1.0
+    low = diagnostics.neighbour_support(X, sp.csc_matrix(rand))
+    assert abs(low["support"]) < 0.2 and not low["supported"]
+    assert "not better supported" in low["message"]
+    # same-type cells (what enhancement should average) are well supported
+    same = (lab[:, None] == lab[None, :]).astype(float)
+    np.fill_diagonal(same, 0)
+    assert diagnostics.neighbour_support(X, sp.csc_matrix(same))["support"] > 0.5
+    # a sample of the cells gives nearly the same figure
+    part = diagnostics.neighbour_support(X, sp.csc_matrix(same), sample=40, seed=1)
+    assert part["cells"] == 40
+
+
+def test_enhance_records_the_support_and_warns_when_unsupported(monkeypatch):
+    C, lab = typed_counts(n_per=30, k=3, peaks=150, block=40, seed=2)
+    a = ad.AnnData(sp.csr_matrix(C.astype(np.float32)))
+    out = sccase_jax.enhance(a, 3, max_iter=2, seed=0)
+    sup = out.uns["sccase"]["support"]
+    assert sup["supported"] and sup["support"] > diagnostics.MIN_SUPPORT
+    assert "support" not in sccase_jax.enhance(a, 3, max_iter=2, output="xz").uns["sccase"]
+    monkeypatch.setattr(diagnostics, "MIN_SUPPORT", 2.0)
+    with pytest.warns(UserWarning, match="not better supported"):
+        low = sccase_jax.enhance(a, 3, max_iter=2, seed=0)
+    assert not low.uns["sccase"]["support"]["supported"]
