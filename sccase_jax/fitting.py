@@ -80,7 +80,8 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     opts = opts.resolved()
     if depth is not None and solver_config(opts).h_step != "backtrack":
         raise InputError("correct_depth needs the backtracking H step (h_step='backtrack')")
-    if _knn(opts, X.shape[1] if getattr(X, "ndim", 0) == 2 else 0):  # bad shapes: prepare says so
+    terms = P is not None or init is not None or batch is not None or depth is not None
+    if _knn(opts, X.shape[1] if getattr(X, "ndim", 0) == 2 else 0, terms):  # bad shapes: prepare says so
         if batch is not None or depth is not None:
             raise InputError("z_support='knn' has no batch or depth term yet (use "
                              "z_support='dense')")
@@ -110,14 +111,18 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     return res.fetch(params)
 
 
-def dense_z(opts: Options, n_cells: int) -> bool:
-    """Whether a fit of ``n_cells`` cells with these options keeps Z dense (n x n)."""
-    return not _knn(opts.resolved(), n_cells)
+def dense_z(opts: Options, n_cells: int, terms: bool = False) -> bool:
+    """Whether a fit of ``n_cells`` cells with these options keeps Z dense (n x n);
+    ``terms``: the fit has a reference, a start, the batch term or the depth term."""
+    return not _knn(opts.resolved(), n_cells, terms)
 
 
-def _knn(opts: Options, n_cells: int) -> bool:
-    """Whether the fit restricts Z to a candidate support (``z_support``)."""
-    return opts.z_support == "knn" or (opts.z_support == "auto" and n_cells > KNN_AUTO_CELLS)
+def _knn(opts: Options, n_cells: int, terms: bool = False) -> bool:
+    """Whether the fit restricts Z to a candidate support (``z_support``): asked for, or
+    ``"auto"`` above :data:`~sccase_jax.options.KNN_AUTO_CELLS` cells for a fit without a
+    reference, a start, the batch term or the depth term (the support fit has none yet)."""
+    return opts.z_support == "knn" or (opts.z_support == "auto" and n_cells > KNN_AUTO_CELLS
+                                        and not terms)
 
 
 def _fit_knn(X, n_components: int, opts: Options, P, init) -> FitResult:

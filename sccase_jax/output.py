@@ -281,20 +281,23 @@ def enhanced_blocks(X, Z, block: int = 1024, dtype=np.float32, scale: bool = Fal
         yield j, (scale_block(E, lo, span) if scale else E)
 
 
-def embedding_similarity(emb, neighbors: int | None, block: int = KEEP_BLOCK):
+def embedding_similarity(emb, neighbors: int | None, block: int | None = None):
     """``max(E E^T, 0)`` of a cells x d embedding ``E``, each column cut to its
     ``neighbors`` largest entries (sparse CSC); ``None``: the whole dense n x n matrix.
+    float32 products, as the fit's.
 
     The similarity ``Z ~ H^T H`` takes at the default lam, for an embedding that is not the
     fit's own (the Harmony-corrected one, :mod:`sccase_jax.integration`).  Computed
     ``block`` columns at a time, so no n x n array exists when ``neighbors`` is given.
     """
-    E = np.asarray(emb, np.float64)
+    E = np.asarray(emb, np.float32)  # the products in float32 BLAS, like the fit's
     n = E.shape[0]
     if neighbors is None:
-        return np.maximum(E @ E.T, 0.0).astype(np.float32)
+        return np.maximum(E @ E.T, 0.0)
     N = min(int(neighbors), n)
     rows, vals = [], []
+    if block is None:  # n x block floats a block
+        block = max(KEEP_BLOCK, (1 << 24) // max(n, 1))
     for j in range(0, n, block):
         S = np.maximum(E @ E[j : j + block].T, 0.0)
         idx = np.argpartition(-S, N - 1, axis=0)[:N]

@@ -32,11 +32,11 @@ def test_embedding_similarity_is_the_largest_entries_of_the_clipped_gram(N):
     # every kept entry is the clipped Gram matrix's, and none larger was left out
     D = Zs.toarray()
     kept = D > 0
-    np.testing.assert_allclose(D[kept], full[kept])
+    np.testing.assert_allclose(D[kept], full[kept], rtol=1e-6)  # float32 products
     for j in range(9):
         assert kept[:, j].sum() <= N
         if kept[:, j].any():
-            assert full[~kept[:, j], j].max(initial=0) <= D[kept[:, j], j].min() + 1e-12
+            assert full[~kept[:, j], j].max(initial=0) <= D[kept[:, j], j].min() + 1e-6
     np.testing.assert_allclose(output.embedding_similarity(E, None), full, rtol=1e-6)
 
 

@@ -7,6 +7,7 @@ import scipy.sparse as sp
 
 import sccase_jax
 from sccase_jax.output import sparse_weights
+from sccase_jax import start
 from sccase_jax.start import jaccard_similarity
 from sccase_jax.support import build
 
@@ -42,7 +43,9 @@ def test_embedding_support_is_the_knn_of_the_embedding():
             np.testing.assert_allclose(np.sort(C[idx[j], j])[::-1], np.sort(C[:, j])[::-1][:7])
 
 
-def test_jaccard_support_local_grams_and_start_match_the_dense_ones():
+@pytest.mark.parametrize("common", [False, True])
+def test_jaccard_support_local_grams_and_start_match_the_dense_ones(common, monkeypatch):
+    # common: every peak through the dense gathered products; else the split of crossprod
     C, _ = counts()
     X = tfidf_x(C)
     n = X.shape[1]
@@ -53,6 +56,8 @@ def test_jaccard_support_local_grams_and_start_match_the_dense_ones():
     np.fill_diagonal(Jd, np.inf)
     for j in range(n):
         np.testing.assert_allclose(np.sort(Jd[idx[j], j]), np.sort(Jd[:, j])[-9:])
+    if common:
+        monkeypatch.setattr(start, "DENSE_SPEEDUP", 1e12)
     L, Js = build.local_grams(X, idx, chunk=13, dtype=np.float64)
     G = (X.T @ X).toarray()
     for j in range(n):
@@ -112,4 +117,8 @@ def test_knn_refuses_the_batch_term():
     a = ad.AnnData(C)
     a.obs["batch"] = ["x", "y"] * 20
     with pytest.raises(sccase_jax.InputError, match="no batch or depth"):
-        sccase_jax.enhance(a, 3, z_support="knn", batch_key="batch", max_iter=2)
+        sccase_jax.enhance(a, 3, z_support="knn", batch_key="batch", batch_method="term",
+                           max_iter=2)
+    # the default correction (Harmony on the fit's embedding) needs no term in the fit
+    out = sccase_jax.enhance(a, 3, z_support="knn", batch_key="batch", max_iter=2)
+    assert np.all(np.isfinite(out.layers["sccase"]))

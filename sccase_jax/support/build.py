@@ -10,9 +10,10 @@
   profiles, itself first: scipy sparse products, ``block`` cells at a time (O(block n)
   memory; the work grows like the dense Jaccard start's, n^2 x density x peaks).
 * :func:`local_grams`: ``L_j = X_{S_j}^T X_{S_j}`` (n x d x d) and the Jaccard start on the
-  support, ``chunk`` cells at a time from one sparse product of a block-diagonal matrix
-  (the d columns of each cell's support, each cell's block of rows offset by m), so the
-  work is exactly the n d^2 pairs needed (sum over peaks of the pairs open together).
+  support: the common peaks through batched dense products of each cell's d columns, the
+  others ``chunk`` cells at a time from one sparse product of a block-diagonal matrix
+  (the d columns of each cell's support, each cell's block of rows offset by m); the work
+  is the n d^2 pairs needed, never n^2.
 * :func:`support_mask`: R on the support (seeded Bernoulli per entry).
 
 Every loop over cells reports its progress with an ETA when asked (``progress=True``).
@@ -132,29 +133,72 @@ def _chunk_blocks(Y, c: int, d: int):
     return out
 
 
+# Floats of one gathered block of dense rows (cells x d x rows) in local_grams.
+GATHER_FLOATS = 1 << 24
+
+
 def local_grams(X, idx, chunk: int = 256, dtype=np.float32, progress: bool = False):
-    """``(L, J)``: the local Gram blocks ``L[j] = X_{S_j}^T X_{S_j}`` (n x d x d, float64
-    sums cast to ``dtype``) and the Jaccard similarity of each cell to its support
-    (n x d, float64) from the peaks x cells ``X``."""
-    Xc = sp.csc_matrix(X, dtype=np.float64)
-    Xb = _binary_csc(Xc)
-    m, n = Xc.shape
+    """``(L, J)``: the local Gram blocks ``L[j] = X_{S_j}^T X_{S_j}`` (n x d x d, cast to
+    ``dtype``) and the Jaccard similarity of each cell to its support (n x d, float64)
+    from the peaks x cells ``X``.
+
+    X's peaks are split as for ``X^T X`` (:func:`~sccase_jax.start.crossprod_split`): the
+    peaks open in many cells go through dense batched products of each cell's d gathered
+    columns (d^2 multiply-adds a peak and cell, BLAS), the others through one sparse product
+    of a block-diagonal matrix per ``chunk`` cells (the d columns of each cell's support,
+    each cell's block of rows offset by m), whose work is exactly the pairs open together.
+    """
+    from sccase_jax.start import crossprod_split
+
     idx = np.asarray(idx)
-    d = idx.shape[1]
-    L = np.empty((n, d, d), dtype)
-    J = np.empty((n, d))
+    n, d = idx.shape
+    wide = np.dtype(dtype).itemsize > 4  # float64 asked for: float64 BLAS blocks too
+    Xr, rows, S, dense_dtype = crossprod_split(X, dense_dtype=np.float64 if wide else np.float32)
+    L = np.zeros((n, d, d), dtype)
+    inter = np.zeros((n, d))  # |a_j & a_l| for l in S_j
+    sizes = np.zeros((n, d))  # |a_l| for l in S_j
     eta = _Eta("local Gram blocks", n, progress)
+    # the rare peaks: sparse block products, chunk cells at a time
+    Sc = sp.csc_matrix(S, dtype=np.float64)
+    Sb = _binary_csc(Sc)
+    m = Sc.shape[0]
     for j in range(0, n, chunk):
         ic = idx[j : j + chunk]
         c = ic.shape[0]
-        L[j : j + c] = _chunk_blocks(_block_diagonal(Xc, ic, m), c, d)
-        Bb = _chunk_blocks(_block_diagonal(Xb, ic, m), c, d)  # binary: |a_i & a_l|
-        inter = Bb[:, :, 0]  # idx[j, 0] = j: the overlap with the cell itself
-        sizes = np.diagonal(Bb, axis1=1, axis2=2)
-        union = sizes + sizes[:, :1] - inter
-        J[j : j + c] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        eta(j + c)
+        L[j : j + c] = _chunk_blocks(_block_diagonal(Sc, ic, m), c, d)
+        Bb = _chunk_blocks(_block_diagonal(Sb, ic, m), c, d)  # binary: |a_i & a_l|
+        inter[j : j + c] = Bb[:, :, 0]  # idx[j, 0] = j: the overlap with the cell itself
+        sizes[j : j + c] = np.diagonal(Bb, axis1=1, axis2=2)
+        if not rows.size:
+            eta(j + c)
+    # the common peaks: each cell's d columns gathered, one batched product per chunk
+    step = max(1, GATHER_FLOATS // max(n, 1))
+    idx_d = jnp.asarray(idx)
+    for r in range(0, rows.size, step):
+        DT = jnp.asarray(Xr[rows[r : r + step]].toarray().T, dense_dtype)  # n x rows
+        c = int(min(n, max(1, GATHER_FLOATS // (d * DT.shape[1]))))
+        for j in range(0, n, c):
+            s = min(j, n - c)  # the last chunk overlaps the previous one: one program
+            Lc, ic, sc = (np.asarray(a)[j - s :] for a in _common_chunk(DT, idx_d, s, c))
+            L[j : s + c] += Lc
+            inter[j : s + c] += ic
+            sizes[j : s + c] += sc
+            if r + step >= rows.size:
+                eta(s + c)
+    union = sizes + sizes[:, :1] - inter
+    J = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     return L, J
+
+
+@partial(jax.jit, static_argnames=("c",))
+def _common_chunk(DT, idx, start, c: int):
+    """For cells ``start .. start + c``: ``(A A^T, overlaps with the cell, sizes)`` of their
+    gathered columns ``A = DT[idx[j]]`` (c x d x rows of the common peaks)."""
+    A = jnp.take(DT, jax.lax.dynamic_slice_in_dim(idx, start, c), axis=0)
+    with jax.default_matmul_precision("highest"):
+        L = jnp.einsum("cdr,cer->cde", A, A)
+    Ab = (A != 0).astype(A.dtype)  # exact counts: at most 2^24 / n rows a block
+    return L, jnp.einsum("cr,cdr->cd", Ab[:, 0], Ab), Ab.sum(axis=2)
 
 
 def normalise_start(J, idx, normalize: str | None = "column") -> np.ndarray:

@@ -28,21 +28,22 @@ __all__ = ["enhanced_output", "layer_plan", "weights_and_z", "write"]
 def weights_and_z(res, opts, neighbors):
     """``(B, what obsp keeps of Z, what that is)``: the output weights (sparse CSC when the
     output uses neighbours) and the stored Z.  A support-restricted Z with fewer candidates
-    per cell than the output's ``neighbors`` is replaced by each cell's ``neighbors``
-    largest entries of ``max(H^T H, 0)``."""
+    per cell than the output's ``neighbors`` gives way, in the weights only, to each cell's
+    ``neighbors`` largest entries of ``max(H^T H, 0)``; obsp keeps the fit's own Z."""
     z_kept = output.stored_z(opts.store_z, neighbors)
     if sp.issparse(res.Z):  # the support-restricted fit's Z (z_support="knn"): never n x n
         n = res.Z.shape[0]
-        if neighbors is not None and np.diff(sp.csc_matrix(res.Z).indptr).max(initial=0) < min(neighbors, n):
+        z_store = None
+        if z_kept != "none":  # the fit's own Z, on its support
+            cut = None if z_kept == "full" else int(z_kept)
+            z_store = sp.csr_matrix(output.sparse_weights(res.Z, "xz", 0.0, cut))
+        Zw = res.Z
+        if neighbors is not None and np.diff(sp.csc_matrix(Zw).indptr).max(initial=0) < min(neighbors, n):
             # The support holds fewer candidates than the output averages: the weights come
             # from the model's similarity H^T H (which Z equals on the support at the
             # default lam), each cell's largest ``neighbors`` of it.
-            res = res._replace(Z=output.embedding_similarity(res.H.T, neighbors))
-        z_store = None
-        if z_kept != "none":
-            cut = None if z_kept == "full" else int(z_kept)
-            z_store = sp.csr_matrix(output.sparse_weights(res.Z, "xz", 0.0, cut))
-        return output.sparse_weights(res.Z, opts.output, opts.blend, neighbors), z_store, z_kept
+            Zw = output.embedding_similarity(res.H.T, neighbors)
+        return output.sparse_weights(Zw, opts.output, opts.blend, neighbors), z_store, z_kept
     # The neighbours the output uses, selected once: for the output and for obsp.
     Zk = res.Z if neighbors is None else output.keep_largest(res.Z, int(neighbors))
     z_store = None
