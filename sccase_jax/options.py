@@ -57,8 +57,11 @@ KNN_FROM = ("embedding", "cosine", "jaccard")
 OFF_SUPPORT = ("drop", "exact")
 BATCH_METHODS = ("harmony", "term")
 # z_support="auto" restricts Z to each cell's candidate neighbours above this many cells
-# (docs/atlas.md): the dense fit holds about 5.5 n^2 floats, 8.8 GB in float32 at 20,000.
-KNN_AUTO_CELLS = 20_000
+# (docs/atlas.md, "Which layout"): the same clustering as the dense fit at 2,000, 5,000 and
+# 10,335 cells (experiments/layout_choice.py), with work and memory linear in the cells
+# where the dense fit's grow as n^3 and n^2 (about 5.5 n^2 floats: 550 MB at 5,000 cells,
+# 2.3 GB at 10,000; a 10,335-cell fit took 230 s dense, under 100 s on the support).
+KNN_AUTO_CELLS = 5_000
 DEFAULT_N_NEIGHBORS = 30
 # The dense enhanced layer is stored (in the returned AnnData and the file) only up to this
 # many bytes unless asked for: above it the output keeps the weights that reproduce it
@@ -234,7 +237,8 @@ class Options:
                        _choice(GRAM_MODES), scope=FIT, flag=None)
     z_support: str = option(
         "auto", "Z dense (n x n) or restricted to each cell's n_neighbors candidate "
-        "neighbours ('knn', atlas scale); auto: knn above 20,000 cells", _choice(Z_SUPPORTS),
+        "neighbours ('knn'); auto: knn above 5,000 cells unless a reference, batch term or "
+        "depth term needs the dense fit", _choice(Z_SUPPORTS),
         scope=FIT, choices=Z_SUPPORTS)
     n_neighbors: int = option(DEFAULT_N_NEIGHBORS, "candidate neighbours per cell (itself "
                               "included) of the knn support", _positive_int, scope=FIT)

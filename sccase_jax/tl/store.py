@@ -43,7 +43,10 @@ def weights_and_z(res, opts, neighbors):
             # from the model's similarity H^T H (which Z equals on the support at the
             # default lam), each cell's largest ``neighbors`` of it.
             Zw = output.embedding_similarity(res.H.T, neighbors)
-        return output.sparse_weights(Zw, opts.output, opts.blend, neighbors), z_store, z_kept
+        B = output.sparse_weights(Zw, opts.output, opts.blend, neighbors).astype(np.float32)
+        if z_store is not None:
+            z_store = z_store.astype(np.float32)
+        return B, z_store, z_kept  # float32, as the dense layout's
     # The neighbours the output uses, selected once: for the output and for obsp.
     Zk = res.Z if neighbors is None else output.keep_largest(res.Z, int(neighbors))
     z_store = None
