@@ -43,8 +43,8 @@ def test_embedding_support_is_the_knn_of_the_embedding():
             np.testing.assert_allclose(np.sort(C[idx[j], j])[::-1], np.sort(C[:, j])[::-1][:7])
 
 
-@pytest.mark.parametrize("common", [False, True])
-def test_jaccard_support_local_grams_and_start_match_the_dense_ones(common, monkeypatch):
+@pytest.mark.parametrize("method,common", [("slabs", False), ("cells", False), ("cells", True)])
+def test_jaccard_support_local_grams_and_start_match_the_dense_ones(method, common, monkeypatch):
     # common: every peak through the dense gathered products; else the split of crossprod
     C, _ = counts()
     X = tfidf_x(C)
@@ -58,7 +58,7 @@ def test_jaccard_support_local_grams_and_start_match_the_dense_ones(common, monk
         np.testing.assert_allclose(np.sort(Jd[idx[j], j]), np.sort(Jd[:, j])[-9:])
     if common:
         monkeypatch.setattr(start, "DENSE_SPEEDUP", 1e12)
-    L, Js = build.local_grams(X, idx, chunk=13, dtype=np.float64)
+    L, Js = build.local_grams(X, idx, chunk=13, dtype=np.float64, method=method)
     G = (X.T @ X).toarray()
     for j in range(n):
         np.testing.assert_allclose(L[j], G[np.ix_(idx[j], idx[j])], rtol=1e-12, atol=1e-14)

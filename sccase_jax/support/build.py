@@ -10,10 +10,10 @@
   profiles, itself first: scipy sparse products, ``block`` cells at a time (O(block n)
   memory; the work grows like the dense Jaccard start's, n^2 x density x peaks).
 * :func:`local_grams`: ``L_j = X_{S_j}^T X_{S_j}`` (n x d x d) and the Jaccard start on the
-  support: the common peaks through batched dense products of each cell's d columns, the
-  others ``chunk`` cells at a time from one sparse product of a block-diagonal matrix
-  (the d columns of each cell's support, each cell's block of rows offset by m); the work
-  is the n d^2 pairs needed, never n^2.
+  support: gathered from column slabs of ``X^T X`` up to 25,000 cells; above, the common
+  peaks through batched dense products of each cell's d columns and the others ``chunk``
+  cells at a time from one sparse product of a block-diagonal matrix (the d columns of each
+  cell's support, each cell's block of rows offset by m): the n d^2 pairs, never n^2.
 * :func:`support_mask`: R on the support (seeded Bernoulli per entry).
 
 Every loop over cells reports its progress with an ETA when asked (``progress=True``).
@@ -135,23 +135,40 @@ def _chunk_blocks(Y, c: int, d: int):
 
 # Floats of one gathered block of dense rows (cells x d x rows) in local_grams.
 GATHER_FLOATS = 1 << 24
+# Up to this many cells local_grams gathers the blocks from column slabs of the whole
+# X^T X (start.crossprod: the work of the dense layout's G, in BLAS and scipy's product),
+# faster on this CPU than the per-cell products below 10^4-10^5 cells (2,000 x 120,000
+# synthetic counts, d = 30: 58-67 s per cell, a few seconds through the slabs).
+SLAB_MAX_CELLS = 25_000
+# Floats of one slab of X^T X (n x b) and of its gathered rows, each.
+SLAB_FLOATS = 1 << 25
 
 
-def local_grams(X, idx, chunk: int = 256, dtype=np.float32, progress: bool = False):
+def local_grams(X, idx, chunk: int = 256, dtype=np.float32, progress: bool = False,
+                method: str = "auto"):
     """``(L, J)``: the local Gram blocks ``L[j] = X_{S_j}^T X_{S_j}`` (n x d x d, cast to
     ``dtype``) and the Jaccard similarity of each cell to its support (n x d, float64)
     from the peaks x cells ``X``.
 
-    X's peaks are split as for ``X^T X`` (:func:`~sccase_jax.start.crossprod_split`): the
-    peaks open in many cells go through dense batched products of each cell's d gathered
-    columns (d^2 multiply-adds a peak and cell, BLAS), the others through one sparse product
-    of a block-diagonal matrix per ``chunk`` cells (the d columns of each cell's support,
-    each cell's block of rows offset by m), whose work is exactly the pairs open together.
+    ``method="slabs"`` gathers them from column slabs of ``X^T X``
+    (:func:`~sccase_jax.start.crossprod_cols`, O(n b) memory, the work of the whole
+    ``X^T X``); ``"cells"`` splits X's peaks as for ``X^T X``: the peaks open in many cells
+    through dense batched products of each cell's d gathered columns (d^2 multiply-adds a
+    peak and cell), the others through one sparse product of a block-diagonal matrix per
+    ``chunk`` cells (the d columns of each cell's support, each cell's block of rows offset
+    by m), whose work is exactly the pairs open together (never n^2); ``"auto"``: slabs up
+    to :data:`SLAB_MAX_CELLS` cells.
     """
     from sccase_jax.start import crossprod_split
 
     idx = np.asarray(idx)
     n, d = idx.shape
+    if method == "auto":
+        method = "slabs" if n <= SLAB_MAX_CELLS else "cells"
+    if method == "slabs":
+        return _grams_from_slabs(X, idx, dtype, progress)
+    if method != "cells":
+        raise ValueError(f"method must be 'auto', 'slabs' or 'cells', got {method!r}")
     wide = np.dtype(dtype).itemsize > 4  # float64 asked for: float64 BLAS blocks too
     Xr, rows, S, dense_dtype = crossprod_split(X, dense_dtype=np.float64 if wide else np.float32)
     L = np.zeros((n, d, d), dtype)
@@ -188,6 +205,39 @@ def local_grams(X, idx, chunk: int = 256, dtype=np.float32, progress: bool = Fal
     union = sizes + sizes[:, :1] - inter
     J = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     return L, J
+
+
+def _grams_from_slabs(X, idx, dtype, progress: bool):
+    """:func:`local_grams` from column slabs ``X^T X[:, c0:c1]``: ``L[j, a, :]`` is row
+    ``idx[j, a]`` of G on the columns ``idx[j]``, filled from the slab holding column
+    ``idx[j, a]`` (G is symmetric); the overlaps of the Jaccard start from the binary
+    slabs likewise."""
+    from sccase_jax.start import crossprod_cols, crossprod_split
+
+    n, d = idx.shape
+    wide = np.dtype(dtype).itemsize > 4
+    real = crossprod_split(X, dense_dtype=np.float64 if wide else np.float32)
+    binary = crossprod_split(X, binary=True)
+    sizes = np.diff(sp.csc_matrix(binary[0]).indptr).astype(np.float64)  # open peaks a cell
+    flat = idx.ravel()
+    order = np.argsort(flat, kind="stable")
+    first = np.searchsorted(flat[order], np.arange(n + 1))  # each cell's entries in order
+    b = int(np.clip(min(SLAB_FLOATS // n, SLAB_FLOATS // (d * d)), 1, n))
+    L = np.empty((n, d, d), dtype)
+    inter = np.empty((n, d))
+    eta = _Eta("local Gram blocks", n, progress)
+    for c0 in range(0, n, b):
+        c1 = min(c0 + b, n)
+        cols = np.arange(c0, c1)
+        G = crossprod_cols(real, cols)  # n x (c1 - c0)
+        p = order[first[c0] : first[c1]]  # the (cell, slot) pairs whose candidate is in c0:c1
+        j, a = np.divmod(p, d)
+        L[j, a, :] = G[idx[j], (flat[p] - c0)[:, None]]
+        del G
+        inter[c0:c1] = crossprod_cols(binary, cols)[idx[c0:c1], (cols - c0)[:, None]]
+        eta(c1)
+    union = sizes[idx] + sizes[:, None] - inter
+    return L, np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 @partial(jax.jit, static_argnames=("c",))
