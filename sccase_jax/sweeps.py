@@ -39,13 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sccase_jax.fitting import FIT_OPTIONS, solver_config
+from sccase_jax.fitting import FIT_OPTIONS, _knn, solver_config
 from sccase_jax.options import FIT, Options, signature
 from sccase_jax.params import Factors, Hyperparams, SolverConfig
 from sccase_jax.problem import prepare
 from sccase_jax.result import FitResult
 from sccase_jax.solver.alternating import init_state, update
 from sccase_jax.solver.driver import drive, matmul_precision, to_result
+from sccase_jax.support.sweep import sweep_support
 from sccase_jax.validate import InputError, check_int, check_real
 
 __all__ = ["masked_run", "pad_factors", "sweep"]
@@ -125,20 +126,31 @@ def sweep(X, *, lams, ks, batch_size: int | None = None, solver: Callable | None
         scCASER reference loadings, as for ``fit``.
     **options
         The fit's options, as for :func:`~sccase_jax.fit` (``seed`` seeds the mask R and
-        the NMF starts of every member).
+        the NMF starts of every member).  With ``z_support="knn"`` (or ``"auto"`` above
+        20,000 cells, as in ``fit``) Z lives on each cell's support
+        (:mod:`sccase_jax.support.sweep`): K is a loop, lam is vmapped, and ``Z`` comes
+        back as an object array of scipy matrices, each member equal to ``fit``'s.
+
+    Every ``lams[i]``, ``ks[j]`` and ``hyper`` weight is checked before any work: a
+    negative, non-finite or non-numeric one is an :class:`~sccase_jax.validate.InputError`
+    naming it.
     """
     unknown = set(options) - set(FIT_OPTIONS)
     if unknown:
         raise InputError(f"sweep got unknown or unsupported option(s): {sorted(unknown)}")
     opts = Options(**options).resolved()
-    if opts.z_support == "knn":
-        raise InputError("sweep runs the dense fit only (z_support='knn' is fit/enhance's)")
     lams, ks = _grid(lams, ks, getattr(X, "shape", None))
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, 1)
     objective = getattr(solver, "objective", None)
     _check_hyper(solver, objective, hyper)
     config = solver_config(opts)
+    shape = getattr(X, "shape", ())
+    if _knn(opts, shape[1] if len(shape) == 2 else 0):
+        if solver is not None or P is not None:
+            raise InputError("sweep with z_support='knn' runs scCASE's alternating solver "
+                             "only (no solver, no reference P; use z_support='dense')")
+        return _sweep_knn(X, lams, ks, opts, config, batch_size, keep_factors, score, options)
     if config.z_step == "auto":
         # Under vmap a branch between the paper's and the free Z step runs both (three
         # products an iteration); the free step alone would form G S afresh in every
@@ -165,6 +177,23 @@ def sweep(X, *, lams, ks, batch_size: int | None = None, solver: Callable | None
 sweep.__signature__ = signature(
     sweep, FIT, keep=("X", "lams", "ks", "batch_size", "solver", "hyper", "score",
                       "keep_factors", "P"))
+
+
+def _sweep_knn(X, lams, ks, opts, config, batch_size, keep_factors, score, options) -> FitResult:
+    """The grid with Z on a support (:mod:`sccase_jax.support.sweep`): each member equal to
+    ``fit(..., z_support="knn")``, its Z a scipy matrix."""
+    out = sweep_support(X, lams, ks, opts, config, batch_size, keep_factors)
+    given = {k: v for k, v in options.items()
+             if k not in ("seed", "max_iter", "tol", "x_tol", "config", "progress")}
+    params = dict(given, seed=opts.seed, max_iter=opts.max_iter, tol=opts.tol, x_tol=opts.x_tol,
+                  k_max=int(ks.max()), config=config._asdict(), hyper=None,
+                  dtype=np.dtype(out["loss"].dtype).name, lams=lams, ks=ks, gram="support",
+                  z_support="knn", n_neighbors=int(opts.n_neighbors), knn_from=opts.knn_from,
+                  off_support=opts.off_support)
+    res = FitResult(**out).fetch(params, batched=True)
+    if score is not None:
+        res = res._replace(metrics=_scores(res, score))
+    return res
 
 
 def _grid(lams, ks, shape=None):
