@@ -12,7 +12,8 @@ In the spirit of ott-jax's ``Geometry`` (docs STYLE §8), the loss terms
   and a segment sum);
 * ``gap_sq(Z, A, Bm)``: ``||Z - A^T Bm||^2`` over every pair of cells (the similarity term);
 * ``gather(Z)``, ``to_dense(Z)``, ``to_host(Z)``: from and to a dense n x n Z, and Z on the
-  host (a NumPy array, or scipy CSC for a support).
+  host (a NumPy array, or scipy CSC for a support);
+* ``shard(mesh)``: the layout placed on a cells mesh (:func:`shard` places a whole fit).
 
 Two layouts:
 
@@ -40,7 +41,10 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import sparse as jsparse
+from jax.sharding import PartitionSpec
 
+from sccase_jax.sharding import AXIS, place
 from sccase_jax.support.objective import (
     apply_ell,
     apply_ell_t,
@@ -50,7 +54,7 @@ from sccase_jax.support.objective import (
     to_sparse,
 )
 
-__all__ = ["DenseLayout", "SupportLayout", "full_support", "local_grams"]
+__all__ = ["DenseLayout", "SupportLayout", "full_support", "local_grams", "shard"]
 
 
 def _sq(A):
@@ -106,6 +110,15 @@ class DenseLayout(NamedTuple):
 
     def to_host(self, Z):
         return np.asarray(Z)
+
+    def z_spec(self, axis: str):
+        """How Z is split over a cells mesh: by columns."""
+        return PartitionSpec(None, axis)
+
+    def shard(self, mesh, axis: str = AXIS) -> DenseLayout:
+        """This layout on ``mesh``: R and G split by columns over ``axis``."""
+        cols = PartitionSpec(None, axis)
+        return DenseLayout(place(self.R, mesh, cols), place(self.G, mesh, cols))
 
 
 class SupportLayout(NamedTuple):
@@ -163,6 +176,40 @@ class SupportLayout(NamedTuple):
 
     def to_host(self, V):
         return to_sparse(V, self.idx)
+
+    def z_spec(self, axis: str):
+        """How Z is split over a cells mesh: by rows (cells on the leading axis)."""
+        return PartitionSpec(axis)
+
+    def shard(self, mesh, axis: str = AXIS) -> SupportLayout:
+        """This layout on ``mesh``: idx, mask and L split by rows (cells) over ``axis``."""
+        rows = PartitionSpec(axis)
+        return SupportLayout(place(self.idx, mesh, rows), place(self.mask, mesh, rows),
+                             place(self.L, mesh, rows), place(jnp.asarray(self.off), mesh, PartitionSpec()))
+
+
+def shard(layout, data, factors, mesh, axis: str = AXIS):
+    """``(layout, data, factors)`` placed on a cells ``mesh``
+    (:func:`sccase_jax.sharding.cell_mesh`), every cells axis split over ``axis``.
+
+    Z as its layout splits it (:meth:`DenseLayout.z_spec`, :meth:`SupportLayout.z_spec`);
+    H (k x n) and a dense X (m x n) by columns; the batch one-hot and the depths by cells;
+    W, P, M and a ``BCOO`` X replicated.  The unchanged jitted fit then runs on the placed
+    arrays and XLA's SPMD partitioner adds the communication (as in
+    :mod:`sccase_jax.support.sharding`).  The number of cells must be a multiple of the
+    mesh size.
+    """
+    n = layout.n_cells
+    size = mesh.shape[axis]
+    if n % size:
+        raise ValueError(f"{n} cells do not split evenly over {size} devices; drop or pad cells")
+    rows, cols, rep = PartitionSpec(axis), PartitionSpec(None, axis), PartitionSpec()
+    X = data.X if isinstance(data.X, jsparse.BCOO) else place(data.X, mesh, cols)
+    data = data._replace(X=X, P=place(data.P, mesh, rep), M=place(data.M, mesh, rep),
+                         batch=place(data.batch, mesh, rows), depth=place(data.depth, mesh, rows))
+    factors = factors._replace(W=place(factors.W, mesh, rep), H=place(factors.H, mesh, cols),
+                               Z=place(factors.Z, mesh, layout.z_spec(axis)))
+    return layout.shard(mesh, axis), data, factors
 
 
 def local_grams(X, idx):
