@@ -2,6 +2,7 @@
 equal to the hand-written support and dense solvers on their problems, and monotone for
 terms they cannot fit (batch and depth on a support)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -66,7 +67,8 @@ def test_over_terms_equals_the_dense_solver():
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
 
 
-@pytest.mark.parametrize("h_step", ["backtrack", pytest.param("exact", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("h_step", ["backtrack", "exact"])
 def test_batch_and_depth_on_a_support_decrease_F(h_step):
     # scCASER's pull, the batch term and the depth term together on the support layout:
     # no hand-written solver fits this combination.
@@ -79,3 +81,24 @@ def test_batch_and_depth_on_a_support_decrease_F(h_step):
     assert all(np.all(np.asarray(a) >= 0) for a in (res.W, res.H, res.Z))
     end = objective.value(Factors(res.W, res.H, res.Z), data, layout)
     np.testing.assert_allclose(res.loss[-1], end, rtol=1e-10)
+
+
+def test_taylor_change_is_the_exact_change_of_F():
+    # Every built-in term is polynomial: the Taylor coefficients along a move sum to
+    # F(x + delta) - F(x) (degree 2 in Z and W, 4 in H).
+    from sccase_jax.solver.over_terms import DEGREE, polynomial, taylor_coefficients
+
+    data, _, layout, f, hp = _problem(seed=4, off=0.0, alpha=2.0)
+    f = f._replace(Z=layout.gather(f.Z))
+    objective = Objective((*sccase_terms(hp, depth=True), Batch(jnp.asarray(3.0))))
+    assert polynomial(objective)
+    rng = np.random.default_rng(0)
+    change = jax.jit(lambda f, delta, block: sum(taylor_coefficients(
+        objective, f, data, layout, block, delta, DEGREE[block])), static_argnums=2)
+    for block in ("W", "H", "Z"):
+        x = getattr(f, block)
+        delta = jnp.asarray(rng.standard_normal(x.shape)) * 0.1
+        got = change(f, delta, block)
+        want = (objective.value(f._replace(**{block: x + delta}), data, layout)
+                - objective.value(f, data, layout))
+        np.testing.assert_allclose(got, want, rtol=1e-9)

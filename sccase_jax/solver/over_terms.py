@@ -15,9 +15,10 @@ and the dense one onto the loss terms (:mod:`sccase_jax.terms`) and Z's layout
    coefficients are its Taylor coefficients at 0, four nested :func:`jax.jvp` (exact for
    every term at most quartic in H along a line, as all built-ins are).
 
-Each move is accepted on ``F(new) - F(old)`` from two values of the objective (the
-hand-written solvers use exact differences of the iterates instead, which resolve smaller
-changes; for float64 fits the two agree, ``tests/test_over_terms.py``).  Not yet here: the
+Each move is accepted on its exact change of F: for terms marked ``polynomial`` (every
+built-in) the sum of F's Taylor coefficients along the move (nested :func:`jax.jvp`, to
+degree 2 in Z and W and 4 in H), which is of the order of the change itself, as the
+hand-written solvers' differences of the iterates are; for other terms ``F(new) - F(old)``.  Not yet here: the
 "free" and "auto" Z rules (every ``z_step`` runs the gradient step, as in the support
 solver), the printed W step, the Gram cache ``G S`` that makes the dense Z step two
 products, and the wiring into ``fit``/``sweep``/``enhance``.
@@ -34,7 +35,8 @@ from sccase_jax.params import Factors, SolverConfig
 from sccase_jax.solver.driver import advance, drive, matmul_precision, to_result, tracked_fields
 from sccase_jax.solver.linesearch import exact_h_step, line_search, safe_div
 
-__all__ = ["TermsState", "init_state", "quartic_coefficients", "run", "update"]
+__all__ = ["DEGREE", "TermsState", "init_state", "polynomial", "quartic_coefficients",
+           "run", "taylor_coefficients", "update"]
 
 
 class TermsState(NamedTuple):
@@ -57,29 +59,55 @@ def init_state(objective, data, layout, factors: Factors, config: SolverConfig) 
     return TermsState(*factors, **tracked_fields(F, factors.W.dtype, config))
 
 
-def quartic_coefficients(objective, factors, data, layout, block: str, U):
-    """``(c1, c2, c3, c4)``: the Taylor coefficients at 0 of ``F(x - t U)`` in ``block``."""
+# The degree of F along a line in each block, for terms marked ``polynomial``: every
+# built-in term is at most quadratic in Z and in W and at most quartic in H.
+DEGREE = {"Z": 2, "W": 2, "H": 4}
+
+
+def taylor_coefficients(objective, factors, data, layout, block: str, delta, order: int):
+    """``(c1, ..., c_order)``, ``c_i = phi^(i)(0) / i!`` of ``phi(s) = F(x + s delta)`` in
+    ``block``: nested :func:`jax.jvp`, no difference of two values of F."""
     x = getattr(factors, block)
 
     def phi(t):
-        return objective.value(factors._replace(**{block: x - t * U}), data, layout)
+        return objective.value(factors._replace(**{block: x + t * delta}), data, layout)
 
     def deriv(f):
         return lambda t: jax.jvp(f, (t,), (jnp.ones_like(t),))[1]
 
     t0 = jnp.zeros((), x.dtype)
-    d1 = deriv(phi)
-    d2 = deriv(d1)
-    d3 = deriv(d2)
-    d4 = deriv(d3)
-    return d1(t0), d2(t0) / 2.0, d3(t0) / 6.0, d4(t0) / 24.0
+    out, f, fact = [], phi, 1.0
+    for i in range(1, order + 1):
+        f, fact = deriv(f), fact * i
+        out.append(f(t0) / fact)
+    return tuple(out)
+
+
+def quartic_coefficients(objective, factors, data, layout, block: str, U):
+    """``(c1, c2, c3, c4)``: the Taylor coefficients at 0 of ``F(x - t U)`` in ``block``."""
+    return taylor_coefficients(objective, factors, data, layout, block, -U, 4)
+
+
+def polynomial(objective) -> bool:
+    """Whether every term is marked polynomial (of the degrees of :data:`DEGREE`)."""
+    return all(getattr(t, "polynomial", False) for t in objective.terms)
 
 
 def _move(objective, f: Factors, data, layout, block: str, D, d0, shrink, trials, config, F_here):
-    """Projected, guarded line search ``max(x - d D, 0)`` in ``block``; ``(x_new, dF)``."""
+    """Projected, guarded line search ``max(x - d D, 0)`` in ``block``; ``(x_new, dF)``.
+
+    A trial's change of F is the sum of F's Taylor coefficients along the move when every
+    term is polynomial (exact, and of the order of the change itself: no cancellation of
+    two large values of F, as in the hand-written solvers), else ``F(new) - F(old)``.
+    """
     zero = jnp.zeros((), F_here.dtype)
+    x = getattr(f, block)
+    exact = polynomial(objective)
 
     def change(xc, _d):
+        if exact:
+            return sum(taylor_coefficients(objective, f, data, layout, block, xc - x,
+                                           DEGREE[block])), None
         return objective.value(f._replace(**{block: xc}), data, layout) - F_here, None
 
     x_new, dF, _ = line_search(getattr(f, block), D, d0, shrink, trials, change, zero, None,

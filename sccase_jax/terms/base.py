@@ -77,6 +77,9 @@ class Term:
     """Base of every loss term (subclasses are registered with :func:`register_term`)."""
 
     leaves: tuple = ("weight",)
+    # True: at most quadratic in Z and in W, quartic in H, along any line (every built-in
+    # term): a solver may then compute a move's change of F from Taylor coefficients.
+    polynomial: bool = False
 
     def value(self, factors: Factors, data: TermData, layout) -> Any:
         """The term's value (a scalar); pure and jittable."""

@@ -62,6 +62,8 @@ def _zeros(factors):
 class DataFit(Term):
     """``weight ||X (Z o R) - W H||^2`` (weight 1 in scCASE)."""
 
+    polynomial = True
+
     weight: Any = 1.0
 
     def value(self, factors, data: TermData, layout):
@@ -85,6 +87,8 @@ class DataFit(Term):
 class Similarity(Term):
     """``weight ||Z - H^T H||^2`` (weight ``lam``); off the support weighed by ``layout.off``."""
 
+    polynomial = True
+
     weight: Any = 1e6
 
     def value(self, factors, data, layout):
@@ -105,6 +109,8 @@ class Similarity(Term):
 class RidgeW(Term):
     """``weight ||W||^2`` (weight ``gamma1``)."""
 
+    polynomial = True
+
     weight: Any = 1.0
 
     def value(self, factors, data, layout):
@@ -118,6 +124,8 @@ class RidgeW(Term):
 class RidgeH(Term):
     """``weight ||H||^2`` (weight ``gamma2``)."""
 
+    polynomial = True
+
     weight: Any = 1.0
 
     def value(self, factors, data, layout):
@@ -130,6 +138,8 @@ class RidgeH(Term):
 @register_term("reference")
 class Reference(Term):
     """scCASER's pull ``weight ||P - W o M||^2`` (weight ``alpha``; ``M`` the k column mask)."""
+
+    polynomial = True
 
     weight: Any = 0.0
 
@@ -147,6 +157,8 @@ class Batch(Term):
     r"""The batch term ``weight ||A Z||^2 = weight sum_c n_c ||m_c - m||^2`` (weight
     ``mu = beta lam``): ``m_c`` the batch means of Z's columns, ``m`` their overall means."""
 
+    polynomial = True
+
     weight: Any = 1e6
 
     def value(self, factors, data: TermData, layout):
@@ -162,6 +174,8 @@ class Batch(Term):
 class Depth(Term):
     """The depth term ``weight ||Z - diag(p) H^T H||^2`` (weight ``lam``; ``p = data.depth``),
     in place of :class:`Similarity`."""
+
+    polynomial = True
 
     weight: Any = 1e6
 
