@@ -39,14 +39,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sccase_jax.fitting import FIT_OPTIONS, solver_config
+from sccase_jax.fitting import FIT_OPTIONS, _knn, solver_config
 from sccase_jax.options import FIT, Options, signature
 from sccase_jax.params import Factors, Hyperparams, SolverConfig
 from sccase_jax.problem import prepare
 from sccase_jax.result import FitResult
 from sccase_jax.solver.alternating import init_state, update
 from sccase_jax.solver.driver import drive, matmul_precision, to_result
-from sccase_jax.validate import InputError
+from sccase_jax.support.sweep import sweep_support
+from sccase_jax.validate import InputError, check_int, check_real
 
 __all__ = ["masked_run", "pad_factors", "sweep"]
 
@@ -125,24 +126,36 @@ def sweep(X, *, lams, ks, batch_size: int | None = None, solver: Callable | None
         scCASER reference loadings, as for ``fit``.
     **options
         The fit's options, as for :func:`~sccase_jax.fit` (``seed`` seeds the mask R and
-        the NMF starts of every member).
+        the NMF starts of every member).  With ``z_support="knn"`` (or ``"auto"`` above
+        20,000 cells, as in ``fit``) Z lives on each cell's support
+        (:mod:`sccase_jax.support.sweep`): K is a loop, lam is vmapped, and ``Z`` comes
+        back as an object array of scipy matrices, each member equal to ``fit``'s.
+
+    Every ``lams[i]``, ``ks[j]`` and ``hyper`` weight is checked before any work: a
+    negative, non-finite or non-numeric one is an :class:`~sccase_jax.validate.InputError`
+    naming it.
     """
     unknown = set(options) - set(FIT_OPTIONS)
     if unknown:
         raise InputError(f"sweep got unknown or unsupported option(s): {sorted(unknown)}")
     opts = Options(**options).resolved()
-    if opts.z_support == "knn":
-        raise InputError("sweep runs the dense fit only (z_support='knn' is fit/enhance's)")
-    lams, ks = _grid(lams, ks)
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    lams, ks = _grid(lams, ks, getattr(X, "shape", None))
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, 1)
+    objective = getattr(solver, "objective", None)
+    _check_hyper(solver, objective, hyper)
     config = solver_config(opts)
+    shape = getattr(X, "shape", ())
+    if _knn(opts, shape[1] if len(shape) == 2 else 0):
+        if solver is not None or P is not None:
+            raise InputError("sweep with z_support='knn' runs scCASE's alternating solver "
+                             "only (no solver, no reference P; use z_support='dense')")
+        return _sweep_knn(X, lams, ks, opts, config, batch_size, keep_factors, score, options)
     if config.z_step == "auto":
         # Under vmap a branch between the paper's and the free Z step runs both (three
         # products an iteration); the free step alone would form G S afresh in every
         # iteration (its refresh is a branch too).  The paper's step costs two.
         config = config._replace(z_step="gradient")
-    objective = getattr(solver, "objective", None)
     if objective is not None and "x_format" not in options:
         opts = opts.replace(x_format="dense")  # the registered objectives take a dense X
     data, Z0, hp0, starts = _starts(X, ks, lams, opts, P)
@@ -166,14 +179,60 @@ sweep.__signature__ = signature(
                       "keep_factors", "P"))
 
 
-def _grid(lams, ks):
-    lams = np.atleast_1d(np.asarray(lams, dtype=float))
-    ks = np.atleast_1d(np.asarray(ks))
+def _sweep_knn(X, lams, ks, opts, config, batch_size, keep_factors, score, options) -> FitResult:
+    """The grid with Z on a support (:mod:`sccase_jax.support.sweep`): each member equal to
+    ``fit(..., z_support="knn")``, its Z a scipy matrix."""
+    out = sweep_support(X, lams, ks, opts, config, batch_size, keep_factors)
+    given = {k: v for k, v in options.items()
+             if k not in ("seed", "max_iter", "tol", "x_tol", "config", "progress")}
+    params = dict(given, seed=opts.seed, max_iter=opts.max_iter, tol=opts.tol, x_tol=opts.x_tol,
+                  k_max=int(ks.max()), config=config._asdict(), hyper=None,
+                  dtype=np.dtype(out["loss"].dtype).name, lams=lams, ks=ks, gram="support",
+                  z_support="knn", n_neighbors=int(opts.n_neighbors), knn_from=opts.knn_from,
+                  off_support=opts.off_support)
+    res = FitResult(**out).fetch(params, batched=True)
+    if score is not None:
+        res = res._replace(metrics=_scores(res, score))
+    return res
+
+
+def _grid(lams, ks, shape=None):
+    """The grid as 1-d arrays, every member checked before any work.
+
+    Each ``lams[i]`` must be a finite number >= 0 and each ``ks[j]`` an integer >= 1 (and at
+    most ``min(peaks, cells)`` when ``shape`` is known): a bad value anywhere in the grid is
+    an :class:`InputError` naming it, not a fit that diverges inside a batch.
+    """
+    lams, ks = np.atleast_1d(np.asarray(lams, dtype=object)), np.atleast_1d(np.asarray(ks, dtype=object))
     if lams.ndim != 1 or ks.ndim != 1 or not lams.size or not ks.size:
         raise InputError("lams and ks must be non-empty 1-d sequences")
-    if not np.issubdtype(ks.dtype, np.integer):
-        raise InputError(f"ks must be integers, got {ks}")
+    lams = np.array([check_real(f"lams[{i}]", lam) for i, lam in enumerate(lams)], dtype=float)
+    for j, k in enumerate(ks):
+        if not isinstance(k, (int, np.integer)) or isinstance(k, (bool, np.bool_)):
+            raise InputError(f"ks must be integers, got ks[{j}] = {k!r}")
+    ks = np.array([check_int(f"ks[{j}]", k, 1) for j, k in enumerate(ks)])
+    if shape is not None and len(shape) == 2 and ks.max() > min(shape):
+        j = int(np.argmax(ks > min(shape)))
+        raise InputError(f"ks[{j}] = {ks[j]} exceeds min(peaks, cells) = {min(shape)}")
     return lams, ks
+
+
+def _check_hyper(solver, objective, hyper) -> None:
+    """Every fixed weight of a variant solver: a known name and a finite number >= 0."""
+    if hyper is None:
+        return
+    if solver is None:
+        raise InputError("hyper is for variant solvers; pass gamma1/gamma2/alpha instead")
+    if not isinstance(hyper, dict):
+        raise InputError(f"hyper must be a dict of weights, got {type(hyper).__name__}")
+    if "lam" in hyper:
+        raise InputError("hyper must not set lam: the sweep's lams give each member's lam")
+    known = dict(objective.defaults) if objective is not None else None
+    for name, value in hyper.items():
+        if known is not None and name not in known:
+            raise InputError(f"objective {objective.name!r} has no weight {name!r} "
+                             f"(its weights: {sorted(known)})")
+        check_real(f"hyper[{name!r}]", value)
 
 
 def _starts(X, ks, lams, opts: Options, P):
@@ -197,8 +256,6 @@ def _member_weights(hp0, lams, K: int, solver, objective, hyper):
     N = len(lams) * K
     lam_m = jnp.asarray(np.repeat(lams, K), hp0.lam.dtype)
     if solver is None:
-        if hyper is not None:
-            raise InputError("hyper is for variant solvers; pass gamma1/gamma2/alpha instead")
         return Hyperparams(lam_m, *(jnp.broadcast_to(v, (N,)) for v in hp0[1:]))
     if objective is None:
         raise InputError("solver must carry its objective (use solver.member_solver)")

@@ -106,10 +106,31 @@ def test_knn_auto_threshold_and_refusals():
         Options(z_support="sparse")
 
 
-def test_sweep_refuses_the_knn_support():
-    C, _ = counts()
-    with pytest.raises(sccase_jax.InputError, match="dense fit only"):
-        sccase_jax.sweep(tfidf_x(C), lams=[1e6], ks=[3], z_support="knn")
+def test_knn_sweep_equals_separate_knn_fits():
+    C, _ = counts(n=40, m=60)
+    X = tfidf_x(C)
+    opts = dict(z_support="knn", n_neighbors=6, max_iter=4, tol=0.0, seed=1)
+    # batch_size 2 over 3 lams: two batches, the last one padded.
+    res = sccase_jax.sweep(X, lams=[1e3, 1e5, 1e6], ks=[2, 3], batch_size=2, **opts)
+    assert res.Z.shape == (3, 2) and res.W.shape == (3, 2, X.shape[0], 3)
+    assert res.params["z_support"] == "knn"
+    for i, lam in enumerate([1e3, 1e5, 1e6]):
+        for j, k in enumerate([2, 3]):
+            one = sccase_jax.fit(X, k, lam=lam, **opts)
+            mem = res.member(i, j)
+            assert mem.n_iter == one.n_iter and mem.status == one.status
+            np.testing.assert_allclose(mem.loss, one.loss, rtol=1e-8)
+            np.testing.assert_allclose(mem.W, one.W, rtol=1e-7, atol=1e-12)
+            np.testing.assert_allclose(mem.H, one.H, rtol=1e-7, atol=1e-12)
+            assert sp.issparse(mem.Z) and mem.Z.shape == (40, 40)
+            np.testing.assert_allclose(mem.Z.toarray(), one.Z.toarray(), rtol=1e-7, atol=1e-12)
+    assert np.all(res.W[:, 0, :, 2] == 0) and np.all(res.H[:, 0, 2] == 0)
+
+
+def test_knn_sweep_refuses_a_reference_and_variant_solvers():
+    C, _ = counts(n=30, m=40)
+    with pytest.raises(sccase_jax.InputError, match="z_support='knn'"):
+        sccase_jax.sweep(tfidf_x(C), lams=[1e6], ks=[3], z_support="knn", P=np.ones((40, 1)))
 
 
 def test_knn_refuses_the_batch_term():

@@ -127,3 +127,39 @@ def test_sweep_rejects_bad_input():
         sweep(X, lams=[1.0], ks=[2], batch_size=0)
     with pytest.raises(InputError, match="hyper"):
         sweep(X, lams=[1.0], ks=[2], hyper={"beta": 1.0})
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(lams=[1.0, -5.0], ks=[3]), r"lams\[1\].*-5"),
+    (dict(lams=[1.0, float("nan")], ks=[3]), r"lams\[1\]"),
+    (dict(lams=[1.0, 2.0, float("inf")], ks=[3]), r"lams\[2\]"),
+    (dict(lams=[1.0, "a"], ks=[3]), r"lams\[1\].*'a'"),
+    (dict(lams=[1.0], ks=[3, 0]), r"ks\[1\].*>= 1"),
+    (dict(lams=[1.0], ks=[3, -2]), r"ks\[1\]"),
+    (dict(lams=[1.0], ks=[2, True]), r"ks\[1\]"),
+    (dict(lams=[1.0], ks=[2, 99]), r"ks\[1\] = 99 exceeds"),
+    (dict(lams=[1.0], ks=[2], batch_size=2.5), "batch_size"),
+])
+def test_sweep_checks_every_member_before_any_work(kwargs, match, monkeypatch):
+    # The bug: only lams[0] was checked (lams=[1, -5] ran and returned F = -7.3e27).
+    import sccase_jax.sweeps as sweeps
+
+    def no_work(*a, **k):
+        raise AssertionError("the grid must be checked before any start is built")
+
+    monkeypatch.setattr(sweeps, "prepare", no_work)
+    with pytest.raises(InputError, match=match):
+        sweep(_data(), **kwargs)
+
+
+def test_sweep_checks_every_variant_weight_before_any_work(monkeypatch):
+    import sccase_jax.sweeps as sweeps
+
+    monkeypatch.setattr(sweeps, "prepare", lambda *a, **k: pytest.fail("work before the check"))
+    solver = member_solver("sccase_l1z", optax.adam(1e-2))
+    with pytest.raises(InputError, match=r"hyper\['beta'\].*-1"):
+        sweep(_data(), lams=[1.0], ks=[2], solver=solver, hyper={"beta": -1.0})
+    with pytest.raises(InputError, match="no weight 'eta'"):
+        sweep(_data(), lams=[1.0], ks=[2], solver=solver, hyper={"eta": 1.0})
+    with pytest.raises(InputError, match="lam"):
+        sweep(_data(), lams=[1.0], ks=[2], solver=solver, hyper={"lam": 1.0})

@@ -1,0 +1,189 @@
+r"""Loss terms as objects: a term is a pure function of the factors, the data and Z's layout.
+
+A term is a small frozen dataclass whose weights are pytree leaves (so a sum of terms can be
+``jit``-ed and ``vmap``-ed over its weights) and whose other settings are static.  It
+states its ``value(factors, data, layout)`` once, against the layout's operations
+(:mod:`sccase_jax.layout`), so one statement serves the dense and the support layout.
+Its ``grad`` is analytic where a term writes one (the tests check it against
+:func:`jax.grad`), else :func:`jax.grad` of ``value``.
+
+Exact steps from autodiff.  Along a direction ``D`` of one block (``"W"``, ``"H"`` or
+``"Z"``) with the others fixed, ``q(t) = F(x + t D)`` has
+
+.. math::
+
+    q'(0) = \langle g, D\rangle ,\qquad q''(t) = \langle D, \nabla^2 F(x + t D)\, D\rangle ,
+
+and ``\nabla^2 F\, D`` is the directional derivative of the gradient, one
+:func:`jax.jvp` of ``grad``.  When ``F`` is quadratic along the line (every built-in term is,
+in Z and in W) ``q''`` is constant and the minimiser is
+
+.. math::
+
+    t^* = -\frac{\langle g, D\rangle}{\langle D, \nabla^2 F\, D\rangle}
+
+(0 when the curvature is not positive and finite: no move instead of a wrong one).  A term
+that is not quadratic along the line gets the Newton step of its value from ``x``, which is
+what the line searches guard.  So a new term gets exact Z and W steps without a
+hand-derived formula: :meth:`Term.slope_curvature` is the only place they are computed, and
+:class:`Objective` sums the slopes and curvatures of its terms before dividing.
+
+Registration.  :func:`register_term` makes a class a frozen dataclass pytree (the fields
+named in its ``leaves``, ``("weight",)`` by default, are leaves; the rest are static) and
+enters it in :data:`TERMS` under a name; the built-in names cannot be replaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sccase_jax.params import Factors
+from sccase_jax.solver.linesearch import safe_div
+
+__all__ = [
+    "BLOCKS",
+    "TERMS",
+    "Objective",
+    "Term",
+    "TermData",
+    "get_term",
+    "register_term",
+]
+
+BLOCKS = ("W", "H", "Z")
+
+
+class TermData(NamedTuple):
+    """What the terms read besides the factors and the layout (fixed during a fit).
+
+    ``X`` (peaks x cells, dense or ``BCOO``); ``P`` (m x k) and ``M`` (k, 1.0 on the
+    reference columns) for scCASER's reference pull; ``batch`` (n x B one-hot) for the batch
+    term; ``depth`` (n relative depths) for the depth term.  ``None``: not used.
+    """
+
+    X: Any
+    P: Any = None
+    M: Any = None
+    batch: Any = None
+    depth: Any = None
+
+
+class Term:
+    """Base of every loss term (subclasses are registered with :func:`register_term`)."""
+
+    leaves: tuple = ("weight",)
+    # True: at most quadratic in Z and in W, quartic in H, along any line (every built-in
+    # term): a solver may then compute a move's change of F from Taylor coefficients.
+    polynomial: bool = False
+
+    def value(self, factors: Factors, data: TermData, layout) -> Any:
+        """The term's value (a scalar); pure and jittable."""
+        raise NotImplementedError
+
+    def grad(self, factors: Factors, data: TermData, layout) -> Factors:
+        """``Factors(dW, dH, dZ)``: :func:`jax.grad` of :meth:`value` unless a term writes it."""
+        return jax.grad(lambda f: self.value(f, data, layout))(factors)
+
+    def slope_curvature(self, factors: Factors, data: TermData, layout, block: str, D):
+        """``(<g, D>, <D, Hess D>)`` along ``D`` of ``block``, the curvature by :func:`jax.jvp`
+        of :meth:`grad` (exact for an analytic gradient too: it is differentiated as written)."""
+        return _slope_curvature(self.grad, factors, data, layout, block, D)
+
+    def exact_step(self, factors: Factors, data: TermData, layout, block: str, D):
+        """The minimiser ``t*`` of the term along ``x + t D`` (see the module docstring)."""
+        slope, curv = self.slope_curvature(factors, data, layout, block, D)
+        return safe_div(-slope, curv)
+
+
+def _slope_curvature(grad: Callable, factors, data, layout, block: str, D):
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
+
+    def g(x):
+        return getattr(grad(factors._replace(**{block: x}), data, layout), block)
+
+    gx, hD = jax.jvp(g, (getattr(factors, block),), (D,))
+    return jnp.vdot(gx, D), jnp.vdot(D, hD)
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True, eq=False)
+class Objective:
+    """A sum of terms: its value, gradient and exact steps are the sums of the terms'."""
+
+    terms: tuple
+
+    def value(self, factors, data, layout):
+        return sum(t.value(factors, data, layout) for t in self.terms)
+
+    def grad(self, factors, data, layout) -> Factors:
+        grads = [t.grad(factors, data, layout) for t in self.terms]
+        return jax.tree.map(lambda *g: sum(g), *grads)
+
+    def slope_curvature(self, factors, data, layout, block: str, D):
+        parts = [t.slope_curvature(factors, data, layout, block, D) for t in self.terms]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    def exact_step(self, factors, data, layout, block: str, D):
+        slope, curv = self.slope_curvature(factors, data, layout, block, D)
+        return safe_div(-slope, curv)
+
+    def tree_flatten(self):
+        return (self.terms,), None
+
+    @classmethod
+    def tree_unflatten(cls, _aux, children):
+        return cls(tuple(children[0]))
+
+
+TERMS: dict[str, type] = {}
+BUILTIN = frozenset({"data", "similarity", "ridge_w", "ridge_h", "reference", "batch", "depth"})
+
+
+def register_term(name: str, *, replace: bool = False):
+    """Decorator: make ``cls`` a frozen dataclass pytree and register it under ``name``.
+
+    .. code-block:: python
+
+        @register_term("l1_z")
+        class L1Z(Term):
+            weight: float
+
+            def value(self, factors, data, layout):
+                return self.weight * jnp.sum(jnp.abs(factors.Z))
+
+    The fields named in ``cls.leaves`` (default ``("weight",)``) are pytree leaves, the
+    others static.  A registered name is replaced only with ``replace=True``, a built-in
+    one never.
+    """
+
+    def add(cls):
+        if name in TERMS and (name in BUILTIN or not replace):
+            why = "a built-in term" if name in BUILTIN else "registered (pass replace=True)"
+            raise ValueError(f"term {name!r} is already {why}")
+        if not issubclass(cls, Term):
+            raise TypeError(f"{cls.__name__} must subclass sccase_jax.terms.Term")
+        if "__dataclass_fields__" not in cls.__dict__:
+            cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        leaves = [f for f in names if f in cls.leaves]
+        jax.tree_util.register_dataclass(
+            cls, data_fields=leaves, meta_fields=[f for f in names if f not in leaves])
+        cls.name = name
+        TERMS[name] = cls
+        return cls
+
+    return add
+
+
+def get_term(name: str) -> type:
+    """The term class registered under ``name``."""
+    try:
+        return TERMS[name]
+    except KeyError:
+        raise ValueError(f"unknown term {name!r}; registered: {sorted(TERMS)}") from None

@@ -1,0 +1,104 @@
+"""The alternating step over (layout, terms) (sccase_jax.solver.over_terms), float64:
+equal to the hand-written support and dense solvers on their problems, and monotone for
+terms they cannot fit (batch and depth on a support)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sccase_jax.layout import DenseLayout, SupportLayout
+from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
+from sccase_jax.solver.alternating import run as dense_run
+from sccase_jax.solver.over_terms import run as terms_run
+from sccase_jax.support.objective import SupportData
+from sccase_jax.support.solver import run as support_run
+from sccase_jax.terms import Batch, Objective, TermData, sccase_terms
+
+
+def _problem(seed=0, m=15, n=10, d=4, k=3, off=1.0, alpha=0.0, lam=20.0):
+    rng = np.random.default_rng(seed)
+    X = jnp.asarray(rng.random((m, n)) * (rng.random((m, n)) < 0.5))
+    R = jnp.asarray(rng.random((n, n)) < 0.9)
+    idx = np.stack([np.concatenate([[j], rng.permutation(np.delete(np.arange(n), j))[: d - 1]])
+                    for j in range(n)]).astype(np.int32)
+    layout = SupportLayout.create(X, idx, np.ones(idx.shape, bool), off)
+    layout = layout._replace(mask=layout.gather(R))
+    P, M = np.zeros((m, k)), np.zeros(k)
+    if alpha:
+        P[:, 0], M[0] = rng.random(m), 1.0
+    data = TermData(X, P=jnp.asarray(P), M=jnp.asarray(M),
+                    batch=jnp.asarray(np.eye(2)[np.arange(n) % 2]), depth=jnp.asarray(rng.random(n) + 0.5))
+    f = Factors(jnp.asarray(rng.random((m, k))), jnp.asarray(rng.random((k, n))),
+                jnp.asarray(rng.random((n, n)) / n))
+    hp = Hyperparams.create(lam, 1.0, 1.0, alpha, dtype=jnp.float64)
+    return data, R, layout, f, hp
+
+
+@pytest.mark.parametrize(("h_step", "off", "alpha"), [
+    ("backtrack", 0.0, 2.0),
+    # off = 1 drives W, H and Z towards 0 (docs/atlas.md): the paths agree all the same.
+    pytest.param("exact", 1.0, 0.0, marks=pytest.mark.slow),
+])
+def test_over_terms_equals_the_support_solver(h_step, off, alpha):
+    data, R, layout, f, hp = _problem(off=off, alpha=alpha)
+    config = SolverConfig(max_iter=6, tol=0.0, h_step=h_step)
+    V0 = layout.gather(f.Z)
+    res = terms_run(Objective(sccase_terms(hp)), data, layout, f._replace(Z=V0), config)
+    sdata = SupportData(data.X, layout.idx, layout.mask, layout.L, data.P, data.M, layout.off)
+    want = support_run(sdata, f.W, f.H, V0, hp, config)
+    assert int(res.n_iter) == int(want.n_iter) == 6
+    if off == 0:
+        assert float(jnp.min(res.loss)) > 1e-3 * float(res.initial_loss)  # not W = H = 0
+    np.testing.assert_allclose(res.loss, want.loss, rtol=1e-9, atol=1e-12 * float(want.initial_loss))
+    for a, b in ((res.W, want.W), (res.H, want.H), (res.Z, want.Z)):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
+
+
+def test_over_terms_equals_the_dense_solver():
+    data, R, _, f, hp = _problem(seed=1)
+    layout = DenseLayout.create(data.X, R)
+    config = SolverConfig(max_iter=6, tol=0.0, z_step="gradient")
+    res = terms_run(Objective(sccase_terms(hp)), data, layout, f, config)
+    dense = Data(X=data.X, G=layout.G, R=R, P=data.P, M=data.M)
+    want = dense_run(dense, f, hp, config)
+    np.testing.assert_allclose(res.loss, want.loss, rtol=1e-9)
+    for a, b in ((res.W, want.W), (res.H, want.H), (res.Z, want.Z)):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("h_step", ["backtrack", "exact"])
+def test_batch_and_depth_on_a_support_decrease_F(h_step):
+    # scCASER's pull, the batch term and the depth term together on the support layout:
+    # no hand-written solver fits this combination.
+    data, _, layout, f, hp = _problem(seed=2, off=0.0, alpha=2.0)
+    objective = Objective((*sccase_terms(hp, depth=True), Batch(jnp.asarray(10.0))))
+    res = terms_run(objective, data, layout, f._replace(Z=layout.gather(f.Z)),
+                    SolverConfig(max_iter=10, tol=0.0, h_step=h_step))
+    hist = np.concatenate([[float(res.initial_loss)], np.asarray(res.loss)])
+    assert np.all(np.diff(hist) <= 1e-12 * np.abs(hist[:-1])) and hist[-1] < hist[0]
+    assert all(np.all(np.asarray(a) >= 0) for a in (res.W, res.H, res.Z))
+    end = objective.value(Factors(res.W, res.H, res.Z), data, layout)
+    np.testing.assert_allclose(res.loss[-1], end, rtol=1e-10)
+
+
+def test_taylor_change_is_the_exact_change_of_F():
+    # Every built-in term is polynomial: the Taylor coefficients along a move sum to
+    # F(x + delta) - F(x) (degree 2 in Z and W, 4 in H).
+    from sccase_jax.solver.over_terms import DEGREE, polynomial, taylor_coefficients
+
+    data, _, layout, f, hp = _problem(seed=4, off=0.0, alpha=2.0)
+    f = f._replace(Z=layout.gather(f.Z))
+    objective = Objective((*sccase_terms(hp, depth=True), Batch(jnp.asarray(3.0))))
+    assert polynomial(objective)
+    rng = np.random.default_rng(0)
+    change = jax.jit(lambda f, delta, block: sum(taylor_coefficients(
+        objective, f, data, layout, block, delta, DEGREE[block])), static_argnums=2)
+    for block in ("W", "H", "Z"):
+        x = getattr(f, block)
+        delta = jnp.asarray(rng.standard_normal(x.shape)) * 0.1
+        got = change(f, delta, block)
+        want = (objective.value(f._replace(**{block: x + delta}), data, layout)
+                - objective.value(f, data, layout))
+        np.testing.assert_allclose(got, want, rtol=1e-9)
