@@ -210,15 +210,12 @@ def local_grams(X, idx, chunk: int = 256, dtype=np.float32, progress: bool = Fal
 def _grams_from_slabs(X, idx, dtype, progress: bool):
     """:func:`local_grams` from column slabs ``X^T X[:, c0:c1]``: ``L[j, a, :]`` is row
     ``idx[j, a]`` of G on the columns ``idx[j]``, filled from the slab holding column
-    ``idx[j, a]`` (G is symmetric); the overlaps of the Jaccard start from the binary
-    slabs likewise."""
+    ``idx[j, a]`` (G is symmetric)."""
     from sccase_jax.start import crossprod_cols, crossprod_split
 
     n, d = idx.shape
     wide = np.dtype(dtype).itemsize > 4
     real = crossprod_split(X, dense_dtype=np.float64 if wide else np.float32)
-    binary = crossprod_split(X, binary=True)
-    sizes = np.diff(sp.csc_matrix(binary[0]).indptr).astype(np.float64)  # open peaks a cell
     flat = idx.ravel()
     order = np.argsort(flat, kind="stable")
     first = np.searchsorted(flat[order], np.arange(n + 1))  # each cell's entries in order
@@ -234,8 +231,13 @@ def _grams_from_slabs(X, idx, dtype, progress: bool):
         j, a = np.divmod(p, d)
         L[j, a, :] = G[idx[j], (flat[p] - c0)[:, None]]
         del G
-        inter[c0:c1] = crossprod_cols(binary, cols)[idx[c0:c1], (cols - c0)[:, None]]
         eta(c1)
+    # the Jaccard start's overlaps |a_j & a_l| for the n d pairs alone: one elementwise
+    # product of binary columns per slot (O(nnz) each), not a second X^T X
+    Xb = _binary_csc(X)
+    sizes = np.diff(Xb.indptr).astype(np.float64)  # open peaks a cell
+    for a in range(d):
+        inter[:, a] = np.asarray(Xb.multiply(Xb[:, idx[:, a]]).sum(axis=0)).ravel()
     union = sizes[idx] + sizes[:, None] - inter
     return L, np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
