@@ -101,7 +101,7 @@ def realistic_counts(n_cells: int, n_peaks: int, nnz_per_cell: float = 4000.0, s
     cell_type = rng.choice(names.size, n_cells, p=sizes / sizes.sum())
     depth = rng.lognormal(0.0, 0.4, n_cells)
     # Scale so that the expected number of open peaks a cell is nnz_per_cell (before the cap).
-    mean_open = float(np.mean(prof[cell_type].sum(axis=1) * depth))
+    mean_open = float(np.mean(prof.sum(axis=1)[cell_type] * depth))  # never cells x peaks
     prof = (prof * (nnz_per_cell / mean_open)).astype(np.float32)
 
     blocks = []

@@ -191,7 +191,7 @@ def _nndsvda(xa, xtb, shape, dtype, k, key, n_power: int = 4):
     # The leading pair is non-negative up to sign: use its absolute values.
     W = W.at[:, 0].set(jnp.sqrt(s[0]) * jnp.abs(U[:, 0]))
     H = H.at[0].set(jnp.sqrt(s[0]) * jnp.abs(V[0]))
-    mean = jnp.sum(xtb(jnp.ones((m, 1), dtype))) / (m * n)
+    mean = jnp.sum(xtb(jnp.ones((m, 1), dtype))) / jnp.asarray(float(m) * float(n), dtype)  # m n may pass 2^31
     W = jnp.where(W > 0, W, mean)
     H = jnp.where(H > 0, H, mean)
     return W, H

@@ -1,6 +1,7 @@
 """The start of a fit: the NMF's sweeps, its objective trace and its tolerance."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -79,3 +80,17 @@ def test_host_products_give_the_device_nmf(monkeypatch):
     Wh, Hh = nmf(Xd, 3, key, 30, host=X)  # the same sweeps, scipy's products
     np.testing.assert_allclose(np.asarray(Wh), np.asarray(W), rtol=2e-3, atol=1e-5)
     np.testing.assert_allclose(np.asarray(Hh), np.asarray(H), rtol=2e-3, atol=1e-5)
+
+
+def test_nndsvda_mean_takes_shapes_past_int32():
+    # m n above 2^31 (20,000 cells x 150,000 peaks) once overflowed JAX's int32 argument
+    from sccase_jax.start import _nndsvda
+
+    m, n, k = 150_000, 20_000, 2
+    rng = np.random.default_rng(0)
+    X = sp.csr_matrix((rng.random(3000, dtype=np.float32) + 0.5,
+                       (rng.integers(0, m, 3000), rng.integers(0, n, 3000))), shape=(m, n))
+    W, H = _nndsvda(lambda A: jnp.asarray(X @ np.asarray(A)), lambda B: jnp.asarray(X.T @ np.asarray(B)),
+                    (m, n), jnp.float32, k, jax.random.PRNGKey(0))
+    assert W.shape == (m, k) and H.shape == (k, n)
+    assert np.all(np.isfinite(np.asarray(W))) and np.all(np.isfinite(np.asarray(H)))
