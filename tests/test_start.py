@@ -90,7 +90,13 @@ def test_nndsvda_mean_takes_shapes_past_int32():
     rng = np.random.default_rng(0)
     X = sp.csr_matrix((rng.random(3000, dtype=np.float32) + 0.5,
                        (rng.integers(0, m, 3000), rng.integers(0, n, 3000))), shape=(m, n))
-    W, H = _nndsvda(lambda A: jnp.asarray(X @ np.asarray(A)), lambda B: jnp.asarray(X.T @ np.asarray(B)),
-                    (m, n), jnp.float32, k, jax.random.PRNGKey(0))
+    run = jax.jit(lambda key: _nndsvda(  # traced as in the NMF, in 32-bit mode (the default)
+        lambda A: jax.pure_callback(lambda a: (X @ np.asarray(a)).astype(np.float32),
+                                    jax.ShapeDtypeStruct((m, A.shape[1]), jnp.float32), A),
+        lambda B: jax.pure_callback(lambda b: (X.T @ np.asarray(b)).astype(np.float32),
+                                    jax.ShapeDtypeStruct((n, B.shape[1]), jnp.float32), B),
+        (m, n), jnp.float32, k, key))
+    with jax.enable_x64(False):
+        W, H = run(jax.random.PRNGKey(0))
     assert W.shape == (m, k) and H.shape == (k, n)
     assert np.all(np.isfinite(np.asarray(W))) and np.all(np.isfinite(np.asarray(H)))
