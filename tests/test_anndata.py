@@ -188,14 +188,16 @@ def test_enhance_with_neighbors(small):
 
 
 def test_enhance_default_neighbors(small, monkeypatch):
-    # The default ("auto") keeps DEFAULT_NEIGHBORS weights a cell for the blend and all of Z
-    # for X Z; shrunk here below the 150 cells so that it cuts (and the share of the
-    # cells, a tenth: 15 here, turned off).
+    # The default ("auto") keeps the rule's number of weights a cell for the blend and all
+    # of Z for X Z; the rule is set here to 7 of the 150 cells (no pool, no share of the
+    # cells, a floor of 7).
     import sccase_jax.output as output
     import sccase_jax.tl as tl
 
     monkeypatch.setattr(output, "DEFAULT_NEIGHBORS", 7)
     monkeypatch.setattr(output, "NEIGHBORS_SHARE", 0.0)
+    monkeypatch.setattr(output, "POOLED_ENTRIES", 1)
+    monkeypatch.setattr(output, "NEIGHBORS_MIN", 7)
     fit = dict(n_components=3, max_iter=1, seed=2)
     auto = tl.enhance(small, **fit)
     assert auto.uns["sccase"]["params"]["neighbors"] == 7
