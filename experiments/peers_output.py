@@ -112,7 +112,7 @@ def stored_weights(Zs, N: int) -> sp.csc_matrix:
     return Z
 
 
-def run(name: str, seeds, rules, log=print, reference: bool = False) -> list[dict]:
+def run(name: str, seeds, rules, log=print, reference: bool = False, kw=None) -> list[dict]:
     from experiments.peers import evaluate_embedding, load, m_snapatac2, reference_for
     from sccase_jax import enhance, output
     from sccase_jax.diagnostics import neighbour_support
@@ -124,7 +124,7 @@ def run(name: str, seeds, rules, log=print, reference: bool = False) -> list[dic
     for s in seeds:
         t0 = time.perf_counter()
         ref = reference_for(name) if reference else None
-        out = enhance(a, seed=s, store_z=min(1000, a.n_obs), reference=ref)
+        out = enhance(a, seed=s, store_z=min(1000, a.n_obs), reference=ref, **(kw or {}))
         fit_s = time.perf_counter() - t0
         b = a[out.obs_names, out.var_names]
         X = tfidf(sp.csr_matrix(b.X).T, "l2").tocsr()
@@ -135,7 +135,7 @@ def run(name: str, seeds, rules, log=print, reference: bool = False) -> list[dic
             t1 = time.perf_counter()
             kind, _, arg = spec.partition(":")
             row = {"dataset": name, "seed": s, "rule": spec, "k": int(H.shape[0]), "fit_s": fit_s,
-                   "reference": bool(reference)}
+                   "reference": bool(reference), "enhance_kw": dict(kw or {})}
             if kind == "raweq1":
                 r = evaluate_clustering(b.X, lab, transform="tfidf")
             elif kind == "raw":
@@ -171,11 +171,14 @@ def main(argv=None):
     p.add_argument("--rules", nargs="+", default=["raw", "dot:300", "dot:auto", "cos:300"])
     p.add_argument("--reference", action="store_true",
                    help="fit scCASER with the D5T1 pseudo-bulk (experiments.peers.reference_for)")
+    p.add_argument("--kw", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="further enhance options for the fit (values read as JSON), e.g. alpha=5")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    kw = {k: json.loads(v) for k, _, v in (x.partition("=") for x in args.kw)}
     warnings.simplefilter("ignore")
     rows = run(args.dataset, args.seeds, args.rules, log=lambda m: print(m, flush=True),
-               reference=args.reference)
+               reference=args.reference, kw=kw)
     out = args.out or str(common.RESULTS / f"peers_output_{args.dataset}.json")
     prev = json.load(open(out)) if os.path.exists(out) else []
     with open(out, "w") as fh:
