@@ -181,7 +181,8 @@ def test_enhance_with_neighbors(small):
     expect = 0.2 * X.toarray() + 0.8 * X.toarray() @ (Zk / Zk.sum(axis=0, keepdims=True))
     np.testing.assert_allclose(out.layers["sccase"], expect.T, rtol=1e-4, atol=1e-6)
     assert out.uns["sccase"]["params"]["neighbors"] == 5
-    assert sccase_jax.enhance(small, 3, max_iter=1).uns["sccase"]["params"]["neighbors"] == 300
+    # "auto" on 150 cells: 30 % of them (45) is below the floor of 50
+    assert sccase_jax.enhance(small, 3, max_iter=1).uns["sccase"]["params"]["neighbors"] == 50
     for bad in (0, "some", 2.5, True):
         with pytest.raises(sccase_jax.InputError, match="neighbors"):
             sccase_jax.enhance(small, 3, max_iter=1, neighbors=bad)
