@@ -112,6 +112,7 @@ def test_output_weights_neighbors_words(monkeypatch):
     assert inspect.signature(tl.enhance).parameters["neighbors"].default == "auto"
     assert output.DEFAULT_NEIGHBORS == 300
     monkeypatch.setattr(output, "DEFAULT_NEIGHBORS", 2)
+    monkeypatch.setattr(output, "NEIGHBORS_MIN", 1)  # else every one of the 5 cells
     rng = np.random.default_rng(3)
     Z = rng.random((5, 5)).astype(np.float32)
     before = Z.copy()
