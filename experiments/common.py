@@ -40,7 +40,10 @@ MIN_TYPE_FRAC = {"granja2019_D6T1_2k_types3pct": (D6T1_2K, 0.03)}
 # small set of the other donor, 6 types).
 SUBSAMPLES = {f"granja2019_D6T1_10k_sub{n}": n for n in (500, 1500, 2000)}
 DONOR_SUBSETS = {"granja2019_bm600_D5T1": (BM600, "Group", "BMMC_D5T1")}
-DERIVED = (*SIMULATED, *MIN_TYPE_FRAC, *SUBSAMPLES, *DONOR_SUBSETS)
+# Shallower copies of a set: each read kept with this probability (binomial thinning, seed
+# 0), to test rules that depend on the depth of the cells (the output's neighbours).
+THINNED = {"granja2019_D6T1_10k_sub2000_half": ("granja2019_D6T1_10k_sub2000", 0.5)}
+DERIVED = (*SIMULATED, *MIN_TYPE_FRAC, *SUBSAMPLES, *DONOR_SUBSETS, *THINNED)
 
 # Benchmark data: the real counts by short name, and synthetic sizes (cells, peaks before
 # the peak filter) for ``synthetic_counts``.
@@ -69,6 +72,17 @@ def load(name: str):
         full = load(D6T1_10K)
         idx = np.sort(np.random.default_rng(0).choice(full.n_obs, SUBSAMPLES[name], replace=False))
         return full[idx].copy()
+    if name in THINNED:
+        import numpy as np
+        import scipy.sparse as sp
+
+        base, keep = THINNED[name]
+        a = load(base)
+        X = sp.csr_matrix(a.X, dtype=np.float64)
+        X.data = np.random.default_rng(0).binomial(X.data.astype(np.int64), keep).astype(np.float64)
+        X.eliminate_zeros()
+        a.X = X.astype(np.float32)
+        return a
     if name in DONOR_SUBSETS:
         base, key, value = DONOR_SUBSETS[name]
         a = load(base)

@@ -310,7 +310,8 @@ class Options:
     neighbors: int | str | None = option(
         "auto", "keep only each cell's N largest weights in Z for the output; 'all' keeps "
         "every cell", _neighbors, parse=_int_or_word(("auto", "all")), metavar="N|all",
-        default_text="300 for blend, all for xz")
+        default_text="for blend the cells that pool ~30,000 nonzero entries or a tenth of "
+        "the cells, within 50 to 1,000 and at most 3 cells in 10; all for xz")
     key_added: str = option("sccase", "prefix of the written keys", _key, flag=None)
     store_z: int | str = option(
         "auto", "what obsp keeps of Z: 'auto' = the neighbours the output used (sparse; the "

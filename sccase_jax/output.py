@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_NEIGHBORS",
     "OUTPUTS",
     "block_product",
+    "cell_entries",
     "enhanced_blocks",
     "enhanced_matrix",
     "embedding_similarity",
@@ -41,30 +42,63 @@ KEEP_BLOCK = 256
 # Most entries of the nse x block temporary of one BCOO slab product (block_product).
 BCOO_SLAB_ENTRIES = 1 << 26
 
-# The blended output's "auto" neighbourhood is at least this share of the cells (and at
-# least DEFAULT_NEIGHBORS cells): docs/results.md, "How many cells a profile averages".
+# The blended output's "auto" neighbourhood (:func:`resolve_neighbors`; docs/results.md,
+# "How many cells a profile averages"): enough cells to pool about POOLED_ENTRIES stored
+# entries of X (cells with fewer nonzero peaks need more of them), or a tenth of the cells
+# (NEIGHBORS_SHARE) if that is more; at most NEIGHBORS_MAX_SHARE of the cells and
+# NEIGHBORS_MAX; at least NEIGHBORS_MIN (all cells in data of at most that many).
+POOLED_ENTRIES = 30_000
 NEIGHBORS_SHARE = 0.1
+NEIGHBORS_MAX_SHARE = 0.3
+NEIGHBORS_MIN = 50
 # ... and at most this many cells: the weights B hold one entry per neighbour and cell.
 NEIGHBORS_MAX = 1000
 
 
-def resolve_neighbors(neighbors, output: str, n_cells: int | None = None):
-    """``neighbors`` as :func:`output_weights` takes it: ``"auto"`` is, for the blended
-    output, :data:`DEFAULT_NEIGHBORS` or a tenth of ``n_cells`` (:data:`NEIGHBORS_SHARE`)
-    up to :data:`NEIGHBORS_MAX`, whichever is larger, and ``None`` (all cells) for the paper's ``X Z``; ``"all"`` is
-    ``None``; an integer or ``None`` is returned as is.
+def cell_entries(X) -> float:
+    """The median number of stored (nonzero) entries per cell of a peaks x cells ``X``."""
+    if sp.issparse(X):
+        counts = np.diff(sp.csc_matrix(X).indptr)
+    else:
+        counts = np.count_nonzero(np.asarray(X), axis=0)
+    return float(np.median(counts)) if counts.size else 0.0
 
-    A fixed number of neighbours is a shrinking share of larger data: at 2,000 cells 300
-    neighbours are 15 % of the cells, at 10,000 cells 3 %, fewer than each of the large cell
-    types holds, and their enhanced profiles kept the gradients inside those types (the
-    whole Granja D6T1 data, seeds 0-2: ARI / AMI 0.430 / 0.623 with 300 neighbours, 0.445 /
-    0.635 with 1,000).
+
+def resolve_neighbors(neighbors, output: str, n_cells: int | None = None,
+                      entries: float | None = None):
+    """``neighbors`` as :func:`output_weights` takes it: ``"auto"`` is, for the blended
+    output, the number of cells one profile averages by the rule below, and ``None`` (all
+    cells) for the paper's ``X Z``; ``"all"`` is ``None``; an integer or ``None`` is
+    returned as is.
+
+    The rule, for ``n_cells`` cells with a median of ``entries`` nonzero peaks each:
+
+    * enough cells to pool :data:`POOLED_ENTRIES` (30,000) nonzero entries,
+      ``ceil(30,000 / entries)`` (:data:`DEFAULT_NEIGHBORS`, 300, when ``entries`` is not
+      given): an average's sampling noise falls with the reads it pools, so sparse cells
+      need more neighbours (about 200 of the Granja cells at ~150 peaks a cell, 320 of the
+      simulated sorted cells at ~95);
+    * or a tenth of the cells (:data:`NEIGHBORS_SHARE`) if that is more: in large data the
+      cell types are large too, and their profiles kept gradients inside the types with
+      fewer (the whole Granja D6T1 data: 1,000 neighbours above 300);
+    * at most 30 % of the cells (:data:`NEIGHBORS_MAX_SHARE`): a profile that averages
+      most of the data mixes most of its types (300 of 500 random D6T1 cells lost ARI to
+      150) and at most :data:`NEIGHBORS_MAX` (1,000);
+    * at least :data:`NEIGHBORS_MIN` (50) cells, all of them in data that small (15 of the
+      50 chromVAR cells clustered wrongly in one seed of three).
+
+    ``n_cells`` not given: :data:`DEFAULT_NEIGHBORS`.
     """
     if neighbors == "auto":
         if output != "blend":
             return None
-        share = 0 if n_cells is None else int(np.ceil(NEIGHBORS_SHARE * n_cells))
-        return max(DEFAULT_NEIGHBORS, min(share, NEIGHBORS_MAX))
+        if n_cells is None:
+            return DEFAULT_NEIGHBORS
+        pooled = (DEFAULT_NEIGHBORS if entries is None
+                  else int(np.ceil(POOLED_ENTRIES / max(float(entries), 1.0))))
+        N = max(pooled, int(np.ceil(NEIGHBORS_SHARE * n_cells)))
+        N = min(N, int(np.ceil(NEIGHBORS_MAX_SHARE * n_cells)), NEIGHBORS_MAX)
+        return max(N, NEIGHBORS_MIN)
     if neighbors == "all":
         return None
     return neighbors
@@ -105,10 +139,9 @@ def output_weights(Z, output: str = "blend", blend: float = 0.8,
 
     ``neighbors``: first keep only the ``neighbors`` largest entries of each column of
     ``Z`` (:func:`keep_largest`), so that each cell averages its most similar cells only.
-    ``None`` or ``"all"`` (this function's default): all of ``Z``; ``"auto"``:
-    :data:`DEFAULT_NEIGHBORS` (300) or a tenth of the cells, whichever is larger, for the
-    blended output, all of ``Z`` for ``"xz"`` (:func:`resolve_neighbors`; ``enhance``'s
-    default).  A ``Z`` of integers is taken as
+    ``None`` or ``"all"`` (this function's default): all of ``Z``; ``"auto"``: for the
+    blended output the rule of :func:`resolve_neighbors` without the cells' entries
+    (``enhance`` passes them), all of ``Z`` for ``"xz"``.  A ``Z`` of integers is taken as
     float64.  Measured (docs/results.md): on the Granja data 100-500 raised ARI/AMI (D6T1
     2k by about 0.03/0.02); on simulated balanced populations every value tried lowered
     them (by 0.03-0.09 ARI).

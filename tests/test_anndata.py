@@ -112,6 +112,7 @@ def test_output_weights_neighbors_words(monkeypatch):
     assert inspect.signature(tl.enhance).parameters["neighbors"].default == "auto"
     assert output.DEFAULT_NEIGHBORS == 300
     monkeypatch.setattr(output, "DEFAULT_NEIGHBORS", 2)
+    monkeypatch.setattr(output, "NEIGHBORS_MIN", 1)  # else every one of the 5 cells
     rng = np.random.default_rng(3)
     Z = rng.random((5, 5)).astype(np.float32)
     before = Z.copy()
@@ -181,21 +182,24 @@ def test_enhance_with_neighbors(small):
     expect = 0.2 * X.toarray() + 0.8 * X.toarray() @ (Zk / Zk.sum(axis=0, keepdims=True))
     np.testing.assert_allclose(out.layers["sccase"], expect.T, rtol=1e-4, atol=1e-6)
     assert out.uns["sccase"]["params"]["neighbors"] == 5
-    assert sccase_jax.enhance(small, 3, max_iter=1).uns["sccase"]["params"]["neighbors"] == 300
+    # "auto" on 150 cells: 30 % of them (45) is below the floor of 50
+    assert sccase_jax.enhance(small, 3, max_iter=1).uns["sccase"]["params"]["neighbors"] == 50
     for bad in (0, "some", 2.5, True):
         with pytest.raises(sccase_jax.InputError, match="neighbors"):
             sccase_jax.enhance(small, 3, max_iter=1, neighbors=bad)
 
 
 def test_enhance_default_neighbors(small, monkeypatch):
-    # The default ("auto") keeps DEFAULT_NEIGHBORS weights a cell for the blend and all of Z
-    # for X Z; shrunk here below the 150 cells so that it cuts (and the share of the
-    # cells, a tenth: 15 here, turned off).
+    # The default ("auto") keeps the rule's number of weights a cell for the blend and all
+    # of Z for X Z; the rule is set here to 7 of the 150 cells (no pool, no share of the
+    # cells, a floor of 7).
     import sccase_jax.output as output
     import sccase_jax.tl as tl
 
     monkeypatch.setattr(output, "DEFAULT_NEIGHBORS", 7)
     monkeypatch.setattr(output, "NEIGHBORS_SHARE", 0.0)
+    monkeypatch.setattr(output, "POOLED_ENTRIES", 1)
+    monkeypatch.setattr(output, "NEIGHBORS_MIN", 7)
     fit = dict(n_components=3, max_iter=1, seed=2)
     auto = tl.enhance(small, **fit)
     assert auto.uns["sccase"]["params"]["neighbors"] == 7

@@ -23,6 +23,8 @@ LAYOUTS = {
     "default blend, 5 neighbours": dict(neighbors=5),
     "xz over all cells, min-max scaled": dict(output="xz"),
     "blend over all cells": dict(neighbors="all"),
+    # 20 output neighbours, more than the 8 candidates of the support ("auto" on these 60
+    # cells is 50, the rule's floor: most of them)
     "knn support": dict(z_support="knn", n_neighbors=8, neighbors=20),  # weights from H^T H
     "scaled, float16, 7 neighbours": dict(output="xz", neighbors=7, layer_dtype="float16"),
 }

@@ -14,12 +14,52 @@ from sccase_jax.preprocessing import preprocess
 
 def test_auto_neighbors_grow_with_the_cells_up_to_the_cap():
     assert output.resolve_neighbors("auto", "blend") == output.DEFAULT_NEIGHBORS == 300
+    # no entries given: 300 or a tenth of the cells, within 30 % of the cells and 1,000
     assert output.resolve_neighbors("auto", "blend", 2000) == 300
     assert output.resolve_neighbors("auto", "blend", 5001) == 501
     assert output.resolve_neighbors("auto", "blend", 10_335) == 1000
     assert output.resolve_neighbors("auto", "blend", 10**6) == output.NEIGHBORS_MAX
+    assert output.resolve_neighbors("auto", "blend", 500) == 150
     assert output.resolve_neighbors("auto", "xz", 10**6) is None
     assert output.resolve_neighbors(40, "blend", 10**6) == 40
+
+
+@pytest.mark.parametrize(("n", "entries", "expected"), [
+    (2000, 150, 200),     # pools 30,000 entries: 200 cells of 150
+    (2000, 75, 400),      # sparser cells: twice as many
+    (1300, 94, 320),
+    (20_000, 150, 1000),  # a tenth of the cells (2,000), capped
+    (5000, 150, 500),     # a tenth of the cells is more than the pool needs
+    (500, 150, 150),      # the pool would be 200: at most 30 % of the cells
+    (600, 64, 180),
+    (108, 55, 50),        # at least 50 cells
+    (50, 1900, 50),       # all of the 50 cells
+    (400, 10**6, 50),     # very deep cells: still 50
+])
+def test_auto_neighbors_pool_the_entries_within_the_share(n, entries, expected):
+    assert output.resolve_neighbors("auto", "blend", n, entries) == expected
+
+
+def test_cell_entries_is_the_median_of_stored_entries_per_cell():
+    X = np.zeros((6, 4))
+    X[:1, 0] = 1
+    X[:2, 1] = 1
+    X[:3, 2] = 2
+    X[:5, 3] = 3
+    assert output.cell_entries(X) == 2.5
+    assert output.cell_entries(sp.csr_matrix(X)) == 2.5
+
+
+def test_enhance_uses_the_entries_of_its_cells():
+    # ~310 open peaks a cell: the pool needs ~97 cells, fewer than 30 % of the 402 cells
+    # (121, what the rule gives without the entries)
+    counts, _ = typed_counts(n_per=134, peaks=1500, block=400, p_on=0.7, seed=3)
+    a = ad.AnnData(sp.csr_matrix(counts.astype(np.float32)))
+    out = sccase_jax.enhance(a, n_components=3, max_iter=1, seed=0)
+    X, _, _ = preprocess(sp.csr_matrix(counts.T.astype(np.float64)))
+    expected = output.resolve_neighbors("auto", "blend", X.shape[1], output.cell_entries(X))
+    assert expected < output.resolve_neighbors("auto", "blend", X.shape[1]) == 121
+    assert out.uns["sccase"]["params"]["neighbors"] == expected
 
 
 @pytest.mark.parametrize("N", [1, 4, 9])

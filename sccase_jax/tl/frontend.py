@@ -89,7 +89,8 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
 
     counts = get_counts(adata, opts.layer)
     X, peak_mask, cell_mask = _preprocessed(counts, opts)
-    neighbors = output.resolve_neighbors(opts.neighbors, opts.output, X.shape[1])
+    neighbors = output.resolve_neighbors(opts.neighbors, opts.output, X.shape[1],
+                                         output.cell_entries(X))
     # X on the device and G = X^T X, formed once: for the fit, and for the PCA of the k
     # estimate (from G instead of a sparse SVD of X, which costs seconds on many peaks).
     terms = (reference is not None or opts.correct_depth
