@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from sccase_jax.start import crossprod_cols, crossprod_split
+
 __all__ = ["MIN_SUPPORT", "SAMPLE", "neighbour_support"]
 
 MIN_SUPPORT = 0.5
@@ -48,19 +50,23 @@ def neighbour_support(X, B, *, seed: int = 0, sample: int = SAMPLE) -> dict:
         cols = np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
     XT = X.T.tocsr()
     b_all = XT @ np.asarray(X.mean(axis=1)).ravel()
+    # c_ij for a block of cells: X^T X[:, c] through start.crossprod's split (the peaks open
+    # in many cells in float32 BLAS, the rest sparse), a few blocks of many cells
+    split = crossprod_split(X)
+    step = max(_BLOCK, (1 << 24) // max(n, 1))
     counts = np.diff(B.indptr) - (B.diagonal() != 0)  # the cells each profile averages
     M = int(min(max(np.median(counts), 1), max(n // 2, 1)))
     vals = []
-    for s in range(0, cols.size, _BLOCK):
-        c = cols[s : s + _BLOCK]
-        G = (XT @ X[:, c]).toarray()  # n x b: c_ij for the block's cells
+    for s in range(0, cols.size, step):
+        c = cols[s : s + step]
+        G = crossprod_cols(split, c)  # n x b: c_ij for the block's cells
         G[c, np.arange(c.size)] = -np.inf  # itself left out
         Bc = B[:, c].toarray()
         Bc[c, np.arange(c.size)] = 0.0
         w = Bc.sum(axis=0)
         a = np.where(w > 0, (np.where(np.isfinite(G), G, 0.0) * Bc).sum(axis=0) / np.where(w > 0, w, 1), np.nan)
         r = (-np.partition(-G, M - 1, axis=0)[:M]).mean(axis=0)
-        b = (b_all[c] * n - np.einsum("ij,ij->j", X[:, c].toarray(), X[:, c].toarray())) / max(n - 1, 1)
+        b = (b_all[c] * n - np.asarray(X[:, c].multiply(X[:, c]).sum(axis=0)).ravel()) / max(n - 1, 1)
         gap = r - b
         vals.append(np.where(gap > 0, (a - b) / np.where(gap > 0, gap, 1), np.nan))
     s = np.concatenate(vals)
