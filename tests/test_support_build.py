@@ -6,8 +6,8 @@ import pytest
 import scipy.sparse as sp
 
 import sccase_jax
-from sccase_jax.output import sparse_weights
 from sccase_jax import start
+from sccase_jax.output import sparse_weights
 from sccase_jax.start import jaccard_similarity
 from sccase_jax.support import build
 
