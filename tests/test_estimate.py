@@ -72,6 +72,31 @@ def test_davies_bouldin_equals_scikit_learns():
     assert davies_bouldin(np.ones((5, 2)), np.zeros(5)) == np.inf
 
 
+def test_silhouette_equals_scikit_learns():
+    from hypothesis import given
+    from hypothesis import strategies as st
+    from sklearn.metrics import pairwise_distances, silhouette_score
+
+    from sccase_jax.estimate import silhouette
+
+    @given(st.integers(2, 12), st.integers(0, 2**31 - 1))
+    def check(c, seed):
+        rng = np.random.default_rng(seed)
+        emb = rng.normal(size=(50, 4)) + rng.integers(0, 3, (50, 1))
+        labels = rng.integers(0, c, 50) * 5 + 2  # codes need not be 0..c-1; singletons happen
+        if not 2 <= len(np.unique(labels)) <= 49:
+            return
+        D = pairwise_distances(emb)
+        assert silhouette(D, labels) == pytest.approx(
+            silhouette_score(D, labels, metric="precomputed"), rel=1e-12, abs=1e-14)
+
+    check()
+    # A cluster of one cell scores 0 for that cell, as in scikit-learn.
+    D = pairwise_distances(np.array([[0.0], [0.1], [0.2], [5.0]]))
+    assert silhouette(D, np.array([0, 0, 0, 1])) == pytest.approx(
+        silhouette_score(D, [0, 0, 0, 1], metric="precomputed"))
+
+
 def test_pca_from_the_gram_matrix_is_the_pca_up_to_sign():
     from sccase_jax.estimate import pca_from_gram
     from sccase_jax.evaluation.clustering import pca_embedding
