@@ -37,7 +37,7 @@ def fit_options(opts: Options, n_components: int, k_ref: int, config: SolverConf
         keep_prob=opts.keep_prob, tol=opts.tol, x_tol=opts.x_tol, max_iter=opts.max_iter,
         seed=opts.seed,
         k_ref=k_ref, alpha=opts.alpha, jaccard_normalize=opts.jaccard_normalize,
-        nmf_iter=opts.nmf_iter, nmf_tol=opts.nmf_tol,
+        nmf_iter=opts.nmf_iter, nmf_tol=opts.nmf_tol, nmf_sketch=opts.nmf_sketch,
         config=config._asdict(), dtype=np.dtype(dtype).name,
     )
 

@@ -231,6 +231,10 @@ class Options:
     nmf_tol: float = option(0.0, "stop the NMF start once a HALS sweep lowers ||X - W H||^2 by "
                             "less than this fraction of itself (0: all nmf_iter sweeps)", _nonneg,
                             scope=FIT, flag=None)
+    nmf_sketch: int = option(
+        0, "the first N of the NMF start's sweeps fit X's rank-(k + 10) randomized sketch "
+        "instead of X: cheaper products on large peak sets, a different start (0: none)",
+        _count, scope=FIT, flag=None)
     x_format: str = option("auto", "how X is kept on device: dense, sparse (BCOO) or auto",
                            _choice(X_FORMATS), scope=FIT, flag=None)
     gram: str = option("auto", "products with G = X^T X: dense (G formed), sparse or auto",

@@ -284,7 +284,8 @@ def _start(X, Xd, k: int, k_ref: int, Pfull, key_nmf, opts: Options, reduce_on: 
     Jaccard similarity for Z."""
     m, n = X.shape
     if k > k_ref:
-        W0, H0 = nmf(Xd, k - k_ref, key_nmf, n_iter=opts.nmf_iter, tol=opts.nmf_tol, host=X)
+        W0, H0 = nmf(Xd, k - k_ref, key_nmf, n_iter=opts.nmf_iter, tol=opts.nmf_tol, host=X,
+                     sketch=opts.nmf_sketch)
     else:
         W0, H0 = jnp.zeros((m, 0), dtype), jnp.zeros((0, n), dtype)
     if k_ref:

@@ -194,12 +194,13 @@ def _nndsvda(xa, xtb, shape, dtype, k, key, n_power: int = 4):
     mean = jnp.sum(xtb(jnp.ones((m, 1), dtype))) / jnp.asarray(float(m) * float(n), dtype)  # m n may pass 2^31
     W = jnp.where(W > 0, W, mean)
     H = jnp.where(H > 0, H, mean)
-    return W, H
+    return W, H, Qm, small
 
 
-def _nmf(xa, xtb, shape, dtype, sq_norm, key, k: int, n_iter: int, tol, trace: bool, inner: int):
+def _nmf(xa, xtb, shape, dtype, sq_norm, key, k: int, n_iter: int, tol, trace: bool, inner: int,
+         sketch: int = 0):
     """The NMF start inside ``jit``, given X's products ``xa``, ``xtb`` (see :func:`nmf`)."""
-    W, H = _nndsvda(xa, xtb, shape, dtype, k, key)
+    W, H, Q, B = _nndsvda(xa, xtb, shape, dtype, k, key)
     eps = jnp.finfo(dtype).tiny
 
     def hals_cols(W, XHt, HHt):
@@ -220,7 +221,7 @@ def _nmf(xa, xtb, shape, dtype, sq_norm, key, k: int, n_iter: int, tol, trace: b
 
         return lax.fori_loop(0, k, row, H)
 
-    def sweep(carry):
+    def sweep(carry, xa=xa, xtb=xtb):
         i, W, H, f_prev, _, hist = carry
         XHt, HHt = xa(H.T), H @ H.T
         for _ in range(inner):  # inner > 1: the products reused (accelerated HALS)
@@ -249,18 +250,25 @@ def _nmf(xa, xtb, shape, dtype, sq_norm, key, k: int, n_iter: int, tol, trace: b
     hist = jnp.full((max(n_iter, 1) if trace else 0, 3), jnp.nan, dtype)
     init = (jnp.asarray(0, jnp.int32), W, H, jnp.asarray(jnp.inf, dtype),
             jnp.asarray(jnp.inf, dtype), hist)
+    if sketch:
+        # The first ``sketch`` sweeps fit X's rank-ell sketch Q (Q^T X) from the start's
+        # randomized SVD: products with Q and the ell x n B instead of X.
+        sketched = partial(sweep, xa=lambda A: Q @ (B @ A), xtb=lambda C: B.T @ (Q.T @ C))
+        init = lax.fori_loop(0, min(sketch, n_iter), lambda _, c: sketched(c), init)
+        init = init[:3] + (jnp.asarray(jnp.inf, dtype), jnp.asarray(jnp.inf, dtype)) + init[5:]
     sweeps, W, H, _, _, hist = lax.while_loop(keep_going, sweep, init)
     return W, H, sweeps, hist
 
 
-@partial(jax.jit, static_argnames=("k", "n_iter", "trace", "inner"))
-def _nmf_device(X, key, k: int, n_iter: int, tol, trace: bool = False, inner: int = 1):
+@partial(jax.jit, static_argnames=("k", "n_iter", "trace", "inner", "sketch"))
+def _nmf_device(X, key, k: int, n_iter: int, tol, trace: bool = False, inner: int = 1,
+                sketch: int = 0):
     data = X.data if isinstance(X, jsparse.BCOO) else X
     return _nmf(lambda A: x_matmul(X, A), lambda B: xt_matmul(X, B), X.shape, X.dtype,
-                jnp.sum(jnp.square(data)), key, k, n_iter, tol, trace, inner)
+                jnp.sum(jnp.square(data)), key, k, n_iter, tol, trace, inner, sketch)
 
 
-def _nmf_host(X, dtype, key, k: int, n_iter: int, tol, trace: bool, inner: int):
+def _nmf_host(X, dtype, key, k: int, n_iter: int, tol, trace: bool, inner: int, sketch: int = 0):
     """:func:`_nmf` with X's products computed by scipy on the host (``jax.pure_callback``).
 
     On a CPU scipy's sparse products are 3-4x faster than a ``BCOO`` product inside XLA at
@@ -284,7 +292,8 @@ def _nmf_host(X, dtype, key, k: int, n_iter: int, tol, trace: bool, inner: int):
 
     sq = float(np.square(Xr.data, dtype=np.float64).sum())
     run = jax.jit(lambda key, tol: _nmf(product(Xr, m), product(Xt, n), (m, n), dt,
-                                        jnp.asarray(sq, dt), key, k, n_iter, tol, trace, inner))
+                                        jnp.asarray(sq, dt), key, k, n_iter, tol, trace, inner,
+                                        sketch))
     return run(key, tol)
 
 
@@ -296,7 +305,7 @@ HOST_NNZ = 1_000_000
 
 
 def nmf(X, k: int, key, n_iter: int = 200, tol: float = 0.0, *, trace: bool = False,
-        inner: int = 1, host=None):
+        inner: int = 1, host=None, sketch: int = 0):
     """Non-negative factorisation ``X ~ W H`` (W: m x k, H: k x n), seeded by ``key``.
 
     NNDSVD-a start (randomized SVD, the random part seeded) followed by HALS sweeps, all
@@ -308,20 +317,30 @@ def nmf(X, k: int, key, n_iter: int = 200, tol: float = 0.0, *, trace: bool = Fa
     ``inner``: HALS passes over W (and then over H) per pair of products with X
     (accelerated HALS, Gillis and Glineur 2012; 1, plain HALS, the default: more passes
     reached the same objective with fewer products but clustered worse,
-    ``experiments/nmf_start.py``).  ``trace=True`` returns ``(W, H, sweeps, history)``
-    with the history of (objective, its relative decrease, ``||dH|| / ||H||``) per sweep.
+    ``experiments/nmf_start.py``).  ``sketch``: how many of the ``n_iter`` sweeps, the first
+    ones, fit X's rank-(k + 10) sketch ``Q Q^T X`` (Q: the orthonormal range basis of the
+    start's randomized SVD) instead of X: each costs products with the m x (k + 10) Q and
+    the (k + 10) x n ``Q^T X`` instead of two passes over X's entries; ``tol`` applies to
+    the sweeps on X only.  It halves the start's time on large peak sets but moved the
+    clustering (``experiments/nmf_sketch.py``), so the default is 0.
+    ``trace=True`` returns ``(W, H, sweeps, history)`` with the history of (objective, its
+    relative decrease, ``||dH|| / ||H||``) per sweep (for the sweeps on the sketch, the
+    sketch's objective).
     """
     m, n = X.shape
+    if isinstance(sketch, bool) or not 0 <= int(sketch) == sketch:
+        raise ValueError(f"sketch must be a count of sweeps (>= 0), got {sketch!r}")
+    sketch = min(int(sketch), int(n_iter))
     if not 1 <= k <= min(m, n):
         raise ValueError(f"n_components must be between 1 and min(peaks, cells) = {min(m, n)}, got {k}")
     with jax.default_matmul_precision("highest"):  # same start on CPU and on tensor cores
         if (host is not None and sp.issparse(host) and host.nnz > HOST_NNZ
                 and jax.default_backend() == "cpu"):
             W, H, sweeps, hist = _nmf_host(host, X.dtype, key, k, n_iter,
-                                           jnp.asarray(tol, X.dtype), trace, inner)
+                                           jnp.asarray(tol, X.dtype), trace, inner, sketch)
         else:
             W, H, sweeps, hist = _nmf_device(X, key, k, n_iter, jnp.asarray(tol, X.dtype), trace,
-                                             inner)
+                                             inner, sketch)
     return (W, H, sweeps, hist) if trace else (W, H)
 
 

@@ -97,6 +97,67 @@ def test_nndsvda_mean_takes_shapes_past_int32():
                                     jax.ShapeDtypeStruct((n, B.shape[1]), jnp.float32), B),
         (m, n), jnp.float32, k, key))
     with jax.enable_x64(False):
-        W, H = run(jax.random.PRNGKey(0))
+        W, H = run(jax.random.PRNGKey(0))[:2]
     assert W.shape == (m, k) and H.shape == (k, n)
     assert np.all(np.isfinite(np.asarray(W))) and np.all(np.isfinite(np.asarray(H)))
+
+
+def test_sketched_sweeps_are_the_sweeps_on_x_when_the_sketch_is_exact():
+    # X of rank 6 <= k + 10: the start's range basis Q spans X's columns, Q Q^T X = X, so the
+    # sweeps on the sketch are the sweeps on X up to rounding.
+    rng = np.random.default_rng(4)
+    X = rng.random((70, 6)) @ rng.random((6, 45))
+    Xd = device_matrix(X, np.float64, "dense")
+    key = jax.random.PRNGKey(2)
+    W, H = nmf(Xd, 4, key, 40)
+    Ws, Hs = nmf(Xd, 4, key, 40, sketch=40)
+    np.testing.assert_allclose(np.asarray(Ws), np.asarray(W), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(Hs), np.asarray(H), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("fmt", ["dense", "sparse"])
+def test_sweeps_on_x_after_the_sketch_reach_the_objective_of_sweeps_on_x(fmt):
+    X = _x(m=300, n=80, seed=5)  # full rank: the sketch (rank 13) is far from X
+    Xd = device_matrix(X, np.float64, fmt)
+    key = jax.random.PRNGKey(0)
+    _, _, _, exact = nmf(Xd, 3, key, 200, trace=True)
+    W, H, sweeps, hist = nmf(Xd, 3, key, 200, trace=True, sketch=150)
+    assert int(sweeps) == 200
+    hist, exact = np.asarray(hist), np.asarray(exact)
+    direct = np.sum((X.toarray() - np.asarray(W) @ np.asarray(H)) ** 2)
+    assert hist[-1, 0] == pytest.approx(direct, rel=1e-9)  # the last entries are X's objective
+    assert direct <= exact[0, 0]  # below the first sweep on X from the same start
+    assert direct == pytest.approx(exact[-1, 0], rel=2e-2)
+    # The tolerance stops the sweeps on X only.
+    _, _, stopped, _ = nmf(Xd, 3, key, 200, tol=1e-3, trace=True, sketch=150)
+    assert 150 < int(stopped) < 200
+
+
+def test_sketch_on_host_products_gives_the_device_sketch(monkeypatch):
+    import sccase_jax.start as start
+
+    X = _x(seed=6)
+    key = jax.random.PRNGKey(1)
+    Xd = device_matrix(X, np.float32, "sparse")
+    W, H = nmf(Xd, 3, key, 30, sketch=20)
+    monkeypatch.setattr(start, "HOST_NNZ", 0)
+    Wh, Hh = nmf(Xd, 3, key, 30, host=X, sketch=20)
+    np.testing.assert_allclose(np.asarray(Wh), np.asarray(W), rtol=2e-3, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(Hh), np.asarray(H), rtol=2e-3, atol=1e-5)
+
+
+def test_bad_sketch_counts():
+    from sccase_jax.options import Options
+    from sccase_jax.validate import InputError
+
+    Xd = device_matrix(_x(), np.float64, "dense")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="sketch"):
+            nmf(Xd, 2, jax.random.PRNGKey(0), 10, sketch=bad)
+    for bad in (-1, "x", 2.5):
+        with pytest.raises(InputError, match="nmf_sketch"):
+            Options(nmf_sketch=bad)
+    # More sketched sweeps than sweeps: every sweep is on the sketch.
+    a = nmf(Xd, 2, jax.random.PRNGKey(0), 10, sketch=10)
+    b = nmf(Xd, 2, jax.random.PRNGKey(0), 10, sketch=99)
+    np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))

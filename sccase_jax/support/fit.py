@@ -55,7 +55,8 @@ def prepare_support(X, k: int, opts, n_neighbors: int = 30, knn_from: str = "emb
     key_mask, key_nmf = jax.random.split(jax.random.PRNGKey(opts.seed))
     Xd = device_matrix(X, dtype, opts.x_format)
     W0, H0 = jax.block_until_ready(nmf(Xd, int(k), key_nmf, n_iter=opts.nmf_iter,
-                                       tol=opts.nmf_tol, host=X if sp.issparse(X) else None))
+                                       tol=opts.nmf_tol, host=X if sp.issparse(X) else None,
+                                       sketch=opts.nmf_sketch))
     if show:
         _progress.stage(f"NMF start ({n} cells, k = {k}) in {time.perf_counter() - t0:.1f} s")
     Xs = X if sp.issparse(X) else sp.csc_matrix(X)
