@@ -35,11 +35,13 @@ SAMPLE = 2000
 _BLOCK = 256
 
 
-def neighbour_support(X, B, *, seed: int = 0, sample: int = SAMPLE) -> dict:
+def neighbour_support(X, B, *, seed: int = 0, sample: int = SAMPLE, gram=None) -> dict:
     """The support of the output's neighbourhoods in the data (module docstring).
 
     ``X`` is the preprocessed peaks x cells matrix, ``B`` the output weights (n x n, column
-    j the weights of cell j's profile; the cell's own weight is ignored).  Returns
+    j the weights of cell j's profile; the cell's own weight is ignored); ``gram``: ``X^T X``
+    (n x n, host or device) when the caller has it, as the fit's G: the ``c_ij`` are read
+    from it instead of formed again from X.  Returns
     ``{"support", "support_q10", "cells", "neighbours", "supported", "message"}``.
     """
     X = sp.csc_matrix(X, dtype=np.float64)
@@ -52,14 +54,15 @@ def neighbour_support(X, B, *, seed: int = 0, sample: int = SAMPLE) -> dict:
     b_all = XT @ np.asarray(X.mean(axis=1)).ravel()
     # c_ij for a block of cells: X^T X[:, c] through start.crossprod's split (the peaks open
     # in many cells in float32 BLAS, the rest sparse), a few blocks of many cells
-    split = crossprod_split(X)
+    split = crossprod_split(X) if gram is None else None
     step = max(_BLOCK, (1 << 24) // max(n, 1))
     counts = np.diff(B.indptr) - (B.diagonal() != 0)  # the cells each profile averages
     M = int(min(max(np.median(counts), 1), max(n // 2, 1)))
     vals = []
     for s in range(0, cols.size, step):
         c = cols[s : s + step]
-        G = crossprod_cols(split, c)  # n x b: c_ij for the block's cells
+        # n x b: c_ij for the block's cells
+        G = crossprod_cols(split, c) if gram is None else np.array(gram[:, c], np.float64)
         G[c, np.arange(c.size)] = -np.inf  # itself left out
         Bc = B[:, c].toarray()
         Bc[c, np.arange(c.size)] = 0.0

@@ -111,6 +111,15 @@ def test_support_is_high_for_the_data_s_own_neighbours_and_low_for_random_cells(
     # a sample of the cells gives nearly the same figure
     part = diagnostics.neighbour_support(X, sp.csc_matrix(same), sample=40, seed=1)
     assert part["cells"] == 40
+    # The fit's G (float32, on the device) in place of X^T X formed again: the same figures.
+    import jax.numpy as jnp
+
+    G32 = jnp.asarray((X.T @ X).toarray(), jnp.float32)
+    for B, kw in ((own, {}), (rand, {}), (same, dict(sample=40, seed=1))):
+        ref = diagnostics.neighbour_support(X, sp.csc_matrix(B), **kw)
+        via = diagnostics.neighbour_support(X, sp.csc_matrix(B), gram=G32, **kw)
+        assert via["support"] == pytest.approx(ref["support"], rel=1e-5, abs=1e-6)
+        assert via["neighbours"] == ref["neighbours"] and via["cells"] == ref["cells"]
 
 
 def test_enhance_records_the_support_and_warns_when_unsupported(monkeypatch):

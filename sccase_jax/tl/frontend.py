@@ -120,7 +120,7 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
         corrected = integration.harmony(res.H.T, batch, seed=opts.seed)
         res = res._replace(Z=output.embedding_similarity(corrected, neighbors))
     B, z_store, z_kept = store.weights_and_z(res, opts, neighbors)
-    support = _support(X, B, opts)
+    support = _support(X, B, opts, None if reduced is None else reduced.G)
     keep_layer, layer_note = store.layer_plan((X.shape[1], X.shape[0]), opts)
     if opts.progress and not keep_layer:
         _progress.stage(f"enhanced layer: {layer_note}")
@@ -264,12 +264,13 @@ def _components(X, opts: Options, reference, gram=None) -> tuple[int, bool]:
     return k, True
 
 
-def _support(X, B, opts: Options):
+def _support(X, B, opts: Options, gram=None):
     """The neighbour support of the blended output (:mod:`sccase_jax.diagnostics`), with a
-    warning when the data do not support the structure it imposes; None for ``"xz"``."""
+    warning when the data do not support the structure it imposes; None for ``"xz"``.
+    ``gram``: the fit's G = X^T X, when formed."""
     if opts.output != "blend" or opts.blend == 0:
         return None
-    support = diagnostics.neighbour_support(X, B, seed=opts.seed)
+    support = diagnostics.neighbour_support(X, B, seed=opts.seed, gram=gram)
     if opts.progress:
         _progress.stage(f"output: {support['message']}")
     if not support["supported"]:
