@@ -2,8 +2,8 @@
 
 ``estimate_n_components`` (``sccase_jax.estimate``) on the default preprocessing (L2 TF-IDF,
 empty peaks dropped) of each dataset, seeds 0, 1, 2: the estimate, each estimator's answer
-(k-means knee, Davies-Bouldin, Leiden silhouette) and the seconds it took (best of
-``--repeats``, in this process, after one warm-up call).  ``--impl FILE`` times another
+(k-means knee, Davies-Bouldin, Leiden silhouette) and the seconds it took, wall and CPU time
+of the process (best of ``--repeats``, in this process, after one warm-up call).  ``--impl FILE`` times another
 implementation of the same function instead (a module file defining
 ``estimate_n_components``, e.g. an earlier version: ``git show REV:sccase_jax/estimate.py
 > /tmp/old_estimate.py``), so two versions can be compared side by side on one machine.
@@ -11,6 +11,7 @@ implementation of the same function instead (a module file defining
     python -m experiments.k_estimate --tag new
     python -m experiments.k_estimate --impl /tmp/old_estimate.py --tag old
     python -m experiments.k_estimate --report old new
+    python -m experiments.k_estimate --datasets realistic_2k_120k --gram --tag new_gram
 
 Results: ``experiments/results/k_estimate_<tag>.json``.  Data: Granja 2019 bone marrow,
 chromVAR's and Signac's small examples, cells simulated from Corces 2016 bulk profiles, and
@@ -52,7 +53,7 @@ def implementation(path: str | None):
     return mod.estimate_n_components
 
 
-def run(names, seeds, impl, repeats, tag):
+def run(names, seeds, impl, repeats, tag, gram=False):
     from sccase_jax.preprocessing import preprocess
 
     est = implementation(impl)
@@ -60,16 +61,22 @@ def run(names, seeds, impl, repeats, tag):
     for name in names:
         a = dataset(name)
         X, _, _ = preprocess(sp.csr_matrix(a.X, dtype=np.float64).T.tocsr())
-        est(X, seed=0)  # warm-up: imports, numba, first calls
+        kw = {}
+        if gram:  # the cells' Gram matrix, as a run on the dense layout forms it for the fit
+            from sccase_jax.start import gram_matrix
+
+            kw["gram"] = gram_matrix(X)
+        est(X, seed=0, **kw)  # warm-up: imports, numba, first calls
         for seed in seeds:
-            times = []
+            times, cpu = [], []
             for _ in range(repeats):
-                t = time.perf_counter()
-                r = est(X, seed=seed, details=True)
+                t, c = time.perf_counter(), time.process_time()
+                r = est(X, seed=seed, details=True, **kw)
                 times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
             row = dict(dataset=name, cells=int(X.shape[1]), peaks=int(X.shape[0]), seed=seed,
                        k=int(r.k), knee=int(r.knee), davies_bouldin=int(r.davies_bouldin),
-                       silhouette=int(r.silhouette), seconds=min(times))
+                       silhouette=int(r.silhouette), seconds=min(times), cpu_seconds=min(cpu))
             rows.append(row)
             print(json.dumps(row), flush=True)
     path = RESULTS / f"k_estimate_{tag}.json"
@@ -99,6 +106,14 @@ def report(tags):
         same = sum(a[k]["k"] == b[k]["k"] for k in common)
         ratio = sum(a[k]["seconds"] for k in common) / sum(b[k]["seconds"] for k in common)
         print(f"\nsame estimate in {same} of {len(common)}; total time {tags[0]} / {tags[1]} = {ratio:.1f}x")
+        if all("cpu_seconds" in r[k] for r in (a, b) for k in common):
+            cpu = (sum(a[k]["cpu_seconds"] for k in common) / sum(b[k]["cpu_seconds"] for k in common))
+            print(f"total CPU time {tags[0]} / {tags[1]} = {cpu:.1f}x")
+            for name in sorted({k[0] for k in common}):
+                ks = [k for k in common if k[0] == name]
+                w = sum(a[k]["seconds"] for k in ks) / sum(b[k]["seconds"] for k in ks)
+                c = sum(a[k]["cpu_seconds"] for k in ks) / sum(b[k]["cpu_seconds"] for k in ks)
+                print(f"  {name}: wall {w:.1f}x, CPU {c:.1f}x")
 
 
 def main(argv=None):
@@ -109,10 +124,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--tag", default="current")
     ap.add_argument("--report", nargs="+", default=None)
+    ap.add_argument("--gram", action="store_true",
+                    help="pass X^T X (formed before the clock starts), as enhance does on the "
+                         "dense layout")
     args = ap.parse_args(argv)
     if args.report:
         return report(args.report)
-    run(args.datasets, args.seeds, args.impl, args.repeats, args.tag)
+    run(args.datasets, args.seeds, args.impl, args.repeats, args.tag, args.gram)
 
 
 if __name__ == "__main__":
