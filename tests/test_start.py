@@ -69,7 +69,10 @@ def test_crossprod_splits_peaks_between_dense_and_sparse_products(monkeypatch):
         np.testing.assert_array_equal(start.crossprod(X, binary=True), B.T @ B)
 
 
-def test_host_products_give_the_device_nmf(monkeypatch):
+@pytest.mark.parametrize("dense_fraction", [0.0, 0.2, 2.0])
+def test_host_products_give_the_device_nmf(monkeypatch, dense_fraction):
+    # On the host the peaks open in many cells go through a dense block, the others stay
+    # sparse (all dense, a mix, all sparse); W comes back in X's own row order.
     import sccase_jax.start as start
 
     X = _x(seed=2)
@@ -77,6 +80,7 @@ def test_host_products_give_the_device_nmf(monkeypatch):
     Xd = device_matrix(X, np.float32, "sparse")
     W, H = nmf(Xd, 3, key, 30)
     monkeypatch.setattr(start, "HOST_NNZ", 0)
+    monkeypatch.setattr(start, "NMF_DENSE_FRACTION", dense_fraction)
     Wh, Hh = nmf(Xd, 3, key, 30, host=X)  # the same sweeps, scipy's products
     np.testing.assert_allclose(np.asarray(Wh), np.asarray(W), rtol=2e-3, atol=1e-5)
     np.testing.assert_allclose(np.asarray(Hh), np.asarray(H), rtol=2e-3, atol=1e-5)
