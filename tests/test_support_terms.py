@@ -3,6 +3,8 @@
 the dense fit, float64; "auto" picks it at scale; enhance, the stored weights and the
 refusals."""
 
+import importlib
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -148,7 +150,7 @@ def test_enhance_passes_reference_batch_and_depth_to_the_knn_fit():
     ref = sccase_jax.reference.pseudobulk_reference(a.X, a.obs["cell_type"], var=a.var)
     out = sccase_jax.enhance(a, 5, reference=ref, batch_key="batch", batch_method="term",
                              correct_depth=True, z_support="knn", n_neighbors=10, neighbors=8,
-                             max_iter=3, dtype="float64")
+                             max_iter=3, dtype="float32")  # enhance's default
     p = out.uns["sccase"]["params"]
     assert p["z_support"] == "knn" and p["gram"] == "support"
     assert p["k_ref"] == out.uns["sccase"]["reference"]["k_ref"] > 0
@@ -159,7 +161,19 @@ def test_enhance_passes_reference_batch_and_depth_to_the_knn_fit():
     assert sp.issparse(B) and B.shape == (60, 60)
     E = out.layers["sccase"]
     assert E.shape == (60, out.n_vars) and np.all(np.isfinite(E))
-    # the stored weights reproduce the layer
+    # the stored weights reproduce the layer; without them, the stored sparse Z (8 output
+    # neighbours of the 10 candidates; float32, the fit's dtype) gives the same weights
     np.testing.assert_array_equal(sccase_jax.tl.enhanced(out), E)
+    gone = out.copy()
+    del gone.obsp["sccase_weights"]
+    weights = importlib.import_module("sccase_jax.tl.enhanced")._weights
+    got = weights(gone, "sccase", p)
+    assert sp.issparse(got) and (got != sp.csc_matrix(B)).nnz == 0
+    np.testing.assert_array_equal(sccase_jax.tl.enhanced(gone), E)
+    # and equal to the dense computation from the same Z up to float32 rounding (enhance
+    # builds a support's weights in float64, the dense output's in the fit's dtype)
+    Zd = sccase_jax.output.keep_largest(Z.toarray().astype(np.float32), 8)
+    dense = sccase_jax.output.weights(Zd, "blend", p["blend"], inplace=True)
+    np.testing.assert_allclose(got.toarray(), dense, rtol=1e-6, atol=1e-7)
     hist = np.concatenate([[out.uns["sccase"]["initial_loss"]], out.uns["sccase"]["loss"]])
     assert np.all(np.diff(hist) <= 1e-9 * np.abs(hist[:-1]))
