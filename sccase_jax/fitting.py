@@ -80,7 +80,9 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     opts = opts.resolved()
     if depth is not None and solver_config(opts).h_step != "backtrack":
         raise InputError("correct_depth needs the backtracking H step (h_step='backtrack')")
-    if _knn(opts, X.shape[1] if getattr(X, "ndim", 0) == 2 else 0, init is not None):  # bad shapes: prepare says so
+    terms = P is not None or batch is not None or depth is not None
+    n = X.shape[1] if getattr(X, "ndim", 0) == 2 else 0  # bad shapes: prepare says so
+    if _knn(opts, n, _dense_only(opts, terms, init is not None)):
         return _fit_knn(X, n_components, opts, P, init, batch, depth)
     t0 = time.perf_counter()
     prob = prepare(X, n_components, opts, P=P, k_ref=opts.k_ref, init=init, batch=batch,
@@ -107,16 +109,24 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     return res.fetch(params)
 
 
-def dense_z(opts: Options, n_cells: int, dense_only: bool = False) -> bool:
+def dense_z(opts: Options, n_cells: int, terms: bool = False, init: bool = False) -> bool:
     """Whether a fit of ``n_cells`` cells with these options keeps Z dense (n x n);
-    ``dense_only``: the fit holds something only the dense layout fits (a start, ``init``)."""
-    return not _knn(opts.resolved(), n_cells, dense_only)
+    ``terms``: the fit has a reference, the batch term or the depth term; ``init``: a start."""
+    opts = opts.resolved()
+    return not _knn(opts, n_cells, _dense_only(opts, terms, init))
+
+
+def _dense_only(opts: Options, terms: bool, init: bool) -> bool:
+    """Whether only the dense layout fits this: a given start (n x n), or a reference,
+    batch or depth term with a W step the solver over the terms has no form of (the
+    release's printed step)."""
+    return init or (terms and solver_config(opts).w_step != "exact")
 
 
 def _knn(opts: Options, n_cells: int, dense_only: bool = False) -> bool:
     """Whether the fit restricts Z to a candidate support (``z_support``): asked for, or
     ``"auto"`` above :data:`~sccase_jax.options.KNN_AUTO_CELLS` cells unless the fit holds
-    something only the dense layout fits (``dense_only``: a start ``init``; a sweep's
+    something only the dense layout fits (``dense_only``: :func:`_dense_only`; a sweep's
     reference or variant solver).  A reference, the batch term and the depth term are
     fitted on either layout."""
     return opts.z_support == "knn" or (opts.z_support == "auto" and n_cells > KNN_AUTO_CELLS

@@ -118,12 +118,20 @@ def test_terms_reach_the_support_fit_and_the_plain_fit_keeps_its_solver(problem,
 
 
 def test_auto_picks_the_support_with_terms_but_not_with_init():
+    from sccase_jax.fitting import dense_z
+
     opts = Options()
     n = KNN_AUTO_CELLS + 1
     assert _knn(opts, n) and not _knn(opts, KNN_AUTO_CELLS)
-    assert not _knn(opts, n, dense_only=True)  # a start (init) is dense only
+    assert not _knn(opts, n, dense_only=True)
     assert _knn(Options(z_support="knn"), 10, dense_only=True)  # asked for: fit_with refuses
-    assert sccase_jax.fitting.dense_z(opts, KNN_AUTO_CELLS) and not sccase_jax.fitting.dense_z(opts, n)
+    assert dense_z(opts, KNN_AUTO_CELLS) and not dense_z(opts, n)
+    assert not dense_z(opts, n, terms=True)  # a reference, batch or depth term: the support
+    assert dense_z(opts, n, init=True)  # a given start is n x n
+    # the release's printed W step has no form over the terms: dense with them, the plain
+    # support solver without
+    release = Options(preset="release")
+    assert dense_z(release, n, terms=True) and not dense_z(release, n)
 
 
 def test_knn_refuses_init_and_the_printed_w_step(problem):

@@ -93,7 +93,9 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
                                          output.cell_entries(X))
     # X on the device and G = X^T X, formed once: for the fit, and for the PCA of the k
     # estimate (from G instead of a sparse SVD of X, which costs seconds on many peaks).
-    reduced = reduce(X, opts) if dense_z(opts, X.shape[1]) else None
+    terms = (reference is not None or opts.correct_depth
+             or (opts.batch_key is not None and opts.batch_method == "term"))
+    reduced = reduce(X, opts) if dense_z(opts, X.shape[1], terms) else None
     k, estimated = _components(X, opts, reference, None if reduced is None else reduced.G)
     kept = counts[peak_mask][:, cell_mask]
     ref_info, P = None, None
