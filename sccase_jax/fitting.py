@@ -11,11 +11,11 @@ from sccase_jax import progress as _progress
 from sccase_jax.objectives.registry import get_objective
 from sccase_jax.options import FIT, KNN_AUTO_CELLS, VARIANT_MAX_ITER, Options, options_from, signature
 from sccase_jax.params import Factors, SolverConfig
-from sccase_jax.problem import prepare
+from sccase_jax.problem import prepare, resolve_k_ref
 from sccase_jax.result import FitResult
 from sccase_jax.solver.alternating import run, run_donated, run_reporting
 from sccase_jax.solver.projected import run_variant
-from sccase_jax.support.fit import fit_support
+from sccase_jax.support.fit import fit_support, fit_support_terms
 from sccase_jax.validate import InputError
 
 __all__ = ["dense_z", "fit", "fit_options", "fit_variant", "solver_config"]
@@ -80,12 +80,10 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     opts = opts.resolved()
     if depth is not None and solver_config(opts).h_step != "backtrack":
         raise InputError("correct_depth needs the backtracking H step (h_step='backtrack')")
-    terms = P is not None or init is not None or batch is not None or depth is not None
-    if _knn(opts, X.shape[1] if getattr(X, "ndim", 0) == 2 else 0, terms):  # bad shapes: prepare says so
-        if batch is not None or depth is not None:
-            raise InputError("z_support='knn' has no batch or depth term yet (use "
-                             "z_support='dense')")
-        return _fit_knn(X, n_components, opts, P, init)
+    terms = P is not None or batch is not None or depth is not None
+    n = X.shape[1] if getattr(X, "ndim", 0) == 2 else 0  # bad shapes: prepare says so
+    if _knn(opts, n, _dense_only(opts, terms, init is not None)):
+        return _fit_knn(X, n_components, opts, P, init, batch, depth)
     t0 = time.perf_counter()
     prob = prepare(X, n_components, opts, P=P, k_ref=opts.k_ref, init=init, batch=batch,
                    depth=depth, reduced=reduced)
@@ -111,29 +109,47 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     return res.fetch(params)
 
 
-def dense_z(opts: Options, n_cells: int, terms: bool = False) -> bool:
+def dense_z(opts: Options, n_cells: int, terms: bool = False, init: bool = False) -> bool:
     """Whether a fit of ``n_cells`` cells with these options keeps Z dense (n x n);
-    ``terms``: the fit has a reference, a start, the batch term or the depth term."""
-    return not _knn(opts.resolved(), n_cells, terms)
+    ``terms``: the fit has a reference, the batch term or the depth term; ``init``: a start."""
+    opts = opts.resolved()
+    return not _knn(opts, n_cells, _dense_only(opts, terms, init))
 
 
-def _knn(opts: Options, n_cells: int, terms: bool = False) -> bool:
+def _dense_only(opts: Options, terms: bool, init: bool) -> bool:
+    """Whether only the dense layout fits this: a given start (n x n), or a reference,
+    batch or depth term with a W step the solver over the terms has no form of (the
+    release's printed step)."""
+    return init or (terms and solver_config(opts).w_step != "exact")
+
+
+def _knn(opts: Options, n_cells: int, dense_only: bool = False) -> bool:
     """Whether the fit restricts Z to a candidate support (``z_support``): asked for, or
-    ``"auto"`` above :data:`~sccase_jax.options.KNN_AUTO_CELLS` cells for a fit without a
-    reference, a start, the batch term or the depth term (the support fit has none yet)."""
+    ``"auto"`` above :data:`~sccase_jax.options.KNN_AUTO_CELLS` cells unless the fit holds
+    something only the dense layout fits (``dense_only``: :func:`_dense_only`; a sweep's
+    reference or variant solver).  A reference, the batch term and the depth term are
+    fitted on either layout."""
     return opts.z_support == "knn" or (opts.z_support == "auto" and n_cells > KNN_AUTO_CELLS
-                                        and not terms)
+                                        and not dense_only)
 
 
-def _fit_knn(X, n_components: int, opts: Options, P, init) -> FitResult:
-    """The support-restricted fit (:mod:`sccase_jax.support`); Z comes back sparse."""
-    if P is not None or init is not None:
-        raise InputError("z_support='knn' takes neither a reference nor init (use "
-                         "z_support='dense')")
+def _fit_knn(X, n_components: int, opts: Options, P, init, batch=None, depth=None) -> FitResult:
+    """The support-restricted fit (:mod:`sccase_jax.support`); Z comes back sparse.  Without
+    a reference, batch or depth term the hand-written support solver
+    (:func:`~sccase_jax.support.fit.fit_support`); with any of them the solver over the
+    built-in terms on the support layout (:func:`~sccase_jax.support.fit.fit_support_terms`)."""
+    if init is not None:
+        raise InputError("z_support='knn' takes no init (use z_support='dense')")
     config = solver_config(opts)
-    res = fit_support(X, n_components, opts, config, opts.n_neighbors, opts.knn_from,
-                      opts.off_support)
-    params = fit_options(opts, n_components, 0, config, res.W.dtype)
+    support = (opts.n_neighbors, opts.knn_from, opts.off_support)
+    if P is None and batch is None and depth is None:
+        res = fit_support(X, n_components, opts, config, *support)
+        k_ref = 0
+    else:
+        res = fit_support_terms(X, n_components, opts, config, *support, P=P, k_ref=opts.k_ref,
+                                batch=batch, depth=depth)
+        k_ref = resolve_k_ref(P, opts.k_ref, int(n_components))
+    params = fit_options(opts, n_components, k_ref, config, res.W.dtype)
     params.update(res.params or {}, gram="support", z_support="knn", n_neighbors=int(opts.n_neighbors),
                   knn_from=opts.knn_from, off_support=opts.off_support)
     return res._replace(params=params)

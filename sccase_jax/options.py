@@ -241,8 +241,8 @@ class Options:
                        _choice(GRAM_MODES), scope=FIT, flag=None)
     z_support: str = option(
         "auto", "Z dense (n x n) or restricted to each cell's n_neighbors candidate "
-        "neighbours ('knn'); auto: knn above 5,000 cells unless a reference, batch term or "
-        "depth term needs the dense fit", _choice(Z_SUPPORTS),
+        "neighbours ('knn', also with a reference, the batch term or the depth term); auto: "
+        "knn above 5,000 cells", _choice(Z_SUPPORTS),
         scope=FIT, choices=Z_SUPPORTS)
     n_neighbors: int = option(DEFAULT_N_NEIGHBORS, "candidate neighbours per cell (itself "
                               "included) of the knn support", _positive_int, scope=FIT)

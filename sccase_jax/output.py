@@ -27,6 +27,7 @@ __all__ = [
     "enhanced_matrix",
     "embedding_similarity",
     "keep_largest",
+    "keep_largest_sparse",
     "minmax_scale",
     "output_weights",
     "resolve_neighbors",
@@ -34,6 +35,7 @@ __all__ = [
     "sparse_weights",
     "stored_z",
     "weights",
+    "weights_sparse",
 ]
 
 # Columns of Z selected at a time by keep_largest.
@@ -173,6 +175,52 @@ def weights(Z, output: str, blend: float, inplace: bool) -> np.ndarray:
         B = Z * scale
     B[np.diag_indices_from(B)] += np.where(empty, 1.0, 1.0 - float(blend)).astype(Z.dtype)
     return B
+
+
+def keep_largest_sparse(Z, neighbors: int) -> sp.csc_matrix:
+    """:func:`keep_largest` of a sparse ``Z``: each column's ``neighbors`` largest stored
+    entries (ties broken by position), never an n x n array.  Its dtype and values are
+    Z's; a column with fewer stored entries keeps them all (the zeros the dense
+    :func:`keep_largest` also keeps change no weight)."""
+    Z = sp.csc_matrix(Z, copy=True)
+    Z.sum_duplicates()  # sorted row indices, one entry a position
+    counts = np.diff(Z.indptr)
+    if counts.max(initial=0) > neighbors:
+        keep = np.ones(Z.nnz, bool)
+        for j in np.flatnonzero(counts > neighbors):
+            a, b = Z.indptr[j], Z.indptr[j + 1]
+            keep[a + np.argsort(-Z.data[a:b], kind="stable")[neighbors:]] = False
+        cols = np.repeat(np.arange(Z.shape[1]), counts)
+        Z = sp.csc_matrix((Z.data[keep], (Z.indices[keep], cols[keep])), shape=Z.shape)
+    return Z
+
+
+def weights_sparse(Z, output: str, blend: float) -> sp.csc_matrix:
+    """:func:`weights` of a sparse ``Z`` already cut to its neighbours, with the same
+    arithmetic in Z's dtype (each column summed in row order, as ``Z.sum(axis=0)`` of the
+    dense array does, then the same scale and diagonal): equal bit for bit to
+    ``csc_matrix(weights(Z.toarray(), ...))``, without the n x n array."""
+    Z = sp.csc_matrix(Z, copy=True)
+    Z.sum_duplicates()
+    if output == "xz":
+        return Z
+    n_rows, n = Z.shape
+    counts = np.diff(Z.indptr)
+    # the columns as rows of an ELL array (n x most entries a column), zero-padded: the
+    # running sum over its columns adds each column's entries in row order
+    width = int(counts.max(initial=0))
+    slot = np.arange(Z.nnz) - np.repeat(Z.indptr[:-1], counts)
+    ell = np.zeros((n, width), Z.dtype)
+    ell[np.repeat(np.arange(n), counts), slot] = Z.data
+    s = np.zeros(n, Z.dtype)
+    for t in range(width):
+        s += ell[:, t]
+    del ell
+    empty = ~(s > 0)
+    scale = (float(blend) / np.where(empty, 1, s)).astype(Z.dtype)
+    Z.data *= np.repeat(scale, counts)
+    diag = np.where(empty, 1.0, 1.0 - float(blend)).astype(Z.dtype)
+    return sp.csc_matrix(Z + sp.diags(diag, shape=(n_rows, n), dtype=Z.dtype))
 
 
 def stored_z(store_z, neighbors):

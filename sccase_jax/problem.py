@@ -38,11 +38,16 @@ from sccase_jax.validate import InputError, check_int, check_matrix, default_dty
 __all__ = [
     "Problem",
     "Reduced",
+    "batch_one_hot",
     "check_input",
     "dense_limit",
+    "depth_vector",
     "device_matrix",
     "prepare",
     "reduce",
+    "reference_columns",
+    "resolve_k_ref",
+    "start_wh",
     "warn_if_not_preprocessed",
 ]
 
@@ -210,10 +215,7 @@ def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_r
     m, n = X.shape
     dtype = opts.dtype or default_dtype()
     k = int(n_components)
-    k_ref = 0 if P is None and k_ref is None else (np.shape(P)[1] if k_ref is None else k_ref)
-    k_ref = check_int("k_ref", k_ref, 0)
-    if not 0 <= k_ref <= k:
-        raise InputError(f"k_ref must be between 0 and n_components = {k}, got {k_ref}")
+    k_ref = resolve_k_ref(P, k_ref, k)
     if reduce_on not in REDUCE_ON:
         raise InputError(f"reduce_on must be 'auto', 'host' or 'device', got {reduce_on!r}")
 
@@ -224,12 +226,7 @@ def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_r
         Xd, G, reduce_on = reduced
         if tuple(Xd.shape) != (m, n):
             raise InputError(f"reduced holds a {Xd.shape[0]} x {Xd.shape[1]} X, not {m} x {n}")
-    Pfull = np.zeros((m, k), np.dtype(dtype))
-    if k_ref:
-        P = np.asarray(P, np.dtype(dtype))
-        if P.shape != (m, k_ref):
-            raise InputError(f"P must have shape (peaks, k_ref) = {(m, k_ref)}, got {P.shape}")
-        Pfull[:, :k_ref] = P
+    Pfull, M = reference_columns(P, k_ref, m, k, dtype)
     if init is None:
         init = _start(X, Xd, k, k_ref, Pfull, key_nmf, opts, reduce_on, dtype)
     else:
@@ -237,23 +234,53 @@ def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_r
         want = ((m, k), (k, n), (n, n))
         if tuple(a.shape for a in init) != want:
             raise InputError(f"init shapes must be W {want[0]}, H {want[1]}, Z {want[2]}")
-    M = np.zeros(k, np.dtype(dtype))
-    M[:k_ref] = 1.0
-    codes, mu = None, None
-    if batch is not None:
-        codes = np.asarray(batch)
-        if codes.shape != (n,) or codes.dtype.kind not in "iu" or codes.min() < 0:
-            raise InputError(f"batch must hold one integer code >= 0 per cell ({n}), got {codes.shape}")
-        codes = jnp.asarray(one_hot(np.unique(codes, return_inverse=True)[1], np.dtype(dtype)))
-        mu = jnp.asarray(opts.batch_weight * opts.lam, dtype)
+    codes, mu = batch_one_hot(batch, n, opts, dtype)
     data = Data(X=Xd, G=G, R=dropout_mask(key_mask, n, opts.keep_prob), P=jnp.asarray(Pfull),
                 M=jnp.asarray(M), batch=codes, batch_mu=mu,
-                depth=None if depth is None else _depth(depth, n, dtype))
+                depth=None if depth is None else depth_vector(depth, n, dtype))
     hp = Hyperparams.create(opts.lam, opts.gamma1, opts.gamma2, opts.alpha, dtype=dtype)
     return Problem(data, init, hp)
 
 
-def _depth(depth, n: int, dtype):
+def resolve_k_ref(P, k_ref, k: int) -> int:
+    """The number of reference columns of W: ``k_ref``, else ``P``'s columns, else 0; checked
+    against ``k``."""
+    k_ref = 0 if P is None and k_ref is None else (np.shape(P)[1] if k_ref is None else k_ref)
+    k_ref = check_int("k_ref", k_ref, 0)
+    if not 0 <= k_ref <= k:
+        raise InputError(f"k_ref must be between 0 and n_components = {k}, got {k_ref}")
+    return k_ref
+
+
+def reference_columns(P, k_ref: int, m: int, k: int, dtype):
+    """``(Pfull, M)`` (NumPy, ``dtype``): scCASER's ``P`` in the first ``k_ref`` of k columns
+    (m x k, zero elsewhere) and the mask of those columns (k, 1.0 on them)."""
+    Pfull = np.zeros((m, k), np.dtype(dtype))
+    if k_ref:
+        P = np.asarray(P, np.dtype(dtype))
+        if P.shape != (m, k_ref):
+            raise InputError(f"P must have shape (peaks, k_ref) = {(m, k_ref)}, got {P.shape}")
+        Pfull[:, :k_ref] = P
+    M = np.zeros(k, np.dtype(dtype))
+    M[:k_ref] = 1.0
+    return Pfull, M
+
+
+def batch_one_hot(batch, n: int, opts: Options, dtype):
+    """``(Ob, mu)`` of the batch term: the one-hot batches (n x B, on the device) of integer
+    codes (one per cell; renumbered 0..B-1) and the weight ``batch_weight x lam``; ``(None,
+    None)`` without ``batch``."""
+    if batch is None:
+        return None, None
+    codes = np.asarray(batch)
+    if codes.shape != (n,) or codes.dtype.kind not in "iu" or codes.min() < 0:
+        raise InputError(f"batch must hold one integer code >= 0 per cell ({n}), got {codes.shape}")
+    Ob = jnp.asarray(one_hot(np.unique(codes, return_inverse=True)[1], np.dtype(dtype)))
+    return Ob, jnp.asarray(opts.batch_weight * opts.lam, dtype)
+
+
+def depth_vector(depth, n: int, dtype):
+    """The depth term's relative depths (n, on the device), checked: positive and finite."""
     p = np.asarray(depth, np.float64)
     if p.shape != (n,) or not np.all(np.isfinite(p)) or p.min() <= 0:
         raise InputError(f"depth must hold one positive finite value per cell ({n})")
@@ -282,6 +309,18 @@ def _start(X, Xd, k: int, k_ref: int, Pfull, key_nmf, opts: Options, reduce_on: 
     """The starting :class:`~sccase_jax.params.Factors`: the NMF of X for the free block of
     W and H, ``P`` and its non-negative least-squares H for the reference block, the
     Jaccard similarity for Z."""
+    W0, H0 = start_wh(X, Xd, k, k_ref, Pfull, key_nmf, opts, dtype)
+    if reduce_on == "device":
+        Z0 = jaccard_similarity_device(Xd, opts.jaccard_normalize)
+    else:
+        Z0 = jnp.asarray(jaccard_similarity(X, opts.jaccard_normalize), dtype)
+    return Factors(W0, H0, Z0)
+
+
+def start_wh(X, Xd, k: int, k_ref: int, Pfull, key_nmf, opts: Options, dtype):
+    """``(W0, H0)``: the NMF of X (``key_nmf``) for the free ``k - k_ref`` columns of W and
+    rows of H, ``P`` and its non-negative least-squares H for the ``k_ref`` reference ones
+    (first).  The dense and the support-restricted fits start from it."""
     m, n = X.shape
     if k > k_ref:
         W0, H0 = nmf(Xd, k - k_ref, key_nmf, n_iter=opts.nmf_iter, tol=opts.nmf_tol, host=X,
@@ -292,8 +331,4 @@ def _start(X, Xd, k: int, k_ref: int, Pfull, key_nmf, opts: Options, reduce_on: 
         P1 = jnp.asarray(Pfull[:, :k_ref])
         W0 = jnp.concatenate([P1, W0], axis=1)
         H0 = jnp.concatenate([nnls_h(Xd, P1, opts.nmf_iter), H0], axis=0)
-    if reduce_on == "device":
-        Z0 = jaccard_similarity_device(Xd, opts.jaccard_normalize)
-    else:
-        Z0 = jnp.asarray(jaccard_similarity(X, opts.jaccard_normalize), dtype)
-    return Factors(W0, H0, Z0)
+    return W0, H0

@@ -146,7 +146,9 @@ def sweep(X, *, lams, ks, batch_size: int | None = None, solver: Callable | None
     _check_hyper(solver, objective, hyper)
     config = solver_config(opts)
     shape = getattr(X, "shape", ())
-    if _knn(opts, shape[1] if len(shape) == 2 else 0):
+    # "auto" keeps a sweep with a reference or a variant solver dense (the support sweep
+    # runs scCASE's alternating solver only).
+    if _knn(opts, shape[1] if len(shape) == 2 else 0, solver is not None or P is not None):
         if solver is not None or P is not None:
             raise InputError("sweep with z_support='knn' runs scCASE's alternating solver "
                              "only (no solver, no reference P; use z_support='dense')")

@@ -240,3 +240,47 @@ def test_enhanced_matrix_checks():
         E.select(cells=[9])
     with pytest.raises(InputError, match="before selecting"):
         E.select(cells=[1]).with_scaling()
+
+
+def _no_dense_z(monkeypatch):
+    """Make every way of densifying a sparse matrix, and the dense selection of Z, raise."""
+    from sccase_jax import output
+
+    def boom(*a, **kw):
+        raise AssertionError("an n x n array was formed")
+
+    for cls in (sp.csr_matrix, sp.csc_matrix, sp.csr_array, sp.csc_array):
+        monkeypatch.setattr(cls, "toarray", boom)
+        monkeypatch.setattr(cls, "todense", boom)
+    monkeypatch.setattr(output, "keep_largest", boom)
+    monkeypatch.setattr(output, "weights", boom)
+
+
+def test_weights_recomputed_from_a_sparse_z_are_the_stored_ones(pair, monkeypatch):
+    # An output whose weights are lost (or a file written before they were stored): they
+    # come back from the stored sparse Z (for the knn support with fewer candidates than
+    # the output's neighbours, from H^T H of the stored embedding) as enhance built them,
+    # bit for bit, and without ever forming an n x n array.
+    import importlib
+
+    from sccase_jax import output
+
+    full, lean = pair
+    if not sp.issparse(lean.obsp["sccase_Z"]):
+        pytest.skip("a dense stored Z (an output over every cell)")
+    params = lean.uns["sccase"]["params"]
+    want = sp.csc_matrix(lean.obsp["sccase_weights"])
+    gone = lean.copy()
+    del gone.obsp["sccase_weights"]
+    weights = importlib.import_module("sccase_jax.tl.enhanced")._weights
+    with monkeypatch.context() as m:
+        _no_dense_z(m)
+        got = weights(gone, "sccase", params)
+    assert sp.issparse(got) and got.dtype == want.dtype
+    assert (got != want).nnz == 0
+    np.testing.assert_array_equal(tl.enhanced(gone), full.layers["sccase"])
+    if params.get("z_support") != "knn":
+        # the dense computation from the same stored Z, bit for bit
+        Z = output.keep_largest(gone.obsp["sccase_Z"].toarray(), int(params["neighbors"]))
+        blend = float(params["blend"]) if params["output"] == "blend" else 0.0
+        np.testing.assert_array_equal(got.toarray(), output.weights(Z, params["output"], blend, True))

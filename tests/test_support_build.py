@@ -133,13 +133,12 @@ def test_knn_sweep_refuses_a_reference_and_variant_solvers():
         sccase_jax.sweep(tfidf_x(C), lams=[1e6], ks=[3], z_support="knn", P=np.ones((40, 1)))
 
 
-def test_knn_refuses_the_batch_term():
+def test_knn_with_harmony_batches():
+    # The default correction (Harmony on the fit's embedding) needs no term in the fit; the
+    # batch term on the support: tests/test_support_terms.py.
     C, _ = counts(n=40, m=60)
     a = ad.AnnData(C)
     a.obs["batch"] = ["x", "y"] * 20
-    with pytest.raises(sccase_jax.InputError, match="no batch or depth"):
-        sccase_jax.enhance(a, 3, z_support="knn", batch_key="batch", batch_method="term",
-                           max_iter=2)
-    # the default correction (Harmony on the fit's embedding) needs no term in the fit
     out = sccase_jax.enhance(a, 3, z_support="knn", batch_key="batch", max_iter=2)
+    assert out.uns["sccase"]["params"]["batch_method"] == "harmony"
     assert np.all(np.isfinite(out.layers["sccase"]))

@@ -20,8 +20,9 @@ built-in) the sum of F's Taylor coefficients along the move (nested :func:`jax.j
 degree 2 in Z and W and 4 in H), which is of the order of the change itself, as the
 hand-written solvers' differences of the iterates are; for other terms ``F(new) - F(old)``.  Not yet here: the
 "free" and "auto" Z rules (every ``z_step`` runs the gradient step, as in the support
-solver), the printed W step, the Gram cache ``G S`` that makes the dense Z step two
-products, and the wiring into ``fit``/``sweep``/``enhance``.
+solver), the printed W step, and the Gram cache ``G S`` that makes the dense Z step two
+products.  ``fit`` and ``enhance`` run it for the support-restricted fit with scCASER's
+reference, the batch term or the depth term (:func:`sccase_jax.support.fit.fit_support_terms`).
 """
 
 from __future__ import annotations

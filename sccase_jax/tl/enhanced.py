@@ -62,12 +62,37 @@ def _weights(adata, key: str, params: dict):
         raise InputError(f"obsp[{zkey!r}] keeps {stored} neighbours per cell but the output used "
                          f"{used}; write with store_z='full' (or a larger store_z) to recompute it")
     Z = adata.obsp[zkey]
-    Z = Z.toarray() if sp.issparse(Z) else np.asarray(Z)
-    if neighbors is not None:
-        Z = output.keep_largest(Z, neighbors)
     out = params.get("output", "blend")
     blend = 0.0 if out != "blend" else float(params["blend"])
+    if sp.issparse(Z):  # never n x n: a sparse Z stays sparse
+        if _sparse_fit_z(params, neighbors):
+            return _support_weights(adata, key, Z, out, blend, neighbors)
+        Zk = Z if neighbors is None else output.keep_largest_sparse(Z, neighbors)
+        return output.weights_sparse(Zk, out, blend)
+    Z = np.asarray(Z)
+    if neighbors is not None:
+        Z = output.keep_largest(Z, neighbors)
     return output.weights(Z, out, blend, inplace=neighbors is not None)
+
+
+def _sparse_fit_z(params: dict, neighbors) -> bool:
+    """Whether ``enhance`` had a sparse Z (:func:`sccase_jax.tl.store.weights_and_z`'s
+    sparse branch): a support-restricted fit's, or the Harmony-corrected similarity's
+    (cut to the output's neighbours)."""
+    return params.get("z_support") == "knn" or (
+        params.get("batch_method") == "harmony" and neighbors is not None)
+
+
+def _support_weights(adata, key: str, Z, out: str, blend: float, neighbors):
+    """The weights ``enhance`` built from a sparse Z, as it built them
+    (:func:`sccase_jax.tl.store.weights_and_z`): from the stored Z, or, where the support
+    held fewer candidates than the output's ``neighbors``, from ``max(H^T H, 0)`` of the
+    stored embedding ``obsm[f"X_{key}"]``.  Bit for bit the stored weights when the fit ran
+    in float32 (the default: ``obsp`` keeps Z in float32)."""
+    n = Z.shape[0]
+    if neighbors is not None and np.diff(sp.csc_matrix(Z).indptr).max(initial=0) < min(neighbors, n):
+        Z = output.embedding_similarity(adata.obsm[f"X_{key}"], neighbors)
+    return output.sparse_weights(Z, out, blend, neighbors).astype(np.float32)
 
 
 def enhanced_matrix(adata, key: str = "sccase", *, block: int = 1024) -> EnhancedMatrix:
