@@ -198,3 +198,20 @@ def m_two_pass(C, seed, ctx, resolution=1.0):
 
 
 peers.EXTRA_METHODS["cand: scCASE two-pass self-reference"] = m_two_pass
+
+
+# scCASER at all cells of a donor: the reference's weight and the fit's length.  The default
+# stops after 2 iterations (x_tol), so W's reference block stays near its start P whatever
+# alpha is; these ask whether letting the fit run, or a pull that grows with the cells
+# (the data term is a sum over cells, the pull is not), changes that.
+def _sccaser(C, seed, ctx, **kw):
+    if ctx.get("reference") is None:
+        return {"skip": "no reference for this dataset"}
+    return peers._enhance(C, seed, ctx, reference=ctx["reference"], **kw)
+
+
+peers.EXTRA_METHODS.update({
+    "cand: scCASER 30 iterations": lambda C, s, ctx: _sccaser(C, s, ctx, x_tol=0.0, max_iter=30),
+    "cand: scCASER alpha n/2000": lambda C, s, ctx: _sccaser(C, s, ctx, alpha=C.shape[0] / 2000.0),
+    "cand: scCASER alpha 0.1": lambda C, s, ctx: _sccaser(C, s, ctx, alpha=0.1),
+})
