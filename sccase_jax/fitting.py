@@ -61,8 +61,11 @@ def fit(X, n_components: int, *, P=None, init: Factors | None = None, **options)
     ``**options``: the fit's options of :class:`sccase_jax.options.Options` (``lam``,
     ``gamma1``, ``gamma2``, ``keep_prob``, ``tol``, ``max_iter``, ``seed``, ``preset``,
     ``config``, ``jaccard_normalize``, ``nmf_iter``, ``nmf_tol``, ``x_format``, ``gram``, ``dtype``,
-    ``progress``, ``k_ref``, ``alpha``), with the same defaults and checks as
-    :func:`sccase_jax.enhance`.  The fit stops once an iteration moves H and Z by less than
+    ``progress``, ``k_ref``, ``alpha``, ``z_support``, ``terms``), with the same defaults and
+    checks as :func:`sccase_jax.enhance`.  ``terms={name: weight}`` adds registered loss
+    terms (:func:`sccase_jax.terms.register_term`), fitted with the built-in ones by the
+    solver over the terms (:mod:`sccase_jax.solver.over_terms`) on either layout of Z.
+    The fit stops once an iteration moves H and Z by less than
     ``x_tol`` (1e-4) of their size or changes F by less than ``tol`` (1e-6) of itself,
     or after ``max_iter`` (30) iterations; ``tol``, ``x_tol`` and ``max_iter`` default to
     the config's (the preset's) when one is given, and ``x_tol`` to 0 when ``tol`` is

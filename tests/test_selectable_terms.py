@@ -56,7 +56,11 @@ def _z_sum(Z):
     return float(Z.sum()) if sp.issparse(Z) else float(np.sum(Z))
 
 
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+# The products through the sparse X (gram="sparse"): the dense layout forms G for the terms.
+CASES = dict(LAYOUTS, dense_sparse_gram=dict(z_support="dense", gram="sparse"))
+
+
+@pytest.mark.parametrize("layout", sorted(CASES))
 def test_a_term_of_weight_zero_is_the_plain_fit(X, layout):
     # Same start (NMF, Jaccard Z0, mask R from the seed) and, with weight 0, the same
     # objective: the fits differ only in how F and its steps are summed (the hand-written
@@ -64,16 +68,21 @@ def test_a_term_of_weight_zero_is_the_plain_fit(X, layout):
     # rounding of order 1e-16 relative per operation, carried through 4 iterations of
     # exact line searches. tests/test_over_terms.py compares the solvers at the same
     # tolerances (1e-9 on F, 1e-7 on the factors).
-    plain = sccase_jax.fit(X, K, **COMMON, **LAYOUTS[layout])
-    res = sccase_jax.fit(X, K, terms={NAME: 0.0}, **COMMON, **LAYOUTS[layout])
+    plain = sccase_jax.fit(X, K, **COMMON, **CASES[layout])
+    res = sccase_jax.fit(X, K, terms={NAME: 0.0}, **COMMON, **CASES[layout])
+    assert res.params["gram"] == plain.params["gram"]
     assert res.n_iter == plain.n_iter == 4
     assert type(res.Z) is type(plain.Z) and res.Z.shape == plain.Z.shape == (N, N)
     assert res.params["terms"] == {NAME: 0.0} and "terms" not in plain.params
-    np.testing.assert_allclose(res.loss, plain.loss, rtol=1e-9)
-    np.testing.assert_allclose(res.initial_loss, plain.initial_loss, rtol=1e-12)
+    # With gram="sparse" the plain fit multiplies through X (X^T (X S), column blocks)
+    # where the layout uses G = X^T X formed on the host: another summation order in every
+    # product, and line searches that amplify it: 100x looser.
+    loose = 100.0 if CASES[layout].get("gram") == "sparse" else 1.0
+    np.testing.assert_allclose(res.loss, plain.loss, rtol=1e-9 * loose)
+    np.testing.assert_allclose(res.initial_loss, plain.initial_loss, rtol=1e-12 * loose)
     Zr, Zp = (sp.csc_matrix(z).toarray() if sp.issparse(z) else z for z in (res.Z, plain.Z))
     for a, b in ((res.W, plain.W), (res.H, plain.H), (Zr, Zp)):
-        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(a, b, rtol=1e-7 * loose, atol=1e-10 * loose)
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
