@@ -30,7 +30,10 @@ hand-derived formula: :meth:`Term.slope_curvature` is the only place they are co
 
 Registration.  :func:`register_term` makes a class a frozen dataclass pytree (the fields
 named in its ``leaves``, ``("weight",)`` by default, are leaves; the rest are static) and
-enters it in :data:`TERMS` under a name; the built-in names cannot be replaced.
+enters it in :data:`TERMS` under a name; the built-in names cannot be replaced.  A
+registered term with a ``weight`` field is selectable in ``fit`` and ``enhance``
+(``terms={name: weight}``, checked by :func:`check_terms`) and on the command line
+(``--term NAME:WEIGHT``): it is fitted with the built-in terms on either layout of Z.
 """
 
 from __future__ import annotations
