@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import time
 
+import jax.numpy as jnp
 import numpy as np
 
 from sccase_jax import progress as _progress
+from sccase_jax.layout import DenseLayout
 from sccase_jax.objectives.registry import get_objective
 from sccase_jax.options import FIT, KNN_AUTO_CELLS, VARIANT_MAX_ITER, Options, options_from, signature
 from sccase_jax.params import Factors, SolverConfig
-from sccase_jax.problem import prepare, resolve_k_ref
+from sccase_jax.problem import check_input, prepare, resolve_k_ref
 from sccase_jax.result import FitResult
 from sccase_jax.solver.alternating import run, run_donated, run_reporting
+from sccase_jax.solver.over_terms import run as run_terms
 from sccase_jax.solver.projected import run_variant
+from sccase_jax.start import gram_matrix
 from sccase_jax.support.fit import fit_support, fit_support_terms
+from sccase_jax.terms import Objective, TermData, extra_terms, sccase_terms
 from sccase_jax.validate import InputError
 
 __all__ = ["dense_z", "fit", "fit_options", "fit_variant", "solver_config"]
@@ -39,7 +44,7 @@ def fit_options(opts: Options, n_components: int, k_ref: int, config: SolverConf
         k_ref=k_ref, alpha=opts.alpha, jaccard_normalize=opts.jaccard_normalize,
         nmf_iter=opts.nmf_iter, nmf_tol=opts.nmf_tol, nmf_sketch=opts.nmf_sketch,
         config=config._asdict(), dtype=np.dtype(dtype).name,
-    )
+    ) | ({} if opts.terms is None else {"terms": dict(opts.terms)})
 
 
 def fit(X, n_components: int, *, P=None, init: Factors | None = None, **options) -> FitResult:
@@ -56,8 +61,11 @@ def fit(X, n_components: int, *, P=None, init: Factors | None = None, **options)
     ``**options``: the fit's options of :class:`sccase_jax.options.Options` (``lam``,
     ``gamma1``, ``gamma2``, ``keep_prob``, ``tol``, ``max_iter``, ``seed``, ``preset``,
     ``config``, ``jaccard_normalize``, ``nmf_iter``, ``nmf_tol``, ``x_format``, ``gram``, ``dtype``,
-    ``progress``, ``k_ref``, ``alpha``), with the same defaults and checks as
-    :func:`sccase_jax.enhance`.  The fit stops once an iteration moves H and Z by less than
+    ``progress``, ``k_ref``, ``alpha``, ``z_support``, ``terms``), with the same defaults and
+    checks as :func:`sccase_jax.enhance`.  ``terms={name: weight}`` adds registered loss
+    terms (:func:`sccase_jax.terms.register_term`), fitted with the built-in ones by the
+    solver over the terms (:mod:`sccase_jax.solver.over_terms`) on either layout of Z.
+    The fit stops once an iteration moves H and Z by less than
     ``x_tol`` (1e-4) of their size or changes F by less than ``tol`` (1e-6) of itself,
     or after ``max_iter`` (30) iterations; ``tol``, ``x_tol`` and ``max_iter`` default to
     the config's (the preset's) when one is given, and ``x_tol`` to 0 when ``tol`` is
@@ -80,7 +88,9 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     opts = opts.resolved()
     if depth is not None and solver_config(opts).h_step != "backtrack":
         raise InputError("correct_depth needs the backtracking H step (h_step='backtrack')")
-    terms = P is not None or batch is not None or depth is not None
+    if opts.terms is not None:
+        _check_terms_config(solver_config(opts))
+    terms = P is not None or batch is not None or depth is not None or opts.terms is not None
     n = X.shape[1] if getattr(X, "ndim", 0) == 2 else 0  # bad shapes: prepare says so
     if _knn(opts, n, _dense_only(opts, terms, init is not None)):
         return _fit_knn(X, n_components, opts, P, init, batch, depth)
@@ -93,7 +103,9 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
                         f"and NMF start in {time.perf_counter() - t0:.1f} s; compiling and "
                         "running the solver")
     config = solver_config(opts)
-    if opts.progress and init is None:
+    if opts.terms is not None:
+        res = _fit_dense_terms(X, prob, opts, config)
+    elif opts.progress and init is None:
         # One line an iteration from the host loop: the compiled fit then holds no host
         # callback and goes into JAX's persistent compilation cache.
         quiet = config._replace(progress=False)
@@ -109,9 +121,39 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     return res.fetch(params)
 
 
+def _check_terms_config(config: SolverConfig) -> None:
+    """Extra terms are fitted by the solver over the terms: its W and H step rules only."""
+    if config.w_step != "exact":
+        raise InputError(f"terms are fitted with w_step='exact' only, got {config.w_step!r} "
+                         "(the release preset's printed step has no form over terms)")
+    if config.h_step not in ("backtrack", "exact"):
+        raise InputError(f"terms are fitted with h_step 'backtrack' or 'exact', got "
+                         f"{config.h_step!r}")
+
+
+def _fit_dense_terms(X, prob, opts: Options, config: SolverConfig):
+    """The dense fit with extra terms: the solver over the terms
+    (:mod:`sccase_jax.solver.over_terms`) on the :class:`~sccase_jax.layout.DenseLayout`,
+    from the plain fit's start (``prob``: the same W0, H0, Z0, mask R and data), the
+    objective the built-in terms of ``prob`` (scCASER's pull, the batch and depth terms
+    where set) plus ``opts.terms``.  Z's rule is the exact step along the gradient (the
+    dense solver's ``z_step="gradient"``) whatever ``z_step`` says."""
+    d = prob.data
+    dtype = prob.hp.lam.dtype
+    G = d.G
+    if G is None:  # the plain fit's products went through the sparse X: the layout needs G
+        G = jnp.asarray(gram_matrix(check_input(X, prob.factors.W.shape[1]), np.dtype(dtype)))
+    layout = DenseLayout(d.R, G)
+    data = TermData(d.X, P=d.P, M=d.M, batch=d.batch, depth=d.depth)
+    objective = Objective((*sccase_terms(prob.hp, batch_mu=d.batch_mu, depth=d.depth is not None),
+                           *extra_terms(opts.terms, dtype)))
+    return run_terms(objective, data, layout, prob.factors, config)
+
+
 def dense_z(opts: Options, n_cells: int, terms: bool = False, init: bool = False) -> bool:
     """Whether a fit of ``n_cells`` cells with these options keeps Z dense (n x n);
-    ``terms``: the fit has a reference, the batch term or the depth term; ``init``: a start."""
+    ``terms``: the fit has a reference, the batch term, the depth term or extra terms;
+    ``init``: a start."""
     opts = opts.resolved()
     return not _knn(opts, n_cells, _dense_only(opts, terms, init))
 
@@ -142,7 +184,7 @@ def _fit_knn(X, n_components: int, opts: Options, P, init, batch=None, depth=Non
         raise InputError("z_support='knn' takes no init (use z_support='dense')")
     config = solver_config(opts)
     support = (opts.n_neighbors, opts.knn_from, opts.off_support)
-    if P is None and batch is None and depth is None:
+    if P is None and batch is None and depth is None and opts.terms is None:
         res = fit_support(X, n_components, opts, config, *support)
         k_ref = 0
     else:
@@ -167,6 +209,8 @@ def fit_variant(X, n_components: int, *, objective="sccase", optimizer=None, hyp
     """
     objective = get_objective(objective)
     opts = options_from(options, allowed=FIT_OPTIONS, caller="fit_variant")
+    if opts.terms is not None:
+        raise InputError("fit_variant fits a registered objective, not terms (use fit(..., terms=...))")
     if opts.max_iter is None:
         opts = opts.replace(max_iter=VARIANT_MAX_ITER)
     opts = opts.replace(x_format="dense").resolved()

@@ -24,7 +24,7 @@ import numpy as np
 
 from sccase_jax import validate as v
 
-__all__ = ["ENHANCE", "FIT", "Options", "option", "options_from", "signature"]
+__all__ = ["ENHANCE", "FIT", "Options", "option", "options_from", "parse_term", "signature"]
 
 FIT = "fit"  # an option of the fit itself: fit, sweep, enhance and the command line
 ENHANCE = "enhance"  # an option of the AnnData front end: enhance and the command line
@@ -180,6 +180,23 @@ def _dtype(name, value):
     return None if value is None else v.check_dtype(name, value)
 
 
+def parse_term(text: str) -> tuple:
+    """``"NAME:WEIGHT"`` as ``(NAME, WEIGHT)`` (the weight a float, or the text if not one)."""
+    name, sep, weight = str(text).rpartition(":")
+    if not sep or not name.strip():
+        raise v.InputError(f"a term is NAME:WEIGHT (e.g. l1_z:0.1), got {text!r}")
+    try:
+        return name.strip(), float(weight)
+    except ValueError:
+        return name.strip(), weight
+
+
+def _terms(name, value):
+    from sccase_jax.terms.base import check_terms  # JAX: only when terms are given
+
+    return None if value is None else check_terms(name, value)
+
+
 def _int_or_word(words):
     """A command-line parser: one of ``words`` or an integer (else the text, for the check)."""
 
@@ -254,6 +271,11 @@ class Options:
         "drop", "knn support: 'exact' keeps the off-support part of lam ||Z - H^T H||^2 "
         "(paper Eq. 2 with Z on the support; at lam = 1e6 it drives H to 0), 'drop' fits "
         "Z to H^T H on the support only", _choice(OFF_SUPPORT), scope=FIT, choices=OFF_SUPPORT)
+    terms: Any = option(
+        None, "extra registered loss terms (sccase_jax.terms.register_term) with their "
+        "weights, {name: weight} (repeat --term NAME:WEIGHT); fitted with the built-in "
+        "terms by the solver over the terms, on either Z layout", _terms, scope=FIT,
+        flag="--term", metavar="NAME:WEIGHT", default_text="none")
     dtype: Any = option(None, "computation dtype, float32 or float64 (needs jax_enable_x64)",
                         _dtype, scope=FIT, flag=None, default_text="float32")
     preset: str = option("paper", "'paper' (default) or 'release': the sccase 0.2.5 solver",
@@ -412,7 +434,7 @@ def options_from(kwargs: dict, *, allowed=None, caller: str = "enhance",
 
 
 # Options for which None is a real value, not only "the default" (dtype: JAX's default).
-_NONE_ALLOWED = frozenset({"n_components", "dtype", "config", "k_ref", "jaccard_normalize",
+_NONE_ALLOWED = frozenset({"n_components", "terms", "dtype", "config", "k_ref", "jaccard_normalize",
                            "layer", "scale_output", "neighbors", "out_file", "output",
                            "min_cells_frac"})
 

@@ -139,6 +139,8 @@ def sweep(X, *, lams, ks, batch_size: int | None = None, solver: Callable | None
     if unknown:
         raise InputError(f"sweep got unknown or unsupported option(s): {sorted(unknown)}")
     opts = Options(**options).resolved()
+    if opts.terms is not None:
+        raise InputError("sweep fits scCASE's own terms only (no terms=...; use fit or enhance)")
     lams, ks = _grid(lams, ks, getattr(X, "shape", None))
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, 1)

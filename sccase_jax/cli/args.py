@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from sccase_jax.options import Options
-from sccase_jax.validate import InputError, check_int, check_seed
+from sccase_jax.options import Options, parse_term
+from sccase_jax.validate import InputError, check_int, check_real, check_seed
 
 __all__ = ["ArgumentParser", "add_options", "given_options", "int_at_least", "seed_type"]
 
@@ -61,6 +61,13 @@ def seed_type(name: str = "seed"):
     return checked(name, check_seed, type_name="integer")
 
 
+def _term_weight(name: str, text: str) -> tuple:
+    """``NAME:WEIGHT`` as ``(NAME, WEIGHT)``, the weight checked (the name is checked against
+    the registry when the options are made, after any ``--term-module`` is imported)."""
+    term, weight = parse_term(text)
+    return term, check_real(f"the weight of term {term!r}", weight)
+
+
 def _flag(f) -> str:
     return f.metadata["flag"] or "--" + f.name.replace("_", "-")
 
@@ -91,6 +98,10 @@ def add_options(parser: argparse.ArgumentParser, names) -> None:
                                     help=f.metadata["help"])
             continue
         kwargs = dict(dest=name, default=f.default, help=_help(f))
+        if name == "terms":  # repeatable, NAME:WEIGHT; the names are checked when Options is made
+            kwargs.update(action="append", type=checked(name, _term_weight, str, "term"))
+            parser.add_argument(flag, metavar=f.metadata["metavar"], **kwargs)
+            continue
         if f.metadata["choices"] is not None:
             kwargs["choices"] = list(f.metadata["choices"])
         else:

@@ -12,6 +12,7 @@ have is printed before it is written.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 import warnings
@@ -33,7 +34,7 @@ ENHANCE_OPTIONS = (
     "n_components", "lam", "gamma1", "gamma2", "keep_prob", "tol", "x_tol", "max_iter", "seed", "layer",
     "min_cells_frac", "tfidf", "output", "blend", "scale_output", "neighbors", "binarize",
     "drop_empty_cells", "preset", "k_ref", "alpha", "peak_match", "min_peak_match", "store_z",
-    "layer_dtype", "batch_key", "batch_method", "batch_weight", "correct_depth",
+    "layer_dtype", "batch_key", "batch_method", "batch_weight", "correct_depth", "terms",
 ) + ("z_support", "n_neighbors", "knn_from", "off_support") + ("layer_budget",)
 
 
@@ -66,6 +67,9 @@ def add_parser(subparsers):
     p.add_argument("--out-of-core", action="store_true",
                    help="write the enhanced layer to the output in cell blocks (automatic from"
                         f" {OUT_OF_CORE_ENTRIES:.0e} cells x peaks)")
+    p.add_argument("--term-module", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (importable, e.g. on PYTHONPATH) before the fit: the "
+                        "module that registers the terms --term names; repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
     return p
@@ -93,6 +97,11 @@ def run(args) -> int:
                  min_fragments=args.min_fragments, modality=args.modality)
     source = adata.uns.get("sccase_input", {}).get("format", "h5ad")
     _log(args, f"read {args.input} ({source}): {adata.n_obs} cells x {adata.n_vars} peaks")
+    for module in args.term_module:  # registers the terms --term names, before they are checked
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise InputError(f"--term-module {module}: {exc}") from None
     kwargs = dict(given_options(args, ENHANCE_OPTIONS), progress=not args.quiet,
                   store_layer=args.store_layer)
     if args.reference is not None:

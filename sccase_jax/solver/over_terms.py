@@ -22,7 +22,8 @@ hand-written solvers' differences of the iterates are; for other terms ``F(new) 
 "free" and "auto" Z rules (every ``z_step`` runs the gradient step, as in the support
 solver), the printed W step, and the Gram cache ``G S`` that makes the dense Z step two
 products.  ``fit`` and ``enhance`` run it for the support-restricted fit with scCASER's
-reference, the batch term or the depth term (:func:`sccase_jax.support.fit.fit_support_terms`).
+reference, the batch term or the depth term (:func:`sccase_jax.support.fit.fit_support_terms`),
+and on either layout for a fit with extra registered terms (``terms=``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """The support-restricted fit from a preprocessed peaks x cells X: :func:`fit_support`, and
-:func:`fit_support_terms` with scCASER's reference, the batch term or the depth term.
+:func:`fit_support_terms` with scCASER's reference, the batch term, the depth term or
+extra registered terms.
 
 Steps (none forms an n x n array): X on the device (``BCOO`` above the dense limit), the
 NMF start (as the dense fit: same key, same W0, H0), the support (:mod:`.build`: cosine kNN
 on H0 by default, or Jaccard kNN), the local Gram blocks and the Jaccard start on the
 support, the mask R on the support, then the jitted solver (:mod:`.solver`).  The result's
 ``Z`` is a scipy CSC matrix (cells x cells) with ``n_neighbors`` entries per column.
-With a reference, batch or depth term the same start goes to the solver over the loss
+With a reference, batch, depth or extra term the same start goes to the solver over the loss
 terms (:mod:`sccase_jax.solver.over_terms`) on the support layout instead.
 """
 
@@ -36,7 +37,7 @@ from sccase_jax.solver.over_terms import run as run_terms
 from sccase_jax.support import build
 from sccase_jax.support.objective import SupportData, support_loss, to_sparse
 from sccase_jax.support.solver import run, run_reporting
-from sccase_jax.terms import Objective, TermData, sccase_terms
+from sccase_jax.terms import Objective, TermData, extra_terms, sccase_terms
 from sccase_jax.validate import InputError, default_dtype
 
 __all__ = ["SUPPORTS", "SupportProblem", "fit_support", "fit_support_terms", "prepare_support"]
@@ -118,8 +119,9 @@ def fit_support_terms(X, k: int, opts, config: SolverConfig, n_neighbors: int = 
                       knn_from: str = "embedding", off_support: str = "drop", *, P=None,
                       k_ref=None, batch=None, depth=None):
     """The support-restricted fit with scCASER's reference ``P``, the batch term (``batch``:
-    integer codes, one per cell) and the depth term (``depth``: relative depths): the
-    alternating solver over the built-in terms (:mod:`sccase_jax.solver.over_terms`,
+    integer codes, one per cell), the depth term (``depth``: relative depths) and the extra
+    registered terms of ``opts.terms`` (:func:`~sccase_jax.terms.extra_terms`): the
+    alternating solver over the terms (:mod:`sccase_jax.solver.over_terms`,
     :func:`~sccase_jax.terms.sccase_terms`) on the :class:`~sccase_jax.layout.SupportLayout`.
 
     The start, the support, the mask and the terms' data are built as for the plain support
@@ -130,7 +132,7 @@ def fit_support_terms(X, k: int, opts, config: SolverConfig, n_neighbors: int = 
     host :class:`~sccase_jax.result.FitResult`, ``Z`` sparse (CSC, cells x cells).
     """
     if config.w_step != "exact":
-        raise InputError(f"z_support='knn' with a reference, batch or depth term takes "
+        raise InputError(f"z_support='knn' with a reference, batch, depth or extra term takes "
                          f"w_step='exact' only, got {config.w_step!r} (use z_support='dense')")
     if config.h_step not in ("backtrack", "exact"):
         raise InputError(f"h_step {config.h_step!r} has no support-restricted form")
@@ -142,7 +144,8 @@ def fit_support_terms(X, k: int, opts, config: SolverConfig, n_neighbors: int = 
     data = TermData(sd.X, P=sd.P, M=sd.M, batch=Ob,
                     depth=None if depth is None else depth_vector(depth, n, dtype))
     layout = SupportLayout(sd.idx, sd.mask, sd.L, sd.off)
-    objective = Objective(sccase_terms(prob.hp, batch_mu=mu, depth=depth is not None))
+    objective = Objective((*sccase_terms(prob.hp, batch_mu=mu, depth=depth is not None),
+                           *extra_terms(opts.terms, dtype)))
     if opts.progress:
         _progress.stage("compiling and running the solver (terms on the support)")
     res = run_terms(objective, data, layout, Factors(prob.W, prob.H, prob.V), config)

@@ -30,20 +30,25 @@ hand-derived formula: :meth:`Term.slope_curvature` is the only place they are co
 
 Registration.  :func:`register_term` makes a class a frozen dataclass pytree (the fields
 named in its ``leaves``, ``("weight",)`` by default, are leaves; the rest are static) and
-enters it in :data:`TERMS` under a name; the built-in names cannot be replaced.
+enters it in :data:`TERMS` under a name; the built-in names cannot be replaced.  A
+registered term with a ``weight`` field is selectable in ``fit`` and ``enhance``
+(``terms={name: weight}``, checked by :func:`check_terms`) and on the command line
+(``--term NAME:WEIGHT``): it is fitted with the built-in terms on either layout of Z.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from sccase_jax.options import parse_term
 from sccase_jax.params import Factors
 from sccase_jax.solver.linesearch import safe_div
+from sccase_jax.validate import InputError, check_real
 
 __all__ = [
     "BLOCKS",
@@ -51,6 +56,8 @@ __all__ = [
     "Objective",
     "Term",
     "TermData",
+    "check_terms",
+    "extra_terms",
     "get_term",
     "register_term",
 ]
@@ -179,6 +186,62 @@ def register_term(name: str, *, replace: bool = False):
         return cls
 
     return add
+
+
+# The option that sets each built-in term's weight: an extra term (``terms=``) is never one.
+BUILTIN_OPTIONS = {
+    "data": "always fitted, weight 1", "similarity": "lam", "ridge_w": "gamma1",
+    "ridge_h": "gamma2", "reference": "alpha, with a reference",
+    "batch": "batch_key with batch_method='term' and batch_weight", "depth": "correct_depth",
+}
+
+
+def check_terms(option: str, value) -> tuple | None:
+    """The extra terms of a fit in canonical form: ``((name, weight), ...)`` in the order
+    given, or ``None`` for none.
+
+    ``value``: a mapping ``{name: weight}``, one ``"name:weight"`` string or an iterable of
+    such strings or of ``(name, weight)`` pairs.  Each name must be registered
+    (:func:`register_term`) and not built in (the built-ins are set by their own options),
+    its class must have a ``weight`` field, each weight a finite number >= 0, each name
+    given once; else an :class:`~sccase_jax.validate.InputError`.
+    """
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, str):
+        items = [parse_term(value)]
+    else:
+        try:
+            items = [parse_term(x) if isinstance(x, str) else tuple(x) for x in value]
+        except TypeError:
+            raise InputError(f"{option} must be a mapping {{name: weight}} or a list of "
+                             f"'name:weight' strings, got {value!r}") from None
+    out = []
+    for item in items:
+        if len(item) != 2 or not isinstance(item[0], str):
+            raise InputError(f"{option}: each term is a (name, weight) pair, got {item!r}")
+        name, weight = item
+        if name in BUILTIN:
+            raise InputError(f"{option}: {name!r} is a built-in term, set by its own option "
+                             f"({BUILTIN_OPTIONS[name]}), not by {option}")
+        if name not in TERMS:
+            extra = sorted(set(TERMS) - BUILTIN)
+            raise InputError(f"{option}: unknown term {name!r}; registered (besides the "
+                             f"built-ins): {extra or 'none'} (sccase_jax.terms.register_term)")
+        if "weight" not in {f.name for f in dataclasses.fields(TERMS[name])}:
+            raise InputError(f"{option}: term {name!r} has no weight field")
+        if name in (n for n, _ in out):
+            raise InputError(f"{option}: term {name!r} is given twice")
+        out.append((name, check_real(f"the weight of term {name!r}", weight)))
+    return tuple(out) or None
+
+
+def extra_terms(spec, dtype) -> tuple:
+    """The term objects of :func:`check_terms`'s ``((name, weight), ...)``, each weight a
+    ``dtype`` scalar (a pytree leaf); ``()`` for ``None``."""
+    return tuple(TERMS[name](weight=jnp.asarray(w, dtype)) for name, w in (spec or ()))
 
 
 def get_term(name: str) -> type:

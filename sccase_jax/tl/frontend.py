@@ -93,7 +93,7 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
                                          output.cell_entries(X))
     # X on the device and G = X^T X, formed once: for the fit, and for the PCA of the k
     # estimate (from G instead of a sparse SVD of X, which costs seconds on many peaks).
-    terms = (reference is not None or opts.correct_depth
+    terms = (reference is not None or opts.correct_depth or opts.terms is not None
              or (opts.batch_key is not None and opts.batch_method == "term"))
     reduced = reduce(X, opts) if dense_z(opts, X.shape[1], terms) else None
     k, estimated = _components(X, opts, reference, None if reduced is None else reduced.G)
