@@ -54,7 +54,7 @@ from sccase_jax.support.objective import (
     to_sparse,
 )
 
-__all__ = ["DenseLayout", "SupportLayout", "full_support", "local_grams", "shard"]
+__all__ = ["DenseLayout", "SupportLayout", "full_support", "gap_sq_higher", "local_grams", "shard"]
 
 
 def _sq(A):
@@ -210,6 +210,26 @@ def shard(layout, data, factors, mesh, axis: str = AXIS):
     factors = factors._replace(W=place(factors.W, mesh, rep), H=place(factors.H, mesh, cols),
                                Z=place(factors.Z, mesh, layout.z_spec(axis)))
     return layout.shard(mesh, axis), data, factors
+
+
+def gap_sq_higher(layout, Z, A, dA, Bm, dB):
+    """The Taylor coefficients of order 2 to 4 of ``s -> gap_sq(Z, A + s dA, Bm + s dB)``,
+    summed (Z fixed): with ``gap_sq = ||Z||^2 - 2 <A Z, Bm> + u ||T||^2 + off <A A^T, Bm Bm^T>``
+    (``T = pairs(A, Bm)`` on the layout, ``u = 1 - off``; a dense layout has ``off = 1``),
+    from k x k Grams, ``dA Z`` and, with ``u`` set, three pair products: no n x n array
+    besides Z on a dense layout, and no difference of two large values."""
+    Ka = (A @ A.T, dA @ A.T + A @ dA.T, dA @ dA.T)
+    Kb = (Bm @ Bm.T, dB @ Bm.T + Bm @ dB.T, dB @ dB.T)
+    gram = sum(jnp.vdot(Ka[i], Kb[j]) for i in range(3) for j in range(3) if i + j >= 2)
+    out = -2.0 * jnp.vdot(layout.apply(dA, Z), dB)
+    off = getattr(layout, "off", None)
+    if off is None:
+        return out + gram
+    T0 = layout.pairs(A, Bm)
+    T1 = layout.pairs(dA, Bm) + layout.pairs(A, dB)
+    T2 = layout.pairs(dA, dB)
+    sq = _sq(T1) + 2.0 * jnp.vdot(T0, T2) + 2.0 * jnp.vdot(T1, T2) + _sq(T2)
+    return out + (1.0 - off) * sq + off * gram
 
 
 def local_grams(X, idx):

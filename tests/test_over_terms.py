@@ -102,3 +102,26 @@ def test_taylor_change_is_the_exact_change_of_F():
         want = (objective.value(f._replace(**{block: x + delta}), data, layout)
                 - objective.value(f, data, layout))
         np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+@pytest.mark.parametrize("off", [0.0, 1.0, None])
+def test_closed_form_higher_orders_equal_the_taylor_default(off):
+    # Terms that write their higher-order change in closed form (the data, similarity and
+    # depth terms in H) agree with the nested-jvp default, on both layouts.
+    from sccase_jax.terms import Depth, Term
+
+    data, R, layout, f, hp = _problem(seed=5, off=0.0 if off is None else off, alpha=2.0)
+    if off is None:
+        layout, f = DenseLayout.create(data.X, R), f
+    else:
+        f = f._replace(Z=layout.gather(f.Z))
+    rng = np.random.default_rng(1)
+    for term in (*sccase_terms(hp), Depth(jnp.asarray(3.0)), Batch(jnp.asarray(2.0))):
+        for block in ("W", "H", "Z"):
+            delta = jnp.asarray(rng.standard_normal(getattr(f, block).shape))
+            got = term.higher(f, data, layout, block, delta)
+            want = Term.higher(term, f, data, layout, block, delta)
+            full = term.value(f._replace(**{block: getattr(f, block) + delta}), data, layout) \
+                - term.value(f, data, layout) - jnp.vdot(getattr(term.grad(f, data, layout), block), delta)
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * (1 + abs(float(want))))
+            np.testing.assert_allclose(got, full, rtol=1e-8, atol=1e-8 * (1 + abs(float(want))))

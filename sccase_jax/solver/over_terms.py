@@ -1,29 +1,33 @@
-r"""One alternating Z, W, H step over (layout, terms), on the shared driver.
+r"""The alternating Z, W, H solver over (layout, terms), on the shared driver.
 
-The first piece of folding the support-restricted solver (:mod:`sccase_jax.support.solver`)
-and the dense one onto the loss terms (:mod:`sccase_jax.terms`) and Z's layout
-(:mod:`sccase_jax.layout`): nothing here knows which terms it fits or how Z is stored.
+Nothing here knows which terms it fits (:mod:`sccase_jax.terms`) or how Z is stored
+(:mod:`sccase_jax.layout`): every fit with Z on a support, and every fit with extra
+registered terms, runs this one loop.  Each move is a projected, guarded line search along
+a direction that a registered step rule (:mod:`~sccase_jax.solver.rules`, ``over_terms``)
+chooses from the objective alone:
 
-1. Z: the exact step along the gradient, ``t* = <g, g> / <g, Hess g>`` with the curvature from
-   :func:`jax.jvp` of the gradient (:meth:`~sccase_jax.terms.Objective.exact_step`; for the
-   built-in terms it equals the paper's Eq. 9-11 step, ``tests/test_terms.py``), projected
-   onto ``Z >= 0`` and guarded (:func:`~sccase_jax.solver.linesearch.line_search`).
-2. W: the same per block, the reference columns (``data.M``) first, then the others, as
-   the dense solver's ``w_step="exact"``.
-3. H: ``h_step="backtrack"`` (the paper's 0.2, shrunk), or ``"exact"``: the best positive
-   minimiser of the quartic ``F(H - t U) - F(H)`` (``U`` the unit gradient) whose
-   coefficients are its Taylor coefficients at 0, four nested :func:`jax.jvp` (exact for
-   every term at most quartic in H along a line, as all built-ins are).
+1. Z (``z_step``): ``"gradient"``, the exact step along the gradient ``g``, ``t* = <g, g> /
+   <g, Hess g>`` with the curvature from :func:`jax.jvp` of the gradient (for the built-in
+   terms the paper's Eq. 9-11 step, ``tests/test_terms.py``); ``"free"``, the exact step
+   along ``g`` without the entries held at the bound (``Z = 0``, ``g > 0``), which the
+   projection would leave in place; ``"auto"``, the gradient step while the last move was
+   rough (from the start, and after a move of more than ``Z_REFRESH`` of ``||Z||``), else
+   the free one (as the Gram-form solver).
+2. W (``w_step``): per block, the reference columns (``data.M``) first, then the others:
+   ``"exact"``, the minimiser along the block's gradient; ``"printed"``, the paper's printed
+   Eq. 8 (the curvature without the ``ridge_w`` term).
+3. H (``h_step``): ``"backtrack"`` (the paper's 0.2, shrunk), or ``"exact"``: the best
+   positive minimiser of the quartic ``F(H - t U) - F(H)`` (``U`` the unit gradient), its
+   first coefficient ``-|g|`` and the others F's Taylor coefficients, nested :func:`jax.jvp`
+   (exact for every term at most quartic in H along a line, as all built-ins are).
 
 Each move is accepted on its exact change of F: for terms marked ``polynomial`` (every
-built-in) the sum of F's Taylor coefficients along the move (nested :func:`jax.jvp`, to
-degree 2 in Z and W and 4 in H), which is of the order of the change itself, as the
-hand-written solvers' differences of the iterates are; for other terms ``F(new) - F(old)``.  Not yet here: the
-"free" and "auto" Z rules (every ``z_step`` runs the gradient step, as in the support
-solver), the printed W step, and the Gram cache ``G S`` that makes the dense Z step two
-products.  ``fit`` and ``enhance`` run it for the support-restricted fit with scCASER's
-reference, the batch term or the depth term (:func:`sccase_jax.support.fit.fit_support_terms`),
-and on either layout for a fit with extra registered terms (``terms=``).
+built-in) ``<g, delta>`` plus the higher Taylor coefficients along the move
+(:meth:`~sccase_jax.terms.Term.higher`: half the curvature in Z and W, nested
+:func:`jax.jvp` to degree 4 in H unless a term writes them in closed form), which are of
+the order of the change itself: no difference of two large values of F; for other terms
+``F(new) - F(old)``.  None of these needs the gradient's value again, so a step costs the
+gradients and the curvature products, not more products with X.
 """
 
 from __future__ import annotations
@@ -32,21 +36,27 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from sccase_jax.params import Factors, SolverConfig
 from sccase_jax.solver.driver import advance, drive, matmul_precision, to_result, tracked_fields
 from sccase_jax.solver.linesearch import exact_h_step, line_search, safe_div
+from sccase_jax.solver.rules import get_rule, step_rule
+from sccase_jax.solver.z_step import Z_REFRESH
+from sccase_jax.terms.base import DEGREE, taylor_coefficients
 
-__all__ = ["DEGREE", "TermsState", "init_state", "polynomial", "quartic_coefficients",
+__all__ = ["DEGREE", "Move", "TermsState", "init_state", "polynomial", "quartic_coefficients",
            "run", "taylor_coefficients", "update"]
 
 
 class TermsState(NamedTuple):
-    """Loop carry; ``Z`` is stored as the layout stores it (n x n, or n x d on a support)."""
+    """Loop carry; ``Z`` is stored as the layout stores it (n x n, or n x d on a support);
+    ``rough``: the last Z move was large (the ``"auto"`` Z rule then takes the gradient step)."""
 
     W: Any
     H: Any
     Z: Any
+    rough: Any
     loss: Any
     initial_loss: Any
     rel_change: Any
@@ -56,38 +66,33 @@ class TermsState(NamedTuple):
     status: Any
 
 
+class Move(NamedTuple):
+    """What a step rule over terms reads: the objective at ``factors`` on ``layout``."""
+
+    objective: Any
+    factors: Factors
+    data: Any
+    layout: Any
+    config: SolverConfig
+
+    def curvature(self, block: str, D, objective=None):
+        """``<D, Hess D>`` in ``block`` (of ``objective``, default this move's)."""
+        obj = self.objective if objective is None else objective
+        return obj.curvature(self.factors, self.data, self.layout, block, D)
+
+
 def init_state(objective, data, layout, factors: Factors, config: SolverConfig) -> TermsState:
     F = objective.value(factors, data, layout)
-    return TermsState(*factors, **tracked_fields(F, factors.W.dtype, config))
+    return TermsState(*factors, rough=jnp.asarray(True), **tracked_fields(F, factors.W.dtype, config))
 
 
-# The degree of F along a line in each block, for terms marked ``polynomial``: every
-# built-in term is at most quadratic in Z and in W and at most quartic in H.
-DEGREE = {"Z": 2, "W": 2, "H": 4}
-
-
-def taylor_coefficients(objective, factors, data, layout, block: str, delta, order: int):
-    """``(c1, ..., c_order)``, ``c_i = phi^(i)(0) / i!`` of ``phi(s) = F(x + s delta)`` in
-    ``block``: nested :func:`jax.jvp`, no difference of two values of F."""
-    x = getattr(factors, block)
-
-    def phi(t):
-        return objective.value(factors._replace(**{block: x + t * delta}), data, layout)
-
-    def deriv(f):
-        return lambda t: jax.jvp(f, (t,), (jnp.ones_like(t),))[1]
-
-    t0 = jnp.zeros((), x.dtype)
-    out, f, fact = [], phi, 1.0
-    for i in range(1, order + 1):
-        f, fact = deriv(f), fact * i
-        out.append(f(t0) / fact)
-    return tuple(out)
-
-
-def quartic_coefficients(objective, factors, data, layout, block: str, U):
-    """``(c1, c2, c3, c4)``: the Taylor coefficients at 0 of ``F(x - t U)`` in ``block``."""
-    return taylor_coefficients(objective, factors, data, layout, block, -U, 4)
+def quartic_coefficients(objective, factors, data, layout, block: str, U, g=None):
+    """``(c1, c2, c3, c4)``: the Taylor coefficients at 0 of ``F(x - t U)`` in ``block``
+    (``c1 = -<g, U>`` from the gradient ``g`` when given)."""
+    if g is None:
+        return taylor_coefficients(objective, factors, data, layout, block, -U, 4)
+    return (-jnp.vdot(g, U), *taylor_coefficients(objective, factors, data, layout, block, -U, 4,
+                                                   first=2))
 
 
 def polynomial(objective) -> bool:
@@ -95,25 +100,25 @@ def polynomial(objective) -> bool:
     return all(getattr(t, "polynomial", False) for t in objective.terms)
 
 
-def _move(objective, f: Factors, data, layout, block: str, D, d0, shrink, trials, config, F_here):
-    """Projected, guarded line search ``max(x - d D, 0)`` in ``block``; ``(x_new, dF)``.
+def _move(mv: Move, block: str, g, P, d0, shrink, trials, F_here, accept_any):
+    """Projected, guarded line search ``max(x - d P, 0)`` in ``block``; ``(x_new, dF)``.
 
-    A trial's change of F is the sum of F's Taylor coefficients along the move when every
-    term is polynomial (exact, and of the order of the change itself: no cancellation of
-    two large values of F, as in the hand-written solvers), else ``F(new) - F(old)``.
+    ``g``: the block's gradient at ``x``.  A trial's change of F is ``<g, delta>`` plus the
+    higher Taylor coefficients along the move when every term is polynomial (exact, and of
+    the order of the change itself), else ``F(new) - F(old)``.
     """
-    zero = jnp.zeros((), F_here.dtype)
+    objective, f, data, layout = mv.objective, mv.factors, mv.data, mv.layout
     x = getattr(f, block)
     exact = polynomial(objective)
 
     def change(xc, _d):
-        if exact:
-            return sum(taylor_coefficients(objective, f, data, layout, block, xc - x,
-                                           DEGREE[block])), None
-        return objective.value(f._replace(**{block: xc}), data, layout) - F_here, None
+        if not exact:
+            return objective.value(f._replace(**{block: xc}), data, layout) - F_here, None
+        delta = xc - x
+        return jnp.vdot(g, delta) + objective.higher(f, data, layout, block, delta), None
 
-    x_new, dF, _ = line_search(getattr(f, block), D, d0, shrink, trials, change, zero, None,
-                               accept_any=not config.guard)
+    x_new, dF, _ = line_search(x, P, d0, shrink, trials, change, jnp.zeros((), F_here.dtype),
+                               None, accept_any=accept_any)
     return x_new, dF
 
 
@@ -128,40 +133,93 @@ def update(state: TermsState, objective, data, layout, config: SolverConfig) -> 
         F_cur = objective.value(f, data, layout)
     change = F_cur - F_prev
 
-    D = objective.grad(f, data, layout).Z
-    d = objective.exact_step(f, data, layout, "Z", -D)
-    Z, dF = _move(objective, f, data, layout, "Z", D, d, 0.5, config.max_trials, config, F_cur)
+    def mv():
+        return Move(objective, f, data, layout, config)
+
+    g = objective.grad(f, data, layout).Z
+    P, d = get_rule("z_step", config.z_step, over_terms=True)(mv(), g, state.rough)
+    Z, dF = _move(mv(), "Z", g, P, d, 0.5, config.max_trials, F_cur, not config.guard)
+    dZ = Z - f.Z
+    rough = jnp.vdot(dZ, dZ) > Z_REFRESH**2 * jnp.vdot(f.Z, f.Z)
     f, F_cur, change = f._replace(Z=Z), F_cur + dF, change + dF
 
     M = getattr(data, "M", None)
     blocks = (None,) if M is None else (M[None, :], 1.0 - M[None, :])
+    w_rule = get_rule("w_step", config.w_step, over_terms=True)
     for mask in blocks:
-        D = objective.grad(f, data, layout).W
-        D = D if mask is None else D * mask
-        d = objective.exact_step(f, data, layout, "W", -D)
-        W, dF = _move(objective, f, data, layout, "W", D, d, 0.5, config.max_trials, config, F_cur)
+        g = objective.grad(f, data, layout).W
+        D = g if mask is None else g * mask
+        W, dF = _move(mv(), "W", g, D, w_rule(mv(), D), 0.5, config.max_trials, F_cur,
+                      not config.guard)
         f, F_cur, change = f._replace(W=W), F_cur + dF, change + dF
 
-    D = objective.grad(f, data, layout).H
-    if config.h_step == "exact":
-        norm = jnp.sqrt(jnp.vdot(D, D))
-        U = D / jnp.where(norm > 0, norm, 1)
-        t = exact_h_step(quartic_coefficients(objective, f, data, layout, "H", U))
-        d0, shrink, trials = safe_div(t, norm), 0.5, config.max_trials
-    elif config.h_step == "backtrack":
-        d0, shrink, trials = config.h_step_init, config.h_step_shrink, config.h_max_trials
-    else:
-        raise ValueError(f"h_step {config.h_step!r} has no form over terms yet")
-    H, dF = _move(objective, f, data, layout, "H", D, d0, shrink, trials, config, F_cur)
+    g = objective.grad(f, data, layout).H
+    d0, shrink, trials = get_rule("h_step", config.h_step, over_terms=True)(mv(), g)
+    H, dF = _move(mv(), "H", g, g, d0, shrink, trials, F_cur, False)
     f, change = f._replace(H=H), change + dF
 
     F_new = objective.value(f, data, layout)
-    return advance(state, dict(W=f.W, H=f.H, Z=f.Z), F_new, config, F_prev, change)
+    return advance(state, dict(W=f.W, H=f.H, Z=f.Z, rough=rough), F_new, config, F_prev, change)
+
+
+# -- the step rules over terms ---------------------------------------------------------------
+
+def _exact_along(mv: Move, g, P):
+    """``(P, <g, P> / <P, Hess P>)``: the exact step of ``Z - t P``."""
+    return P, safe_div(jnp.vdot(g, P), mv.curvature("Z", P))
+
+
+@step_rule("z_step", "gradient", over_terms=True)
+def z_gradient(mv: Move, g, rough):
+    """The paper's step: exact along the full gradient (Eq. 9-11 for the built-in terms)."""
+    return _exact_along(mv, g, g)
+
+
+@step_rule("z_step", "free", over_terms=True)
+def z_free(mv: Move, g, rough):
+    """Exact along the gradient without the entries held at the bound (``Z = 0``, ``g > 0``)."""
+    Z = mv.factors.Z
+    return _exact_along(mv, g, jnp.where((Z <= 0) & (g > 0), jnp.zeros((), g.dtype), g))
+
+
+@step_rule("z_step", "auto", over_terms=True)
+def z_auto(mv: Move, g, rough):
+    """The gradient step while the last move was rough (from the start), else the free one."""
+    return lax.cond(rough, lambda: z_gradient(mv, g, rough), lambda: z_free(mv, g, rough))
+
+
+@step_rule("w_step", "exact", over_terms=True)
+def w_exact(mv: Move, D):
+    """The minimiser of F along the block's gradient D."""
+    return safe_div(jnp.vdot(D, D), mv.curvature("W", D))
+
+
+@step_rule("w_step", "printed", over_terms=True)
+def w_printed(mv: Move, D):
+    """The paper's printed Eq. 8 (and the released code): the minimiser without the W ridge."""
+    rest = type(mv.objective)(tuple(t for t in mv.objective.terms if getattr(t, "name", "") != "ridge_w"))
+    return safe_div(jnp.vdot(D, D), mv.curvature("W", D, rest))
+
+
+@step_rule("h_step", "backtrack", over_terms=True)
+def h_backtrack(mv: Move, D):
+    """The paper's: try ``h_step_init`` and shrink by ``h_step_shrink``."""
+    c = mv.config
+    return c.h_step_init, c.h_step_shrink, c.h_max_trials
+
+
+@step_rule("h_step", "exact", over_terms=True)
+def h_exact(mv: Move, D):
+    """The best positive minimiser of the quartic along the unit gradient, then halved."""
+    norm = jnp.sqrt(jnp.vdot(D, D))
+    U = D / jnp.where(norm > 0, norm, 1)
+    t = exact_h_step(quartic_coefficients(mv.objective, mv.factors, mv.data, mv.layout, "H", U, g=D))
+    return safe_div(t, norm), 0.5, mv.config.max_trials
 
 
 def _run(objective, data, layout, factors0: Factors, config: SolverConfig = SolverConfig()):
-    if config.w_step != "exact":
-        raise ValueError(f"w_step {config.w_step!r} has no form over terms yet (only 'exact')")
+    for kind in ("z_step", "w_step", "h_step"):
+        get_rule(kind, getattr(config, kind), over_terms=True)
     with matmul_precision(config):
         state = init_state(objective, data, layout, factors0, config)
         return to_result(drive(state, lambda s: update(s, objective, data, layout, config), config))

@@ -52,6 +52,7 @@ from sccase_jax.validate import InputError, check_real
 
 __all__ = [
     "BLOCKS",
+    "DEGREE",
     "TERMS",
     "Objective",
     "Term",
@@ -60,6 +61,7 @@ __all__ = [
     "extra_terms",
     "get_term",
     "register_term",
+    "taylor_coefficients",
 ]
 
 BLOCKS = ("W", "H", "Z")
@@ -101,21 +103,75 @@ class Term:
         of :meth:`grad` (exact for an analytic gradient too: it is differentiated as written)."""
         return _slope_curvature(self.grad, factors, data, layout, block, D)
 
+    def curvature(self, factors: Factors, data: TermData, layout, block: str, D):
+        """``<D, Hess D>`` alone: the tangent of one :func:`jax.jvp` of :meth:`grad`, so
+        what only the gradient's value needs (``W^T X`` for a Z or H direction) is not
+        formed."""
+        return _curvature(self.grad, factors, data, layout, block, D)
+
+    def higher(self, factors: Factors, data: TermData, layout, block: str, delta):
+        """The term's exact change ``F(x + delta) - F(x)`` less ``<grad, delta>``: its Taylor
+        coefficients of order 2 and up along ``delta``, summed (a term marked
+        ``polynomial``).  By default half the curvature in Z and W (quadratic there) and
+        nested :func:`jax.jvp` of :meth:`value` to degree 4 in H; a term may write it in
+        closed form (the tests check it against this default)."""
+        if DEGREE[block] == 2:
+            return 0.5 * self.curvature(factors, data, layout, block, delta)
+        return sum(taylor_coefficients(self, factors, data, layout, block, delta,
+                                       DEGREE[block], first=2))
+
     def exact_step(self, factors: Factors, data: TermData, layout, block: str, D):
         """The minimiser ``t*`` of the term along ``x + t D`` (see the module docstring)."""
         slope, curv = self.slope_curvature(factors, data, layout, block, D)
         return safe_div(-slope, curv)
 
 
-def _slope_curvature(grad: Callable, factors, data, layout, block: str, D):
+# The degree of a polynomial term along a line in each block: every built-in term is at
+# most quadratic in Z and in W and at most quartic in H.
+DEGREE = {"Z": 2, "W": 2, "H": 4}
+
+
+def taylor_coefficients(objective, factors, data, layout, block: str, delta, order: int,
+                        first: int = 1):
+    """``(c_first, ..., c_order)``, ``c_i = phi^(i)(0) / i!`` of ``phi(s) = F(x + s delta)``
+    in ``block`` (``objective`` a term or an :class:`Objective`): nested :func:`jax.jvp`,
+    no difference of two values of F."""
+    x = getattr(factors, block)
+
+    def phi(t):
+        return objective.value(factors._replace(**{block: x + t * delta}), data, layout)
+
+    def deriv(f):
+        return lambda t: jax.jvp(f, (t,), (jnp.ones_like(t),))[1]
+
+    t0 = jnp.zeros((), x.dtype)
+    out, f, fact = [], phi, 1.0
+    for i in range(1, order + 1):
+        f, fact = deriv(f), fact * i
+        if i >= first:
+            out.append(f(t0) / fact)
+    return tuple(out)
+
+
+def _along(grad: Callable, factors, data, layout, block: str, D):
+    """``(g, Hess D)`` in ``block``: one :func:`jax.jvp` of ``grad``."""
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
 
     def g(x):
         return getattr(grad(factors._replace(**{block: x}), data, layout), block)
 
-    gx, hD = jax.jvp(g, (getattr(factors, block),), (D,))
+    return jax.jvp(g, (getattr(factors, block),), (D,))
+
+
+def _slope_curvature(grad: Callable, factors, data, layout, block: str, D):
+    gx, hD = _along(grad, factors, data, layout, block, D)
     return jnp.vdot(gx, D), jnp.vdot(D, hD)
+
+
+def _curvature(grad: Callable, factors, data, layout, block: str, D):
+    # Only the tangent is used: under jit the gradient's own value is not computed.
+    return jnp.vdot(D, _along(grad, factors, data, layout, block, D)[1])
 
 
 @jax.tree_util.register_pytree_node_class
@@ -135,6 +191,12 @@ class Objective:
     def slope_curvature(self, factors, data, layout, block: str, D):
         parts = [t.slope_curvature(factors, data, layout, block, D) for t in self.terms]
         return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    def curvature(self, factors, data, layout, block: str, D):
+        return sum(t.curvature(factors, data, layout, block, D) for t in self.terms)
+
+    def higher(self, factors, data, layout, block: str, delta):
+        return sum(t.higher(factors, data, layout, block, delta) for t in self.terms)
 
     def exact_step(self, factors, data, layout, block: str, D):
         slope, curv = self.slope_curvature(factors, data, layout, block, D)

@@ -43,6 +43,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from sccase_jax.layout import gap_sq_higher
 from sccase_jax.ops import wt_x, x_matmul
 from sccase_jax.params import Factors
 from sccase_jax.terms.base import Term, TermData, register_term
@@ -82,6 +83,11 @@ class DataFit(Term):
         dW = 2.0 * (W @ (H @ H.T) - x_matmul(data.X, layout.apply_t(H, S).T))
         return Factors(self.weight * dW, self.weight * dH, self.weight * dZ)
 
+    def higher(self, factors, data: TermData, layout, block: str, delta):
+        if block != "H":
+            return super().higher(factors, data, layout, block, delta)
+        return self.weight * jnp.vdot(factors.W.T @ factors.W, delta @ delta.T)
+
 
 @register_term("similarity")
 class Similarity(Term):
@@ -103,6 +109,12 @@ class Similarity(Term):
         dH = -2.0 * (layout.apply(H, U) + layout.apply_t(H, U) - 2.0 * off * (H @ H.T) @ H)
         dZ = 2.0 * (Z - T)
         return Factors(jnp.zeros_like(W), self.weight * dH, self.weight * dZ)
+
+    def higher(self, factors, data, layout, block: str, delta):
+        if block != "H":
+            return super().higher(factors, data, layout, block, delta)
+        H = factors.H
+        return self.weight * gap_sq_higher(layout, factors.Z, H, delta, H, delta)
 
 
 @register_term("ridge_w")
@@ -182,6 +194,12 @@ class Depth(Term):
     def value(self, factors, data: TermData, layout):
         _, H, Z = factors
         return self.weight * layout.gap_sq(Z, H * data.depth[None, :], H)
+
+    def higher(self, factors, data, layout, block: str, delta):
+        if block != "H":
+            return super().higher(factors, data, layout, block, delta)
+        H, p = factors.H, data.depth[None, :]
+        return self.weight * gap_sq_higher(layout, factors.Z, H * p, delta * p, H, delta)
 
 
 def sccase_terms(hp, *, batch_mu=None, depth: bool = False) -> tuple:
