@@ -46,8 +46,8 @@ def _weights(Z, support_idx=None):
     """The default output weights B (sparse) of a dense Z or of ELL values on a support."""
     import scipy.sparse as sp
 
+    from sccase_jax.layout import to_sparse
     from sccase_jax.output import keep_largest, sparse_weights, weights
-    from sccase_jax.support.objective import to_sparse
 
     if support_idx is not None:
         return sparse_weights(to_sparse(Z, support_idx), "blend", 0.8, 300)
@@ -79,13 +79,19 @@ def iterates(X, k, seed, max_iter, support=None):
         state = jax.jit(_start, static_argnames=("config",))(prob.data, prob.factors, prob.hp, config)
         data, hp, idx = prob.data, prob.hp, None
     else:
+        from sccase_jax.solver.over_terms import _start, update
         from sccase_jax.support.fit import prepare_support
-        from sccase_jax.support.solver import _start, update
 
         prob = prepare_support(X, k, opts.replace(n_neighbors=support), support)
-        step = jax.jit(update, static_argnames=("config",))
-        state = _start(prob.data, prob.W, prob.H, prob.V, prob.hp, config)
-        data, hp, idx = prob.data, prob.hp, np.asarray(prob.data.idx)
+        objective, layout = prob.objective, prob.layout
+        state = jax.jit(_start, static_argnames=("config",))(objective, prob.data, layout,
+                                                             prob.factors, config)
+        terms_step = jax.jit(update, static_argnames=("config",))
+
+        def step(s, data, hp, config):
+            return terms_step(s, objective, data, layout, config)
+
+        data, hp, idx = prob.data, None, np.asarray(layout.idx)
 
     def gen(state):
         yield dict(F=float(state.loss), W=np.asarray(state.W), H=np.asarray(state.H),

@@ -80,8 +80,8 @@ def measure(n: int, k: int, d: int, max_iter: int) -> dict:
     import sccase_jax
     from sccase_jax import progress
     from sccase_jax.options import Options
+    from sccase_jax.solver.over_terms import run_reporting
     from sccase_jax.support.fit import prepare_support
-    from sccase_jax.support.solver import run_reporting
 
     t0 = time.perf_counter()
     path = replicated_file(n) if n > 10_335 else str(data_path(D6T1_10K))
@@ -102,7 +102,7 @@ def measure(n: int, k: int, d: int, max_iter: int) -> dict:
         stamps.append(time.perf_counter())
         reporter(state)
 
-    res = run_reporting(prob.data, prob.W, prob.H, prob.V, prob.hp, config, report).fetch()
+    res = run_reporting(*prob, config, report).fetch()
     per_iter = np.diff(stamps)
     return dict(cells=n, peaks=int(X.shape[0]), nnz=int(X.nnz), k=k, support=d,
                 read_s=round(t_read, 1), start_s=round(t_start, 1),

@@ -19,7 +19,7 @@ from sccase_jax.solver.alternating import run, run_donated, run_reporting
 from sccase_jax.solver.over_terms import run as run_terms
 from sccase_jax.solver.projected import run_variant
 from sccase_jax.start import gram_matrix
-from sccase_jax.support.fit import fit_support, fit_support_terms
+from sccase_jax.support.fit import fit_support
 from sccase_jax.terms import Objective, TermData, extra_terms, sccase_terms
 from sccase_jax.validate import InputError
 
@@ -88,8 +88,6 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     opts = opts.resolved()
     if depth is not None and solver_config(opts).h_step != "backtrack":
         raise InputError("correct_depth needs the backtracking H step (h_step='backtrack')")
-    if opts.terms is not None:
-        _check_terms_config(solver_config(opts))
     terms = P is not None or batch is not None or depth is not None or opts.terms is not None
     n = X.shape[1] if getattr(X, "ndim", 0) == 2 else 0  # bad shapes: prepare says so
     if _knn(opts, n, _dense_only(opts, terms, init is not None)):
@@ -121,33 +119,26 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     return res.fetch(params)
 
 
-def _check_terms_config(config: SolverConfig) -> None:
-    """Extra terms are fitted by the solver over the terms: its W and H step rules only."""
-    if config.w_step != "exact":
-        raise InputError(f"terms are fitted with w_step='exact' only, got {config.w_step!r} "
-                         "(the release preset's printed step has no form over terms)")
-    if config.h_step not in ("backtrack", "exact"):
-        raise InputError(f"terms are fitted with h_step 'backtrack' or 'exact', got "
-                         f"{config.h_step!r}")
-
-
 def _fit_dense_terms(X, prob, opts: Options, config: SolverConfig):
     """The dense fit with extra terms: the solver over the terms
-    (:mod:`sccase_jax.solver.over_terms`) on the :class:`~sccase_jax.layout.DenseLayout`,
-    from the plain fit's start (``prob``: the same W0, H0, Z0, mask R and data), the
-    objective the built-in terms of ``prob`` (scCASER's pull, the batch and depth terms
-    where set) plus ``opts.terms``.  Z's rule is the exact step along the gradient (the
-    dense solver's ``z_step="gradient"``) whatever ``z_step`` says."""
+    (:mod:`sccase_jax.solver.over_terms`) on the dense layout of :func:`dense_terms`."""
+    return run_terms(*dense_terms(X, prob, opts), config)
+
+
+def dense_terms(X, prob, opts: Options):
+    """``(objective, data, layout, factors)`` of a dense fit over terms from the plain fit's
+    start ``prob`` (the same W0, H0, Z0, mask R and data, :func:`~sccase_jax.problem.prepare`):
+    the :class:`~sccase_jax.layout.DenseLayout`, the built-in terms of ``prob`` (scCASER's
+    pull, the batch and depth terms where set) plus ``opts.terms``."""
     d = prob.data
     dtype = prob.hp.lam.dtype
     G = d.G
     if G is None:  # the plain fit's products went through the sparse X: the layout needs G
         G = jnp.asarray(gram_matrix(check_input(X, prob.factors.W.shape[1]), np.dtype(dtype)))
-    layout = DenseLayout(d.R, G)
     data = TermData(d.X, P=d.P, M=d.M, batch=d.batch, depth=d.depth)
     objective = Objective((*sccase_terms(prob.hp, batch_mu=d.batch_mu, depth=d.depth is not None),
                            *extra_terms(opts.terms, dtype)))
-    return run_terms(objective, data, layout, prob.factors, config)
+    return objective, data, DenseLayout(d.R, G), prob.factors
 
 
 def dense_z(opts: Options, n_cells: int, terms: bool = False, init: bool = False) -> bool:
@@ -159,10 +150,8 @@ def dense_z(opts: Options, n_cells: int, terms: bool = False, init: bool = False
 
 
 def _dense_only(opts: Options, terms: bool, init: bool) -> bool:
-    """Whether only the dense layout fits this: a given start (n x n), or a reference,
-    batch or depth term with a W step the solver over the terms has no form of (the
-    release's printed step)."""
-    return init or (terms and solver_config(opts).w_step != "exact")
+    """Whether only the dense layout fits this: a given start (n x n)."""
+    return init
 
 
 def _knn(opts: Options, n_cells: int, dense_only: bool = False) -> bool:
@@ -176,21 +165,14 @@ def _knn(opts: Options, n_cells: int, dense_only: bool = False) -> bool:
 
 
 def _fit_knn(X, n_components: int, opts: Options, P, init, batch=None, depth=None) -> FitResult:
-    """The support-restricted fit (:mod:`sccase_jax.support`); Z comes back sparse.  Without
-    a reference, batch or depth term the hand-written support solver
-    (:func:`~sccase_jax.support.fit.fit_support`); with any of them the solver over the
-    built-in terms on the support layout (:func:`~sccase_jax.support.fit.fit_support_terms`)."""
+    """The support-restricted fit (:func:`~sccase_jax.support.fit.fit_support`: the solver
+    over the terms on the support layout); Z comes back sparse."""
     if init is not None:
         raise InputError("z_support='knn' takes no init (use z_support='dense')")
     config = solver_config(opts)
-    support = (opts.n_neighbors, opts.knn_from, opts.off_support)
-    if P is None and batch is None and depth is None and opts.terms is None:
-        res = fit_support(X, n_components, opts, config, *support)
-        k_ref = 0
-    else:
-        res = fit_support_terms(X, n_components, opts, config, *support, P=P, k_ref=opts.k_ref,
-                                batch=batch, depth=depth)
-        k_ref = resolve_k_ref(P, opts.k_ref, int(n_components))
+    res = fit_support(X, n_components, opts, config, opts.n_neighbors, opts.knn_from,
+                      opts.off_support, P=P, k_ref=opts.k_ref, batch=batch, depth=depth)
+    k_ref = 0 if P is None else resolve_k_ref(P, opts.k_ref, int(n_components))
     params = fit_options(opts, n_components, k_ref, config, res.W.dtype)
     params.update(res.params or {}, gram="support", z_support="knn", n_neighbors=int(opts.n_neighbors),
                   knn_from=opts.knn_from, off_support=opts.off_support)

@@ -22,15 +22,17 @@ Two layouts:
 ``SupportLayout(idx, mask, L, off)``
     Z is stored as ``V`` (n x d, ELL): ``V[j, s] = Z[idx[j, s], j]`` on the candidate set
     ``idx[j]`` of cell j (``idx[j, 0] = j``, distinct), ``mask[j, s] = R[idx[j, s], j]``,
-    ``L[j] = X_{S_j}^T X_{S_j}`` the local Gram blocks (:mod:`sccase_jax.support.objective`
-    holds the kernels; this class only names them).
+    ``L[j] = X_{S_j}^T X_{S_j}`` the local Gram blocks (formed on the host from a sparse X
+    by :mod:`sccase_jax.support.build`).  Its kernels (:func:`pair_products`,
+    :func:`apply_ell`, :func:`apply_ell_t`, :func:`local_quad`) are gathers and segment
+    sums over the support's entries: O(n d^2 + n d k) work, no n x n array.
 
-The on-support / off-support convention (:mod:`sccase_jax.support.objective`): Z is zero
-off the support.  Every value on a support layout is then the dense value of that dense Z,
-except the part of ``||Z - A^T Bm||^2`` off the support, ``sum_off (A^T Bm)^2``, which is
-weighed by ``off``: ``off = 1`` is the dense value exactly (paper Eq. 2 with Z constrained
-to the support); ``off = 0`` (``off_support="drop"``, docs/atlas.md) keeps the on-support
-part only.  A dense layout has no off-support part.
+The on-support / off-support convention: Z is zero off the support. Every value on a support
+layout is then the dense value of that dense Z, except the part of ``||Z - A^T Bm||^2`` off
+the support, ``sum_off (A^T Bm)^2``, which is weighed by ``off``: ``off = 1`` is the dense
+value exactly (paper Eq. 2 with Z constrained to the support); ``off = 0``
+(``off_support="drop"``, docs/atlas.md) keeps the on-support part only. A dense layout has
+no off-support part.
 
 Both are ``NamedTuple`` pytrees: they pass through ``jit`` and ``vmap`` as arguments.
 """
@@ -39,22 +41,17 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 from jax.sharding import PartitionSpec
 
 from sccase_jax.sharding import AXIS, place
-from sccase_jax.support.objective import (
-    apply_ell,
-    apply_ell_t,
-    dense_z,
-    local_quad,
-    pair_products,
-    to_sparse,
-)
 
-__all__ = ["DenseLayout", "SupportLayout", "full_support", "gap_sq_higher", "local_grams", "shard"]
+__all__ = ["DenseLayout", "SupportLayout", "apply_ell", "apply_ell_t", "dense_z", "full_support",
+           "gap_sq_higher", "local_grams", "local_quad", "pair_products", "shard", "to_sparse"]
 
 
 def _sq(A):
@@ -196,7 +193,10 @@ def shard(layout, data, factors, mesh, axis: str = AXIS):
     H (k x n) and a dense X (m x n) by columns; the batch one-hot and the depths by cells;
     W, P, M and a ``BCOO`` X replicated.  The unchanged jitted fit then runs on the placed
     arrays and XLA's SPMD partitioner adds the communication (as in
-    :mod:`sccase_jax.support.sharding`).  The number of cells must be a multiple of the
+    the gathers of H's and B's columns by the support's indices become an all-gather of a
+    k x n array, the segment sums a reduce-scatter).  Several hosts:
+    ``jax.distributed.initialize()`` in every process first; :func:`~sccase_jax.sharding.place`
+    hands each process only its own rows (docs/atlas.md).  The number of cells must be a multiple of the
     mesh size.
     """
     n = layout.n_cells
@@ -230,6 +230,54 @@ def gap_sq_higher(layout, Z, A, dA, Bm, dB):
     T2 = layout.pairs(dA, dB)
     sq = _sq(T1) + 2.0 * jnp.vdot(T0, T2) + 2.0 * jnp.vdot(T1, T2) + _sq(T2)
     return out + (1.0 - off) * sq + off * gram
+
+
+# -- the support's kernels (Z in ELL form: V[j, s] = Z[idx[j, s], j]) --------------------------
+
+def _gathered(A, idx):
+    """``A[:, idx]`` as (n, d, k): the columns of ``A`` (k x n) on each cell's support."""
+    return jnp.take(A.T, idx, axis=0)
+
+
+def pair_products(A, Bm, idx):
+    """``t[j, s] = A[:, idx[j, s]] . Bm[:, j]`` (n x d) for k x n ``A`` and ``Bm``."""
+    return jnp.einsum("jsk,kj->js", _gathered(A, idx), Bm)
+
+
+def apply_ell(A, V, idx):
+    """``A Z`` (k x n): column j is ``sum_s V[j, s] A[:, idx[j, s]]``."""
+    return jnp.einsum("jsk,js->kj", _gathered(A, idx), V)
+
+
+def apply_ell_t(A, V, idx):
+    """``A Z^T`` (k x n): column i is ``sum over (j, s) with idx[j, s] = i of V[j, s] A[:, j]``."""
+    n = idx.shape[0]
+    contrib = (V[:, :, None] * A.T[:, None, :]).reshape(-1, A.shape[0])
+    return jax.ops.segment_sum(contrib, idx.reshape(-1), num_segments=n).T
+
+
+def local_quad(L, A, Bm=None):
+    """``sum_j a_j^T L_j b_j`` (``Bm`` defaults to ``A``), both n x d."""
+    Bm = A if Bm is None else Bm
+    return jnp.einsum("ja,jab,jb->", A, L, Bm)
+
+
+def to_sparse(V, idx, n: int | None = None) -> sp.csc_matrix:
+    """Z (cells x cells, CSC) from its ELL values and support."""
+    V, idx = np.array(V), np.array(idx)
+    n = idx.shape[0] if n is None else n
+    d = idx.shape[1]
+    indptr = np.arange(0, n * d + 1, d)
+    Z = sp.csc_matrix((V.ravel(), idx.ravel(), indptr), shape=(n, n))
+    Z.eliminate_zeros()
+    return Z
+
+
+def dense_z(V, idx):
+    """Dense n x n Z of ELL values (tests and small problems only)."""
+    n = idx.shape[0]
+    cols = jnp.broadcast_to(jnp.arange(n)[:, None], idx.shape)
+    return jnp.zeros((n, n), V.dtype).at[idx, cols].set(V)
 
 
 def local_grams(X, idx):

@@ -31,6 +31,7 @@ different speeds waste work inside a batch.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -39,14 +40,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sccase_jax.fitting import FIT_OPTIONS, _knn, solver_config
+from sccase_jax.fitting import FIT_OPTIONS, _knn, dense_terms, solver_config
+from sccase_jax.layout import to_sparse
 from sccase_jax.options import FIT, Options, signature
 from sccase_jax.params import Factors, Hyperparams, SolverConfig
 from sccase_jax.problem import prepare
 from sccase_jax.result import FitResult
 from sccase_jax.solver.alternating import init_state, update
 from sccase_jax.solver.driver import drive, matmul_precision, to_result
-from sccase_jax.support.sweep import sweep_support
+from sccase_jax.solver.over_terms import run as run_terms
+from sccase_jax.support.fit import prepare_support
 from sccase_jax.validate import InputError, check_int, check_real
 
 __all__ = ["masked_run", "pad_factors", "sweep"]
@@ -127,9 +130,10 @@ def sweep(X, *, lams, ks, batch_size: int | None = None, solver: Callable | None
     **options
         The fit's options, as for :func:`~sccase_jax.fit` (``seed`` seeds the mask R and
         the NMF starts of every member).  With ``z_support="knn"`` (or ``"auto"`` above
-        20,000 cells, as in ``fit``) Z lives on each cell's support
-        (:mod:`sccase_jax.support.sweep`): K is a loop, lam is vmapped, and ``Z`` comes
-        back as an object array of scipy matrices, each member equal to ``fit``'s.
+        5,000 cells, as in ``fit``) Z lives on each cell's support, and with ``terms=`` extra
+        registered terms are fitted: both through the solver over terms, K a loop and lam
+        vmapped, each member equal to ``fit``'s; on a support ``Z`` comes back as an object
+        array of scipy matrices.
 
     Every ``lams[i]``, ``ks[j]`` and ``hyper`` weight is checked before any work: a
     negative, non-finite or non-numeric one is an :class:`~sccase_jax.validate.InputError`
@@ -139,8 +143,6 @@ def sweep(X, *, lams, ks, batch_size: int | None = None, solver: Callable | None
     if unknown:
         raise InputError(f"sweep got unknown or unsupported option(s): {sorted(unknown)}")
     opts = Options(**options).resolved()
-    if opts.terms is not None:
-        raise InputError("sweep fits scCASE's own terms only (no terms=...; use fit or enhance)")
     lams, ks = _grid(lams, ks, getattr(X, "shape", None))
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, 1)
@@ -148,13 +150,15 @@ def sweep(X, *, lams, ks, batch_size: int | None = None, solver: Callable | None
     _check_hyper(solver, objective, hyper)
     config = solver_config(opts)
     shape = getattr(X, "shape", ())
-    # "auto" keeps a sweep with a reference or a variant solver dense (the support sweep
-    # runs scCASE's alternating solver only).
-    if _knn(opts, shape[1] if len(shape) == 2 else 0, solver is not None or P is not None):
-        if solver is not None or P is not None:
-            raise InputError("sweep with z_support='knn' runs scCASE's alternating solver "
-                             "only (no solver, no reference P; use z_support='dense')")
-        return _sweep_knn(X, lams, ks, opts, config, batch_size, keep_factors, score, options)
+    # "auto" keeps a sweep with a variant solver dense (the solver over terms fits terms,
+    # not a registered objective).
+    knn = _knn(opts, shape[1] if len(shape) == 2 else 0, solver is not None)
+    if knn or opts.terms is not None:
+        if solver is not None:
+            raise InputError("a variant solver sweeps with Z dense and scCASE's own terms only "
+                             "(no z_support='knn', no terms=...)")
+        return _sweep_terms(X, lams, ks, opts, config, batch_size, keep_factors, score, options,
+                            P, knn)
     if config.z_step == "auto":
         # Under vmap a branch between the paper's and the free Z step runs both (three
         # products an iteration); the free step alone would form G S afresh in every
@@ -183,21 +187,76 @@ sweep.__signature__ = signature(
                       "keep_factors", "P"))
 
 
-def _sweep_knn(X, lams, ks, opts, config, batch_size, keep_factors, score, options) -> FitResult:
-    """The grid with Z on a support (:mod:`sccase_jax.support.sweep`): each member equal to
-    ``fit(..., z_support="knn")``, its Z a scipy matrix."""
-    out = sweep_support(X, lams, ks, opts, config, batch_size, keep_factors)
+def _sweep_terms(X, lams, ks, opts, config, batch_size, keep_factors, score, options, P,
+                 knn: bool) -> FitResult:
+    """The grid through the solver over terms (:mod:`sccase_jax.solver.over_terms`): Z on a
+    support (``knn``), or dense with extra terms.  Each K has its own start (and support),
+    built as ``fit`` builds it, so K is a Python loop, one compilation per K; within a K
+    the solver is vmapped over lam (the similarity term's weight) in batches of
+    ``batch_size``.  Every member equals ``fit(X, K, lam=lam, ...)`` up to the rounding of
+    batched products; on a support its ``Z`` is a scipy CSC matrix (an object array over
+    the grid)."""
+    L, K = len(lams), len(ks)
+    k_max = int(ks.max())
+    b = L if batch_size is None else min(int(batch_size), L)
+    fields = ("W", "H", "Z", "loss", "initial_loss", "n_iter", "converged", "status",
+              "rel_change", "x_change")
+    cols = {f: [[None] * K for _ in range(L)] for f in fields}
+    for j, k in enumerate(ks):
+        o = opts.replace(lam=float(lams[0]))
+        if knn:
+            prob = prepare_support(X, int(k), o, o.n_neighbors, o.knn_from, o.off_support, P=P,
+                                   k_ref=o.k_ref)
+            idx = np.asarray(prob.layout.idx)
+            host_z = lambda V, idx=idx: to_sparse(V, idx)  # noqa: E731
+        else:
+            prob = dense_terms(X, prepare(X, int(k), o, P=P, k_ref=o.k_ref), o)
+            host_z = np.asarray
+        objective, data, layout, f0 = prob
+        lam_all = jnp.asarray(lams, f0.W.dtype)
+        for start in range(0, L, b):
+            sel = np.arange(start, start + b).clip(max=L - 1)  # the last batch padded: one program
+            res = jax.device_get(_terms_batched(config)(lam_all[sel], objective, data, layout, f0))
+            for r in range(min(b, L - start)):
+                i = start + r
+                cols["W"][i][j] = np.pad(np.asarray(res.W[r]), ((0, 0), (0, k_max - int(k))))
+                cols["H"][i][j] = np.pad(np.asarray(res.H[r]), ((0, k_max - int(k)), (0, 0)))
+                cols["Z"][i][j] = host_z(res.Z[r])
+                for f in fields[3:]:
+                    cols[f][i][j] = np.asarray(getattr(res, f)[r])
+    out = {f: np.array(v) for f, v in cols.items() if f != "Z"}
+    Z = np.empty((L, K), object)
+    for i in range(L):
+        for j in range(K):
+            Z[i, j] = cols["Z"][i][j]
+    out["Z"] = Z if knn else np.array(cols["Z"])
+    if not keep_factors:
+        out.update(W=None, H=None, Z=None)
     given = {k: v for k, v in options.items()
              if k not in ("seed", "max_iter", "tol", "x_tol", "config", "progress")}
     params = dict(given, seed=opts.seed, max_iter=opts.max_iter, tol=opts.tol, x_tol=opts.x_tol,
-                  k_max=int(ks.max()), config=config._asdict(), hyper=None,
-                  dtype=np.dtype(out["loss"].dtype).name, lams=lams, ks=ks, gram="support",
-                  z_support="knn", n_neighbors=int(opts.n_neighbors), knn_from=opts.knn_from,
-                  off_support=opts.off_support)
+                  k_max=k_max, config=config._asdict(), hyper=None,
+                  dtype=np.dtype(out["loss"].dtype).name, lams=lams, ks=ks)
+    if knn:
+        params.update(gram="support", z_support="knn", n_neighbors=int(opts.n_neighbors),
+                      knn_from=opts.knn_from, off_support=opts.off_support)
     res = FitResult(**out).fetch(params, batched=True)
     if score is not None:
         res = res._replace(metrics=_scores(res, score))
     return res
+
+
+@lru_cache(maxsize=32)
+def _terms_batched(config: SolverConfig):
+    """``jit(vmap(run))`` of the solver over terms, over lam (the similarity or depth
+    term's weight); the objective's other weights, the data, layout and start shared."""
+
+    def one(lam, objective, data, layout, f0):
+        terms = tuple(dataclasses.replace(t, weight=lam) if t.name in ("similarity", "depth")
+                      else t for t in objective.terms)
+        return run_terms(type(objective)(terms), data, layout, f0, config)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None)))
 
 
 def _grid(lams, ks, shape=None):

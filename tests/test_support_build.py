@@ -127,10 +127,23 @@ def test_knn_sweep_equals_separate_knn_fits():
     assert np.all(res.W[:, 0, :, 2] == 0) and np.all(res.H[:, 0, 2] == 0)
 
 
-def test_knn_sweep_refuses_a_reference_and_variant_solvers():
+def test_knn_sweep_with_a_reference_equals_separate_fits_and_refuses_variant_solvers():
+    from sccase_jax.solver import member_solver
+
     C, _ = counts(n=30, m=40)
-    with pytest.raises(sccase_jax.InputError, match="z_support='knn'"):
-        sccase_jax.sweep(tfidf_x(C), lams=[1e6], ks=[3], z_support="knn", P=np.ones((40, 1)))
+    X = tfidf_x(C)
+    P = np.random.default_rng(0).random((40, 1))
+    opts = dict(z_support="knn", n_neighbors=6, max_iter=3, tol=0.0, seed=2, P=P)
+    res = sccase_jax.sweep(X, lams=[1e3, 1e6], ks=[2, 3], **opts)
+    for i, lam in enumerate([1e3, 1e6]):
+        for j, k in enumerate([2, 3]):
+            one = sccase_jax.fit(X, k, lam=lam, **opts)
+            mem = res.member(i, j)
+            np.testing.assert_allclose(mem.loss, one.loss, rtol=1e-6)
+            np.testing.assert_allclose(mem.W[:, :k], one.W, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(mem.Z.toarray(), one.Z.toarray(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(sccase_jax.InputError, match="variant solver"):
+        sccase_jax.sweep(X, lams=[1e6], ks=[3], z_support="knn", solver=member_solver("sccase"))
 
 
 def test_knn_with_harmony_batches():

@@ -22,15 +22,15 @@ jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv
 import numpy as np
 from jax.experimental import multihost_utils
 from test_support import small_problem
+from sccase_jax.layout import shard
 from sccase_jax.params import SolverConfig
 from sccase_jax.sharding import cell_mesh
-from sccase_jax.support.sharding import shard_support
-from sccase_jax.support.solver import run
+from sccase_jax.solver.over_terms import run
 
 assert len(jax.devices()) == 4 and len(jax.local_devices()) == 2
-data, W, H, V, hp = small_problem(7, m=20, n=16, d=5, k=3, lam=30.0, off=0.0)
-sdata, sW, sH, sV = shard_support(data, W, H, V, cell_mesh())
-res = run(sdata, sW, sH, sV, hp, SolverConfig(max_iter=6, tol=0.0))
+obj, data, layout, f, hp = small_problem(7, m=20, n=16, d=5, k=3, lam=30.0, off=0.0)
+slayout, sdata, sf = shard(layout, data, f, cell_mesh())
+res = run(obj, sdata, slayout, sf, SolverConfig(max_iter=6, tol=0.0))
 Z = multihost_utils.process_allgather(res.Z, tiled=True)
 print(json.dumps(dict(loss=np.asarray(res.loss).tolist(), Z=np.asarray(Z).tolist())))
 """
@@ -48,7 +48,7 @@ def test_two_process_fit_equals_single_process_fit():
     from test_support import small_problem
 
     from sccase_jax.params import SolverConfig
-    from sccase_jax.support.solver import run
+    from sccase_jax.solver.over_terms import run
 
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
@@ -61,8 +61,8 @@ def test_two_process_fit_equals_single_process_fit():
     outs = [p.communicate(timeout=240) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    data, W, H, V, hp = small_problem(7, m=20, n=16, d=5, k=3, lam=30.0, off=0.0)
-    one = run(data, W, H, V, hp, SolverConfig(max_iter=6, tol=0.0))
+    obj, data, layout, f, hp = small_problem(7, m=20, n=16, d=5, k=3, lam=30.0, off=0.0)
+    one = run(obj, data, layout, f, SolverConfig(max_iter=6, tol=0.0))
     for out, _ in outs:
         r = json.loads(out.strip().splitlines()[-1])
         np.testing.assert_allclose(r["loss"], np.asarray(one.loss), rtol=1e-10)

@@ -91,22 +91,15 @@ def test_full_support_fit_equals_the_dense_fit(problem, case):
     np.testing.assert_allclose(knn.params["eq2_loss"], knn.loss[-1], rtol=1e-10)
 
 
-def test_terms_reach_the_support_fit_and_the_plain_fit_keeps_its_solver(problem, monkeypatch):
-    # Without a reference, batch or depth term the hand-written support solver runs (its
-    # results and the golden records unchanged); with them the solver over the terms, on a
-    # support of 12 candidates with the default off_support ("drop").
-    import sccase_jax.fitting as fitting
-
-    called = []
-    real = fitting.fit_support_terms
-    monkeypatch.setattr(fitting, "fit_support_terms",
-                        lambda *a, **kw: called.append(1) or real(*a, **kw))
+def test_terms_reach_the_support_fit(problem):
+    # A reference, batch and depth term on a support of 12 candidates with the default
+    # off_support ("drop"), against the plain support fit.
     X, P, batch, depth = problem
     opts = Options(**COMMON, z_support="knn", n_neighbors=12)
     plain = fit_with(X, K, opts.replace(alpha=0.0))
-    assert not called and plain.params["k_ref"] == 0
+    assert plain.params["k_ref"] == 0
     res = fit_with(X, K, opts, P=P, batch=batch, depth=depth)
-    assert called and res.params["k_ref"] == 2 and res.params["off_support"] == "drop"
+    assert res.params["k_ref"] == 2 and res.params["off_support"] == "drop"
     assert res.Z.shape == (N, N) and np.all(np.diff(res.Z.indptr) <= 12)
     assert not np.allclose(res.H, plain.H, rtol=1e-6)
     hist = np.concatenate([[float(res.initial_loss)], np.asarray(res.loss)])
@@ -128,20 +121,23 @@ def test_auto_picks_the_support_with_terms_but_not_with_init():
     assert dense_z(opts, KNN_AUTO_CELLS) and not dense_z(opts, n)
     assert not dense_z(opts, n, terms=True)  # a reference, batch or depth term: the support
     assert dense_z(opts, n, init=True)  # a given start is n x n
-    # the release's printed W step has no form over the terms: dense with them, the plain
-    # support solver without
+    # the release's printed W step has a form over the terms: the support with or without them
     release = Options(preset="release")
-    assert dense_z(release, n, terms=True) and not dense_z(release, n)
+    assert not dense_z(release, n, terms=True) and not dense_z(release, n)
 
 
-def test_knn_refuses_init_and_the_printed_w_step(problem):
+def test_knn_refuses_init_and_fits_the_printed_w_step(problem):
     X, P, _, _ = problem
     f = sccase_jax.fit(X, K, max_iter=0, dtype="float64")
     with pytest.raises(sccase_jax.InputError, match="no init"):
         sccase_jax.fit(X, K, z_support="knn", init=(f.W, f.H, f.Z), dtype="float64")
-    with pytest.raises(sccase_jax.InputError, match="w_step='exact'"):
-        sccase_jax.fit(X, K, z_support="knn", P=P, config=SolverConfig(w_step="printed"),
-                       dtype="float64")
+    # The printed W step (no W ridge in its length) over the terms: a longer W step than
+    # the exact one, so a different fit.
+    kw = dict(z_support="knn", P=P, dtype="float64", max_iter=3, tol=0.0)
+    printed = sccase_jax.fit(X, K, config=SolverConfig(w_step="printed"), **kw)
+    exact = sccase_jax.fit(X, K, **kw)
+    assert printed.params["config"]["w_step"] == "printed"
+    assert not np.allclose(printed.W, exact.W, rtol=1e-6)
 
 
 def _adata(seed=0):

@@ -61,9 +61,16 @@ from jax import lax
 from sccase_jax.objectives.sccase import gram_loss
 from sccase_jax.ops import gram_matmul, masked, wt_x
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
-from sccase_jax.result import RUNNING
 from sccase_jax.solver import z_step  # noqa: F401  (registers the Z step rules)
-from sccase_jax.solver.driver import advance, drive, matmul_precision, to_result, tracked_fields
+from sccase_jax.solver.driver import (
+    advance,
+    drive,
+    matmul_precision,
+    report_each,
+    steps_until,
+    to_result,
+    tracked_fields,
+)
 from sccase_jax.solver.rules import get_rule
 from sccase_jax.solver.wh_steps import h_move, w_move
 
@@ -169,8 +176,7 @@ def _start(data: Data, factors0: Factors, hp: Hyperparams, config: SolverConfig)
 
 def _steps(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig, until):
     with matmul_precision(config):
-        keep_going = lambda s: (s.status == RUNNING) & (s.iteration < until)  # noqa: E731
-        return lax.while_loop(keep_going, lambda s: update(s, data, hp, config), state)
+        return steps_until(state, lambda s: update(s, data, hp, config), until)
 
 
 _start_donated = jax.jit(_start, static_argnames=("config",), donate_argnames=("factors0",))
@@ -178,18 +184,8 @@ _steps_donated = jax.jit(_steps, static_argnames=("config",), donate_argnames=("
 
 
 def run_reporting(data: Data, factors0: Factors, hp: Hyperparams, config: SolverConfig, report):
-    """:data:`run_donated` with ``report(state)`` called on the host after every iteration.
-
-    The same iterations (:func:`update` in a :func:`jax.lax.while_loop`), one jitted call
-    each, so that progress needs no host callback inside the compiled fit: a program with a
-    callback is never stored in JAX's persistent compilation cache
-    (:mod:`sccase_jax.jaxconfig`), and the fit would be compiled afresh in every process.
-    ``config.progress`` must be off (the report replaces it); ``factors0`` is donated.
-    """
-    if config.progress:
-        raise ValueError("run_reporting reports on the host: pass a config with progress=False")
-    state = _start_donated(data, factors0, hp, config)
-    while int(state.status) == RUNNING:
-        state = _steps_donated(state, data, hp, config, state.iteration + 1)
-        report(state)
-    return to_result(state)
+    """:data:`run_donated` with ``report(state)`` called on the host after every iteration:
+    the same iterations, one jitted call each (:func:`~sccase_jax.solver.driver.report_each`).
+    ``factors0`` is donated."""
+    return report_each(lambda: _start_donated(data, factors0, hp, config),
+                       lambda s, until: _steps_donated(s, data, hp, config, until), report, config)

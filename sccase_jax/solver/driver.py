@@ -24,8 +24,8 @@ from sccase_jax import progress
 from sccase_jax.params import SolverConfig
 from sccase_jax.result import CONVERGED, MAX_ITER, NONFINITE, RUNNING, FitResult
 
-__all__ = ["ITERATE", "advance", "drive", "matmul_precision", "relative_step", "to_result",
-           "tracked_fields"]
+__all__ = ["ITERATE", "advance", "drive", "matmul_precision", "relative_step", "report_each",
+           "steps_until", "to_result", "tracked_fields"]
 
 _TRACKED = ("initial_loss", "rel_change", "x_change", "iteration", "loss_history", "status")
 # The fields of a state whose relative change the x_tol rule measures (those it has): what
@@ -144,6 +144,28 @@ def drive(state, step, config: SolverConfig):
         (state.status == RUNNING) & (state.iteration >= config.max_iter), MAX_ITER, state.status
     )
     return state._replace(status=status.astype(jnp.int32))
+
+
+def steps_until(state, step, until):
+    """``state = step(state)`` while the status is running and ``iteration < until``."""
+    keep_going = lambda s: (s.status == RUNNING) & (s.iteration < until)  # noqa: E731
+    return lax.while_loop(keep_going, step, state)
+
+
+def report_each(start, advance_to, report, config: SolverConfig) -> FitResult:
+    """A fit reported on the host: ``state = start()``, then ``state = advance_to(state,
+    iteration + 1)`` (one jitted call an iteration) and ``report(state)`` until it stops.
+
+    No host callback inside the compiled fit, so it goes into JAX's persistent compilation
+    cache (:mod:`sccase_jax.jaxconfig`); ``config.progress`` must be off (the report
+    replaces it)."""
+    if config.progress:
+        raise ValueError("run_reporting reports on the host: pass a config with progress=False")
+    state = start()
+    while int(state.status) == RUNNING:
+        state = advance_to(state, state.iteration + 1)
+        report(state)
+    return to_result(state)
 
 
 def to_result(state) -> FitResult:

@@ -39,14 +39,22 @@ import jax.numpy as jnp
 from jax import lax
 
 from sccase_jax.params import Factors, SolverConfig
-from sccase_jax.solver.driver import advance, drive, matmul_precision, to_result, tracked_fields
+from sccase_jax.solver.driver import (
+    advance,
+    drive,
+    matmul_precision,
+    report_each,
+    steps_until,
+    to_result,
+    tracked_fields,
+)
 from sccase_jax.solver.linesearch import exact_h_step, line_search, safe_div
 from sccase_jax.solver.rules import get_rule, step_rule
 from sccase_jax.solver.z_step import Z_REFRESH
 from sccase_jax.terms.base import DEGREE, taylor_coefficients
 
 __all__ = ["DEGREE", "Move", "TermsState", "init_state", "polynomial", "quartic_coefficients",
-           "run", "taylor_coefficients", "update"]
+           "run", "run_reporting", "taylor_coefficients", "update"]
 
 
 class TermsState(NamedTuple):
@@ -229,3 +237,27 @@ run = jax.jit(_run, static_argnames=("config",))
 run.__doc__ = """The whole fit of ``objective`` (a :class:`~sccase_jax.terms.Objective`) on
 ``layout``, jitted: ``run(objective, data, layout, factors0, config)``; returns a
 :class:`~sccase_jax.result.FitResult` whose ``Z`` is stored as the layout stores it."""
+
+
+def _steps(state, objective, data, layout, config: SolverConfig, until):
+    with matmul_precision(config):
+        return steps_until(state, lambda s: update(s, objective, data, layout, config), until)
+
+
+def _start(objective, data, layout, factors0, config: SolverConfig):
+    with matmul_precision(config):
+        return init_state(objective, data, layout, factors0, config)
+
+
+_start_jit = jax.jit(_start, static_argnames=("config",))
+_steps_jit = jax.jit(_steps, static_argnames=("config",), donate_argnames=("state",))
+
+
+def run_reporting(objective, data, layout, factors0: Factors, config: SolverConfig, report):
+    """:data:`run` with ``report(state)`` called on the host after every iteration
+    (:func:`~sccase_jax.solver.driver.report_each`)."""
+    for kind in ("z_step", "w_step", "h_step"):
+        get_rule(kind, getattr(config, kind), over_terms=True)
+    return report_each(lambda: _start_jit(objective, data, layout, factors0, config),
+                       lambda s, until: _steps_jit(s, objective, data, layout, config, until),
+                       report, config)

@@ -1,8 +1,8 @@
-"""scCASE with Z restricted to a candidate neighbour graph per cell (atlas scale).
+"""Z restricted to a candidate support per cell (atlas scale): the host side.
 
-:mod:`~sccase_jax.support.objective` (the restricted objective and its gradients, Z in ELL
-form), :mod:`~sccase_jax.support.solver` (the alternating solver on the shared driver),
-:mod:`~sccase_jax.support.build` (supports, local Grams and the start, never n x n) and
-:mod:`~sccase_jax.support.fit` (``fit_support``: the whole fit from a peaks x cells X).
-docs/atlas.md has the mathematics and the memory model.
+:mod:`~sccase_jax.support.build` (supports, local Grams, the start and the mask, never
+n x n) and :mod:`~sccase_jax.support.fit` (``fit_support``: the whole fit from a peaks x
+cells X).  The layout itself is :class:`sccase_jax.layout.SupportLayout`; the fit runs the
+one solver over loss terms (:mod:`sccase_jax.solver.over_terms`).  docs/atlas.md has the
+mathematics and the memory model.
 """
