@@ -18,7 +18,7 @@ their labels.
     python -m experiments.support_terms_scale --variant plain   # scCASE alone, for comparison
 
 ``--variant plain`` runs the same ``enhance`` without the reference, the batch term and the
-depth term (the hand-written support solver).  Result:
+depth term (the same solver over terms, scCASE's terms alone).  Result:
 ``experiments/results/support_terms_scale.json`` (one row per variant; a rerun replaces it).
 """
 
