@@ -61,7 +61,6 @@ def sharded_run():
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["dense", "support"])
 def test_sharded_fit_over_terms_equals_single_device_fit(sharded_run, layout):
     r = sharded_run[layout]
@@ -70,6 +69,5 @@ def test_sharded_fit_over_terms_equals_single_device_fit(sharded_run, layout):
     assert r["err"] <= 1e-10
 
 
-@pytest.mark.slow
 def test_uneven_split_is_refused(sharded_run):
     assert "do not split evenly" in sharded_run["uneven"]

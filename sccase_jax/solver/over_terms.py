@@ -225,9 +225,14 @@ def h_exact(mv: Move, D):
     return safe_div(t, norm), 0.5, mv.config.max_trials
 
 
-def _run(objective, data, layout, factors0: Factors, config: SolverConfig = SolverConfig()):
+def _check_rules(config: SolverConfig) -> None:
+    """Every rule the config names has a form over terms (a ValueError naming it if not)."""
     for kind in ("z_step", "w_step", "h_step"):
         get_rule(kind, getattr(config, kind), over_terms=True)
+
+
+def _run(objective, data, layout, factors0: Factors, config: SolverConfig = SolverConfig()):
+    _check_rules(config)
     with matmul_precision(config):
         state = init_state(objective, data, layout, factors0, config)
         return to_result(drive(state, lambda s: update(s, objective, data, layout, config), config))
@@ -256,8 +261,7 @@ _steps_jit = jax.jit(_steps, static_argnames=("config",), donate_argnames=("stat
 def run_reporting(objective, data, layout, factors0: Factors, config: SolverConfig, report):
     """:data:`run` with ``report(state)`` called on the host after every iteration
     (:func:`~sccase_jax.solver.driver.report_each`)."""
-    for kind in ("z_step", "w_step", "h_step"):
-        get_rule(kind, getattr(config, kind), over_terms=True)
+    _check_rules(config)
     return report_each(lambda: _start_jit(objective, data, layout, factors0, config),
                        lambda s, until: _steps_jit(s, objective, data, layout, config, until),
                        report, config)

@@ -23,7 +23,7 @@ from sccase_jax.solver.linesearch import (
 )
 from sccase_jax.solver.rules import get_rule, step_rule
 
-__all__ = ["H_BOUND_MARGIN", "h_move", "h_step_backtrack", "h_step_exact", "w_move", "w_move_from",
+__all__ = ["H_BOUND_MARGIN", "h_move", "h_step_backtrack", "h_step_exact", "w_move",
            "w_step_exact", "w_step_printed"]
 
 
@@ -35,12 +35,7 @@ def w_move(W, H, S, data, hp, config, F_cur):
     """The W move: the reference block (W1) first, then the free block (W2), each an exact
     quadratic step along its block of the gradient (length from the ``w_step`` rule),
     projected and guarded; returns ``(W, F_cur + change)``."""
-    return w_move_from(W, H, x_matmul(data.X, S @ H.T), data.P, data.M, hp, config, F_cur)
-
-
-def w_move_from(W, H, E, P, M, hp, config, F_cur):
-    """:func:`w_move` from ``E = X S H^T`` (m x k): the form every Z layout shares (the
-    support-restricted fit forms ``S H^T`` from its own Z)."""
+    E, P, M = x_matmul(data.X, S @ H.T), data.P, data.M
     step_length = get_rule("w_step", config.w_step)
     HHt = H @ H.T
     Mr = M[None, :]
