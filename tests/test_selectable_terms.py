@@ -63,10 +63,10 @@ CASES = dict(LAYOUTS, dense_sparse_gram=dict(z_support="dense", gram="sparse"))
 @pytest.mark.parametrize("layout", sorted(CASES))
 def test_a_term_of_weight_zero_is_the_plain_fit(X, layout):
     # Same start (NMF, Jaccard Z0, mask R from the seed) and, with weight 0, the same
-    # objective: the fits differ only in how F and its steps are summed (the hand-written
-    # closed forms against the terms' gradients and the Taylor coefficients from jax.jvp),
-    # rounding of order 1e-16 relative per operation, carried through 4 iterations of
-    # exact line searches. tests/test_over_terms.py compares the solvers at the same
+    # objective: the fits differ only in how F and its steps are summed (dense: the Gram-form
+    # solver's closed forms against the terms' gradients and jax.jvp; knn: both over the
+    # terms, the extra term's zero contributions added), rounding of order 1e-16 relative
+    # per operation, carried through 4 iterations of exact line searches. tests/test_over_terms.py compares the solvers at the same
     # tolerances (1e-9 on F, 1e-7 on the factors).
     plain = sccase_jax.fit(X, K, **COMMON, **CASES[layout])
     res = sccase_jax.fit(X, K, terms={NAME: 0.0}, **COMMON, **CASES[layout])
