@@ -66,8 +66,9 @@ def test_a_term_of_weight_zero_is_the_plain_fit(X, layout):
     # objective: the fits differ only in how F and its steps are summed (dense: the Gram-form
     # solver's closed forms against the terms' gradients and jax.jvp; knn: both over the
     # terms, the extra term's zero contributions added), rounding of order 1e-16 relative
-    # per operation, carried through 4 iterations of exact line searches. tests/test_over_terms.py compares the solvers at the same
-    # tolerances (1e-9 on F, 1e-7 on the factors).
+    # per operation, carried through 4 iterations of exact line searches.
+    # tests/test_over_terms.py compares the solvers at the same tolerances (1e-9 on F, 1e-7
+    # on the factors).
     plain = sccase_jax.fit(X, K, **COMMON, **CASES[layout])
     res = sccase_jax.fit(X, K, terms={NAME: 0.0}, **COMMON, **CASES[layout])
     assert res.params["gram"] == plain.params["gram"]
