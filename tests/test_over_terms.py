@@ -88,8 +88,8 @@ def test_taylor_change_is_the_exact_change_of_F():
 
 @pytest.mark.parametrize("off", [0.0, 1.0, None])
 def test_closed_form_higher_orders_equal_the_taylor_default(off):
-    # Terms that write their higher-order change in closed form (the data, similarity and
-    # depth terms in H) agree with the nested-jvp default, on both layouts.
+    # Every built-in term writes its higher-order change in closed form: it agrees with the
+    # default (half the jvp curvature in Z and W, nested jvp in H) on both layouts.
     from sccase_jax.terms import Depth, Term
 
     data, R, layout, f, hp = _problem(seed=5, off=0.0 if off is None else off, alpha=2.0)

@@ -84,9 +84,12 @@ class DataFit(Term):
         return Factors(self.weight * dW, self.weight * dH, self.weight * dZ)
 
     def higher(self, factors, data: TermData, layout, block: str, delta):
-        if block != "H":
-            return super().higher(factors, data, layout, block, delta)
-        return self.weight * jnp.vdot(factors.W.T @ factors.W, delta @ delta.T)
+        W, H, _ = factors
+        if block == "Z":
+            return self.weight * layout.curvature(delta)
+        if block == "W":
+            return self.weight * jnp.vdot(delta.T @ delta, H @ H.T)
+        return self.weight * jnp.vdot(W.T @ W, delta @ delta.T)
 
 
 @register_term("similarity")
@@ -112,7 +115,7 @@ class Similarity(Term):
 
     def higher(self, factors, data, layout, block: str, delta):
         if block != "H":
-            return super().higher(factors, data, layout, block, delta)
+            return self.weight * _sq(delta) if block == "Z" else 0.0
         H = factors.H
         return self.weight * gap_sq_higher(layout, factors.Z, H, delta, H, delta)
 
@@ -131,6 +134,9 @@ class RidgeW(Term):
     def grad(self, factors, data, layout):
         return _zeros(factors)._replace(W=2.0 * self.weight * factors.W)
 
+    def higher(self, factors, data, layout, block: str, delta):
+        return self.weight * _sq(delta) if block == "W" else 0.0
+
 
 @register_term("ridge_h")
 class RidgeH(Term):
@@ -145,6 +151,9 @@ class RidgeH(Term):
 
     def grad(self, factors, data, layout):
         return _zeros(factors)._replace(H=2.0 * self.weight * factors.H)
+
+    def higher(self, factors, data, layout, block: str, delta):
+        return self.weight * _sq(delta) if block == "H" else 0.0
 
 
 @register_term("reference")
@@ -162,6 +171,9 @@ class Reference(Term):
         Mr = data.M[None, :]
         dW = 2.0 * self.weight * Mr * (factors.W * Mr - data.P)
         return _zeros(factors)._replace(W=dW)
+
+    def higher(self, factors, data: TermData, layout, block: str, delta):
+        return self.weight * _sq(delta * data.M[None, :]) if block == "W" else 0.0
 
 
 @register_term("batch")
@@ -181,6 +193,10 @@ class Batch(Term):
         mean = layout.apply(jnp.ones((1, n), Ob.dtype), Z) / n
         return self.weight * jnp.sum(counts[:, None] * (means - mean) ** 2)
 
+    def higher(self, factors, data: TermData, layout, block: str, delta):
+        # A quadratic form in Z alone: its change beyond the slope is its value at delta.
+        return self.value(factors._replace(Z=delta), data, layout) if block == "Z" else 0.0
+
 
 @register_term("depth")
 class Depth(Term):
@@ -197,7 +213,7 @@ class Depth(Term):
 
     def higher(self, factors, data, layout, block: str, delta):
         if block != "H":
-            return super().higher(factors, data, layout, block, delta)
+            return self.weight * _sq(delta) if block == "Z" else 0.0
         H, p = factors.H, data.depth[None, :]
         return self.weight * gap_sq_higher(layout, factors.Z, H * p, delta * p, H, delta)
 
