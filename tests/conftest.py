@@ -23,3 +23,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 @pytest.fixture
 def key():
     return jax.random.PRNGKey(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_programs():
+    """Drop the compiled programs of each module after it: a long-lived pytest-xdist worker
+    otherwise keeps every executable it compiled (two workers crashed inside XLA's CPU
+    compiler late in full runs, at 92 % of the suite)."""
+    yield
+    jax.clear_caches()
