@@ -101,6 +101,10 @@ def _check_against_direct(name, weight, F_layout, factors, data, layout, Zd, Rd,
     np.testing.assert_allclose(g.W, gW, rtol=1e-10, atol=scale)
     np.testing.assert_allclose(g.H, gH, rtol=1e-10, atol=scale)
     np.testing.assert_allclose(g.Z, layout.gather(gZ), rtol=1e-10, atol=scale)
+    F_both, g_both = term.value_and_grad(factors, data, layout)  # one pass where it shares work
+    np.testing.assert_allclose(F_both, term.value(factors, data, layout), rtol=1e-12)
+    for a, b in zip(g_both, g):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * scale)
 
 
 @pytest.mark.parametrize("name", sorted(BUILT_IN))
@@ -201,6 +205,9 @@ def test_full_support_equals_the_dense_layout(off):
         np.testing.assert_allclose(term.value(supp_f, data, support), term.value(dense_f, data, dense),
                                    rtol=1e-9)
         gs, gd = term.grad(supp_f, data, support), term.grad(dense_f, data, dense)
+        F_both, g_both = term.value_and_grad(dense_f, data, dense)
+        np.testing.assert_allclose(F_both, term.value(dense_f, data, dense), rtol=1e-12)
+        np.testing.assert_allclose(g_both.Z, gd.Z, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(gs.W, gd.W, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(gs.H, gd.H, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(gs.Z, support.gather(gd.Z), rtol=1e-9, atol=1e-9)

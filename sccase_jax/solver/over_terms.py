@@ -59,11 +59,14 @@ __all__ = ["DEGREE", "Move", "TermsState", "init_state", "polynomial", "quartic_
 
 class TermsState(NamedTuple):
     """Loop carry; ``Z`` is stored as the layout stores it (n x n, or n x d on a support);
+    ``gZ``: F's gradient in Z at the iterate, formed with F at the end of the previous
+    iteration (on a dense layout the two share the one n x n x n product ``G S``);
     ``rough``: the last Z move was large (the ``"auto"`` Z rule then takes the gradient step)."""
 
     W: Any
     H: Any
     Z: Any
+    gZ: Any
     rough: Any
     loss: Any
     initial_loss: Any
@@ -89,9 +92,17 @@ class Move(NamedTuple):
         return obj.curvature(self.factors, self.data, self.layout, block, D)
 
 
+def _value_grad_z(objective, factors, data, layout):
+    """F and its gradient in Z at ``factors`` (:meth:`~sccase_jax.terms.Objective.value_and_grad`:
+    the data term forms ``G S`` once for both on a dense layout)."""
+    F, g = objective.value_and_grad(factors, data, layout)
+    return F, g.Z
+
+
 def init_state(objective, data, layout, factors: Factors, config: SolverConfig) -> TermsState:
-    F = objective.value(factors, data, layout)
-    return TermsState(*factors, rough=jnp.asarray(True), **tracked_fields(F, factors.W.dtype, config))
+    F, gZ = _value_grad_z(objective, factors, data, layout)
+    return TermsState(*factors, gZ=gZ, rough=jnp.asarray(True),
+                      **tracked_fields(F, factors.W.dtype, config))
 
 
 def quartic_coefficients(objective, factors, data, layout, block: str, U, g=None):
@@ -134,17 +145,16 @@ def update(state: TermsState, objective, data, layout, config: SolverConfig) -> 
     """One Z, W, H sweep of the terms' objective on the layout."""
     F_prev = state.loss
     f = Factors(state.W, state.H, state.Z)
-    F_cur = F_prev
+    F_cur, g = F_prev, state.gZ
     if config.rescale_h:
         s = jnp.sum(f.H, axis=1, keepdims=True)
         f = f._replace(H=f.H / jnp.where(s > 0, s, 1))
-        F_cur = objective.value(f, data, layout)
+        F_cur, g = _value_grad_z(objective, f, data, layout)
     change = F_cur - F_prev
 
     def mv():
         return Move(objective, f, data, layout, config)
 
-    g = objective.grad(f, data, layout).Z
     P, d = get_rule("z_step", config.z_step, over_terms=True)(mv(), g, state.rough)
     Z, dF = _move(mv(), "Z", g, P, d, 0.5, config.max_trials, F_cur, not config.guard)
     dZ = Z - f.Z
@@ -166,8 +176,9 @@ def update(state: TermsState, objective, data, layout, config: SolverConfig) -> 
     H, dF = _move(mv(), "H", g, g, d0, shrink, trials, F_cur, False)
     f, change = f._replace(H=H), change + dF
 
-    F_new = objective.value(f, data, layout)
-    return advance(state, dict(W=f.W, H=f.H, Z=f.Z, rough=rough), F_new, config, F_prev, change)
+    F_new, gZ = _value_grad_z(objective, f, data, layout)
+    return advance(state, dict(W=f.W, H=f.H, Z=f.Z, gZ=gZ, rough=rough), F_new, config, F_prev,
+                   change, caches=("gZ",))
 
 
 # -- the step rules over terms ---------------------------------------------------------------

@@ -98,6 +98,10 @@ class Term:
         """``Factors(dW, dH, dZ)``: :func:`jax.grad` of :meth:`value` unless a term writes it."""
         return jax.grad(lambda f: self.value(f, data, layout))(factors)
 
+    def value_and_grad(self, factors: Factors, data: TermData, layout):
+        """``(value, grad)``; a term whose two share a costly product writes it once here."""
+        return self.value(factors, data, layout), self.grad(factors, data, layout)
+
     def slope_curvature(self, factors: Factors, data: TermData, layout, block: str, D):
         """``(<g, D>, <D, Hess D>)`` along ``D`` of ``block``, the curvature by :func:`jax.jvp`
         of :meth:`grad` (exact for an analytic gradient too: it is differentiated as written)."""
@@ -187,6 +191,10 @@ class Objective:
     def grad(self, factors, data, layout) -> Factors:
         grads = [t.grad(factors, data, layout) for t in self.terms]
         return jax.tree.map(lambda *g: sum(g), *grads)
+
+    def value_and_grad(self, factors, data, layout):
+        parts = [t.value_and_grad(factors, data, layout) for t in self.terms]
+        return sum(p[0] for p in parts), jax.tree.map(lambda *g: sum(g), *(p[1] for p in parts))
 
     def slope_curvature(self, factors, data, layout, block: str, D):
         parts = [t.slope_curvature(factors, data, layout, block, D) for t in self.terms]

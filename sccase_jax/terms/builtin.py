@@ -44,7 +44,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from sccase_jax.layout import gap_sq_higher
-from sccase_jax.ops import wt_x, x_matmul
+from sccase_jax.ops import inner, wt_x, x_matmul
 from sccase_jax.params import Factors
 from sccase_jax.terms.base import Term, TermData, register_term
 
@@ -68,20 +68,25 @@ class DataFit(Term):
     weight: Any = 1.0
 
     def value(self, factors, data: TermData, layout):
-        W, H, Z = factors
-        S = layout.masked(Z)
-        B = wt_x(data.X, W)
-        return self.weight * (layout.quad(S) - 2.0 * jnp.vdot(layout.apply(B, S), H)
-                              + jnp.vdot(W.T @ W, H @ H.T))
+        return self.value_and_grad(factors, data, layout, grad=False)
 
     def grad(self, factors, data: TermData, layout):
+        return self.value_and_grad(factors, data, layout, value=False)
+
+    def value_and_grad(self, factors, data: TermData, layout, value=True, grad=True):
+        """Both from one ``X^T X S`` (an n x n x n product on a dense layout)."""
         W, H, Z = factors
         S = layout.masked(Z)
         B = wt_x(data.X, W)
-        dZ = 2.0 * layout.masked(layout.gram(S) - layout.pairs(B, H))
-        dH = -2.0 * layout.apply(B, S) + 2.0 * (W.T @ W) @ H
+        GS, BS, WtW = layout.gram(S), layout.apply(B, S), W.T @ W
+        F = self.weight * (inner(S, GS) - 2.0 * jnp.vdot(BS, H) + jnp.vdot(WtW, H @ H.T))
+        if not grad:
+            return F
+        dZ = 2.0 * layout.masked(GS - layout.pairs(B, H))
+        dH = -2.0 * BS + 2.0 * WtW @ H
         dW = 2.0 * (W @ (H @ H.T) - x_matmul(data.X, layout.apply_t(H, S).T))
-        return Factors(self.weight * dW, self.weight * dH, self.weight * dZ)
+        g = Factors(self.weight * dW, self.weight * dH, self.weight * dZ)
+        return (F, g) if value else g
 
     def higher(self, factors, data: TermData, layout, block: str, delta):
         W, H, _ = factors
