@@ -17,6 +17,7 @@ from sccase_jax.problem import check_input, prepare, resolve_k_ref
 from sccase_jax.result import FitResult
 from sccase_jax.solver.alternating import run, run_donated, run_reporting
 from sccase_jax.solver.over_terms import run as run_terms
+from sccase_jax.solver.over_terms import run_reporting as run_terms_reporting
 from sccase_jax.solver.projected import run_variant
 from sccase_jax.start import gram_matrix
 from sccase_jax.support.fit import fit_support
@@ -101,7 +102,7 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
                         f"and NMF start in {time.perf_counter() - t0:.1f} s; compiling and "
                         "running the solver")
     config = solver_config(opts)
-    if opts.terms is not None:
+    if opts.terms is not None or batch is not None or depth is not None:
         res = _fit_dense_terms(X, prob, opts, config)
     elif opts.progress and init is None:
         # One line an iteration from the host loop: the compiled fit then holds no host
@@ -120,8 +121,13 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
 
 
 def _fit_dense_terms(X, prob, opts: Options, config: SolverConfig):
-    """The dense fit with extra terms: the solver over the terms
-    (:mod:`sccase_jax.solver.over_terms`) on the dense layout of :func:`dense_terms`."""
+    """The dense fit with the batch term, the depth term or extra terms: the solver over
+    the terms (:mod:`sccase_jax.solver.over_terms`) on the dense layout of
+    :func:`dense_terms` (the Gram-form solver fits scCASE and scCASER alone)."""
+    if opts.progress:  # one line an iteration from the host loop, as the plain fit
+        quiet = config._replace(progress=False)
+        return run_terms_reporting(*dense_terms(X, prob, opts), quiet,
+                                   _progress.Reporter(quiet.max_iter))
     return run_terms(*dense_terms(X, prob, opts), config)
 
 

@@ -260,16 +260,15 @@ def minus_outer(C, A, B):
     return C
 
 
-def gap(Z, H, depth=None):
-    """``Q = Z - H^T H`` (n x n) for a thin ``H`` (k x n), as one elementwise pass; with
-    ``depth`` (n) the depth term's ``Q = Z - diag(depth) H^T H``.
+def gap(Z, H):
+    """``Q = Z - H^T H`` (n x n) for a thin ``H`` (k x n), as one elementwise pass.
 
     :func:`minus_outer`: no n x n product ``H^T H`` is formed.  Such a product depends on
     ``H`` alone, and XLA scheduled it (shared by the Z step's gradient and the H step's Q)
     at the start of the iteration, where it lived as one more n x n array through the Z
     step's peak; this pass starts from the new Z, so it cannot run before the Z step.
     """
-    return minus_outer(Z, H if depth is None else H * depth[None, :], H)
+    return minus_outer(Z, H, H)
 
 
 def masked(A, R):

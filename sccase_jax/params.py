@@ -57,10 +57,10 @@ class Data(NamedTuple):
     ``X`` is used only in m x k / k x n products (``X @ (S H^T)`` and ``W^T X``);
     the n x n products go through ``G``.  ``P`` and ``M`` describe the scCASER reference
     block; for plain scCASE ``M`` is all zeros and ``P`` is ignored.  ``batch`` (the n x B
-    one-hot batches) and ``batch_mu`` (the weight mu) switch on the batch term
-    (:mod:`~sccase_jax.objectives.batch`), ``depth`` (n relative depths) replaces the
-    similarity term by ``lam ||Z - diag(depth) H^T H||^2`` (:mod:`~sccase_jax.objectives.depth`);
-    ``None`` (default) leaves each out of the program.
+    one-hot batches) and ``batch_mu`` (the weight mu) carry the batch term, ``depth`` (n
+    relative depths) the depth term, to the fit over terms
+    (:func:`sccase_jax.fitting.dense_terms`, the ``Batch`` and ``Depth`` terms of
+    :mod:`sccase_jax.terms`); the Gram-form solver refuses them.  ``None`` (default): not used.
     """
 
     X: Any  # m x n, dense or jax.experimental.sparse.BCOO

@@ -63,18 +63,22 @@ class Reporter:
                float(state.x_change))
 
 
-def block_reporter(what: str, every: float = 10.0):
-    """``progress(done, total)`` for a loop over cell blocks (the enhanced layer computed or
-    written block by block): a stage line at most every ``every`` seconds; a short loop
-    prints nothing, a long one also says when it is done."""
+def block_reporter(what: str, every: float = 10.0, enabled: bool = True):
+    """``progress(done, total)`` for a loop over cell blocks (the support, the local Gram
+    blocks, the enhanced layer computed or written block by block): a stage line with the
+    time left at the pace so far, at most every ``every`` seconds; a short loop prints
+    nothing, a long one also says when it is done.  ``enabled=False``: prints nothing."""
     import time
 
-    state = {"last": time.perf_counter(), "shown": False}
+    t0 = time.perf_counter()
+    state = {"last": t0, "shown": False}
 
     def show(done: int, total: int) -> None:
         now = time.perf_counter()
-        if now - state["last"] >= every or (done == total and state["shown"]):
+        if enabled and (now - state["last"] >= every or (done == total and state["shown"])):
             state["last"], state["shown"] = now, True
-            stage(f"  {what}: {done} of {total} cells")
+            left = (now - t0) * (total - done) / max(done, 1)
+            stage(f"  {what}: {done} of {total} cells, {now - t0:.0f} s"
+                  + (f", about {left:.0f} s left" if done < total else ""))
 
     return show

@@ -13,19 +13,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sccase_jax
-from sccase_jax import ops
+from sccase_jax.layout import DenseLayout
 from sccase_jax.objectives.depth import relative_depth, sccase_depth_grads, sccase_depth_loss
-from sccase_jax.objectives.sccase import gram_loss, similarity_term
-from sccase_jax.ops import masked
-from sccase_jax.params import SolverConfig
-from sccase_jax.solver import get_rule
-from sccase_jax.solver import wh_steps as WH
-from sccase_jax.solver.alternating import init_state, run
+from sccase_jax.objectives.sccase import similarity_term
+from sccase_jax.params import Factors, SolverConfig
+from sccase_jax.solver import over_terms as OT
+from sccase_jax.solver.alternating import run
+from sccase_jax.solver.over_terms import run as terms_run
+from sccase_jax.terms import Objective, TermData, sccase_terms
 from sccase_jax.validate import InputError
 
 
 def depths(n, seed):
     return jnp.asarray(relative_depth(np.random.default_rng(seed).lognormal(0.0, 0.7, n)))
+
+
+def over_terms(data, hp, p):
+    """``(objective, data, layout)`` of scCASE with the depth term over terms (dense layout)."""
+    tdata = TermData(data.X, P=data.P, M=data.M, depth=jnp.asarray(p))
+    return Objective(sccase_terms(hp, depth=True)), tdata, DenseLayout(data.R, data.G)
 
 
 def close(a, b):
@@ -40,50 +46,45 @@ def test_depth_grads_match_autodiff_and_gram_form(seed, lam):
     f = lambda W, H, Z: sccase_depth_loss(data.X, Z, data.R, W, H, p, **kw)  # noqa: E731
     for a, b in zip(sccase_depth_grads(data.X, Z, data.R, W, H, p, **kw), jax.grad(f, argnums=(0, 1, 2))(W, H, Z)):
         close(a, b)
-    Sm = masked(Z, data.R)
-    F = gram_loss(Sm, data.G @ Sm, ops.wt_x(data.X, W), W, H, Z, data.P, data.M, hp, depth=p)
+    objective, tdata, layout = over_terms(data, hp, p)
+    F = objective.value(Factors(W, H, Z), tdata, layout)
     assert float(F) == pytest.approx(float(f(W, H, Z)), rel=1e-10)
     # p = 1 is plain scCASE
     assert float(similarity_term(Z, H, jnp.ones(Z.shape[0]))) == pytest.approx(float(similarity_term(Z, H)))
 
 
 @pytest.mark.parametrize("z_step", ["auto", "free", "gradient"])
-def test_each_step_reports_the_exact_change_with_depth(z_step):
+def test_each_iteration_reports_the_exact_change_with_depth(z_step):
+    # The depth term is fitted by the solver over terms (sccase_jax.fit routes it there).
     data, f0, hp = tiny_problem(3, lam=2.0)
     p = depths(f0.Z.shape[0], 3)
-    data = data._replace(depth=p)
-    cfg = SolverConfig(z_step=z_step)
-    state = init_state(data, f0, hp, cfg)
-
-    def full(Sm, B, W, H, Z):
-        return float(gram_loss(Sm, data.G @ Sm, B, W, H, Z, data.P, data.M, hp, depth=p))
-
-    assert float(state.loss) == pytest.approx(full(masked(f0.Z, data.R), state.B, f0.W, f0.H, f0.Z), rel=1e-12)
-    Z, F1, GS, _, _, _ = get_rule("z_step", z_step)(state, data, hp, cfg, state.loss)
-    Sm = masked(Z, data.R)
-    assert float(F1) == pytest.approx(full(Sm, state.B, state.W, state.H, Z), rel=1e-12)
-    W, F2 = WH.w_move(state.W, state.H, Sm, data, hp, cfg, F1)
-    B = ops.wt_x(data.X, W)
-    H, F3, sim = WH.h_move(W, state.H, Z, Sm, B, hp, cfg, F2, depth=p)
-    assert float(F3) == pytest.approx(full(Sm, B, W, H, Z), rel=1e-12)
-    assert float(sim) == pytest.approx(float(similarity_term(Z, H, p)), rel=1e-10)
-    assert float(F3) <= float(F2) <= float(F1) <= float(state.loss) and float(F3) < float(state.loss)
-    assert not np.allclose(np.asarray(H), np.asarray(state.H))  # the H step moved
+    objective, tdata, layout = over_terms(data, hp, p)
+    cfg = SolverConfig(z_step=z_step, max_iter=3, tol=0.0)
+    state = OT.init_state(objective, tdata, layout, f0, cfg)
+    new = OT.update(state, objective, tdata, layout, cfg)
+    F1 = float(objective.value(Factors(new.W, new.H, new.Z), tdata, layout))
+    F0 = float(state.loss)
+    assert float(new.loss) == pytest.approx(F1, rel=1e-12)
+    assert float(new.rel_change) * abs(F0) == pytest.approx(abs(F1 - F0), rel=1e-9)
+    assert F1 < F0
+    assert not np.allclose(np.asarray(new.H), np.asarray(state.H))  # the H step moved
 
 
 def test_fit_with_depth_is_monotone_and_follows_the_depth_target():
     data, f0, hp = tiny_problem(1, m=30, n=20, k=3, lam=50.0)
     p = depths(20, 1)
     cfg = SolverConfig(max_iter=25, tol=0.0)
-    ones = run(data._replace(depth=jnp.ones(20)), f0, hp, cfg)
+    ones = terms_run(*over_terms(data, hp, jnp.ones(20)), f0, cfg)
     base = run(data, f0, hp, cfg)
-    np.testing.assert_allclose(np.asarray(ones.Z), np.asarray(base.Z), rtol=1e-9, atol=1e-12)
-    res = run(data._replace(depth=p), f0, hp, cfg)
+    np.testing.assert_allclose(np.asarray(ones.Z), np.asarray(base.Z), rtol=1e-8, atol=1e-11)
+    res = terms_run(*over_terms(data, hp, p), f0, cfg)
     hist = np.concatenate([[float(res.initial_loss)], np.asarray(res.loss)[: int(res.n_iter)]])
     assert np.all(np.diff(hist) <= 1e-9 * np.abs(hist[:-1]))
     # the fit follows the depth target P H^T H, not H^T H
     assert float(similarity_term(res.Z, res.H, p)) < 0.5 * float(similarity_term(res.Z, res.H))
     assert float(jnp.sum(res.Z)) > 0 and not np.allclose(np.asarray(res.Z), np.asarray(base.Z))
+    with pytest.raises(ValueError, match="over_terms"):  # the Gram-form solver fits no depth term
+        run(data._replace(depth=p), f0, hp, cfg)
 
 
 def _adata():

@@ -97,22 +97,17 @@ def similarity_term(Z, H, depth=None):
     return inner(Q, Q)
 
 
-def gram_loss(S, GS, B, W, H, Z, P, M, hp, similarity=None, batch=None, batch_mu=None,
-              depth=None):
-    """The objective in Gram form; ``M`` is the length-k reference column mask.
+def gram_loss(S, GS, B, W, H, Z, P, M, hp, similarity=None):
+    """The objective of scCASE and scCASER in Gram form (the Gram-form solver's); ``M`` is
+    the length-k reference column mask.
 
     ``similarity``, when given, is ``||Z - H^T H||^2`` already known to the caller
-    (the solver has it from its H step) and replaces :func:`similarity_term`.  With
-    ``batch`` (one-hot, n x B) the batch term ``batch_mu ||A Z||^2`` is added
-    (:mod:`~sccase_jax.objectives.batch`); with ``depth`` the similarity term is the depth
-    term's (:mod:`~sccase_jax.objectives.depth`).
+    (the solver has it from its H step) and replaces :func:`similarity_term`.  The batch
+    and depth terms are :mod:`sccase_jax.terms` (``Batch``, ``Depth``).
     """
     if similarity is None:
-        similarity = similarity_term(Z, H, depth)
-    extra = 0.0
-    if batch is not None:
-        extra = batch_penalty(Z, batch, batch_mu)
-    return extra + (
+        similarity = similarity_term(Z, H)
+    return (
         reconstruction_gram(S, GS, B, W, H)
         + hp.lam * similarity
         + hp.gamma1 * _sq(W)

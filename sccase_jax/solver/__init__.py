@@ -4,12 +4,13 @@
   iteration cap, non-finite guard) and :func:`to_result`;
 - :mod:`~sccase_jax.solver.over_terms`: the alternating Z, W, H solver over (layout, terms),
   the solver of every fit with Z on a support (:class:`~sccase_jax.layout.SupportLayout`)
-  and of every fit with extra registered terms, on either layout of Z: any sum of loss
+  and of every fit with the batch term, the depth term or extra registered terms, on
+  either layout of Z: any sum of loss
   terms (:mod:`sccase_jax.terms`), each move's change of F from the gradient and the
   terms' higher Taylor coefficients;
 - :mod:`~sccase_jax.solver.alternating`: the dense fit's fast path, the paper's alternating
   Z, W, H solver in Gram form (:func:`run`; the cache ``G S`` makes the Z step two
-  products), for a dense Z without extra terms; its moves in
+  products), for a dense Z and scCASE or scCASER alone; its moves in
   :mod:`~sccase_jax.solver.z_step` and :mod:`~sccase_jax.solver.wh_steps`, their step sizes
   and guarded line search in :mod:`~sccase_jax.solver.linesearch`;
 - :mod:`~sccase_jax.solver.rules`: the step rules registered by name (``z_step``,

@@ -97,14 +97,17 @@ class SolverState(NamedTuple):
 
 
 def init_state(data: Data, factors: Factors, hp: Hyperparams, config: SolverConfig):
-    """State at the starting point; a non-finite F0 marks it ``NONFINITE`` at once."""
+    """State at the starting point; a non-finite F0 marks it ``NONFINITE`` at once.  The
+    batch and depth terms are fitted over terms (:mod:`~sccase_jax.solver.over_terms`)."""
+    if data.batch is not None or data.depth is not None:
+        raise ValueError("the Gram-form solver fits scCASE and scCASER: fit the batch and "
+                         "depth terms with solver.over_terms (sccase_jax.fit does)")
     W, H, Z = factors
     dtype = Z.dtype
     S = masked(Z, data.R)
     GS = gram_matmul(data, S)
     B = wt_x(data.X, W)
-    F = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp, batch=data.batch,
-                  batch_mu=data.batch_mu, depth=data.depth)
+    F = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp)
     return SolverState(
         W=W, H=H, Z=Z, GS=GS, B=B, GS_drift=jnp.zeros((), dtype), rough=jnp.asarray(True),
         **tracked_fields(F, dtype, config),
@@ -119,8 +122,7 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
         s = jnp.sum(state.H, axis=1, keepdims=True)
         H = state.H / jnp.where(s > 0, s, 1)
         S0 = masked(state.Z, data.R)
-        F_cur = gram_loss(S0, state.GS, state.B, state.W, H, state.Z, data.P, data.M, hp,
-                          batch=data.batch, batch_mu=data.batch_mu, depth=data.depth)
+        F_cur = gram_loss(S0, state.GS, state.B, state.W, H, state.Z, data.P, data.M, hp)
         state = state._replace(H=H, loss=F_cur)
 
     # Each step returns its exact change of F, computed from differences of the iterates
@@ -132,15 +134,14 @@ def update(state: SolverState, data: Data, hp: Hyperparams, config: SolverConfig
     S = masked(Z, data.R)
     W, dF_w = w_move(state.W, state.H, S, data, hp, config, zero)
     B = wt_x(data.X, W)
-    H, dF_h, sim = h_move(W, state.H, Z, S, B, hp, config, zero, depth=data.depth)
+    H, dF_h, sim = h_move(W, state.H, Z, S, B, hp, config, zero)
     # Here, with the Z step's arrays gone, a stale G S costs the fewest n x n arrays to form.
     GS = lax.cond(stale, lambda: gram_matmul(data, masked(Z, data.R)), lambda: GS)
     change = (F_cur - F_prev) + dF_z + dF_w + dF_h
     # The history records F recomputed in full at the new point; its similarity term
     # ||Z - H^T H||^2 from the H step (||Q||^2 at the new Z plus the exact change of the
     # accepted H move) saves a pass and an n x n product.
-    F_new = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp, similarity=sim,
-                      batch=data.batch, batch_mu=data.batch_mu, depth=data.depth)
+    F_new = gram_loss(S, GS, B, W, H, Z, data.P, data.M, hp, similarity=sim)
     carry = dict(W=W, H=H, Z=Z, GS=GS, B=B, GS_drift=GS_drift, rough=rough)
     return advance(
         state, carry, F_new, config, F_prev, change, caches=("GS", "B", "GS_drift", "rough")

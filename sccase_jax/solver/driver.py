@@ -121,16 +121,8 @@ def advance(
         }
     )
     if config.progress:
-        jax.debug.callback(_report, it, F_new, rel, status, ordered=False)
+        jax.debug.callback(progress.report, it, F_new, rel, status, ordered=False)
     return new
-
-
-def _report(it, F, rel, status):
-    progress.report(it, F, rel, status)
-
-
-def _keep_going(state):
-    return state.status == RUNNING
 
 
 def drive(state, step, config: SolverConfig):
@@ -139,7 +131,7 @@ def drive(state, step, config: SolverConfig):
     ``step`` must return the state through :func:`advance`.  Returns the final state with a
     run that ended on the cap marked ``MAX_ITER`` (also when ``max_iter == 0``).
     """
-    state = lax.while_loop(_keep_going, step, state)
+    state = lax.while_loop(lambda s: s.status == RUNNING, step, state)
     status = jnp.where(
         (state.status == RUNNING) & (state.iteration >= config.max_iter), MAX_ITER, state.status
     )

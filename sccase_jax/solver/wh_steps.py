@@ -79,14 +79,9 @@ def _h_trial_bound(dF_rest, e_e, qq, lam):
     return dF_rest + lam * (e_e - 2.0 * q_bound), jnp.abs(dF_rest) + lam * (e_e + 2.0 * q_bound)
 
 
-def h_move(W, H, Z, S, B, hp, config, F_cur, depth=None):
+def h_move(W, H, Z, S, B, hp, config, F_cur):
     """The H move: a projected line search along the gradient, started and shrunk as the
-    ``h_step`` rule says; returns ``(H, F_cur + change, ||Z - H^T H||^2 at the new H)``.
-
-    With ``depth`` (n relative depths p, the depth term ``lam ||Z - P H^T H||^2``,
-    ``P = diag(p)``): ``Q = Z - P H^T H``, the gradient's ``Q`` is ``P Q``, and a trial's
-    change of the term is ``||P E||^2 - 2 <P Q, E>`` with ``||P E||^2 = <U P^2 U^T, V V^T>``
-    (only the backtracking rule; the exact quartic step is refused by ``enhance``)."""
+    ``h_step`` rule says; returns ``(H, F_cur + change, ||Z - H^T H||^2 at the new H)``."""
     BS = B @ S
     WtW = W.T @ W
 
@@ -94,10 +89,8 @@ def h_move(W, H, Z, S, B, hp, config, F_cur, depth=None):
     # when F is not finite either), so that XLA cannot form it during the W step, while S
     # is still alive: 0.7 n x n arrays less in the plan of the default fit at 1,000-4,000
     # cells (with the orderings in _z_step and _z_step_free).
-    Q = gap(Z + 0.0 * BS[0, 0], H, depth)  # not Z - H.T @ H: see ops.gap
+    Q = gap(Z + 0.0 * BS[0, 0], H)  # not Z - H.T @ H: see ops.gap
     qq = _sq(Q)
-    if depth is not None:
-        Q = depth[:, None] * Q  # P Q: the gradient's and the change's Q from here on
     HQ = H @ Q
     zero = jnp.zeros((), F_cur.dtype)
 
@@ -112,8 +105,7 @@ def h_move(W, H, Z, S, B, hp, config, F_cur, depth=None):
         dH = Hc - H
         U = jnp.concatenate([dH, H])
         V = jnp.concatenate([Hc, dH])
-        Up = U if depth is None else U * depth[None, :]
-        e_e = jnp.vdot(Up @ Up.T, V @ V.T)
+        e_e = jnp.vdot(U @ U.T, V @ V.T)
         dF = -2.0 * jnp.vdot(BS, dH) + jnp.vdot(WtW, dH @ Hc.T + H @ dH.T)
         dF = dF + hp.gamma2 * jnp.vdot(dH, Hc + H)
         low, scale = _h_trial_bound(dF, e_e, qq, hp.lam)

@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
-from sccase_jax.objectives.batch import batch_curvature, batch_grad
 from sccase_jax.objectives.sccase import grad_z_gram
 from sccase_jax.ops import gap, gram_matmul, masked, minus_outer, select_sum
 from sccase_jax.solver.linesearch import exact_z_step, line_search, z_step_length
@@ -74,43 +73,28 @@ def _negative_zero(tag, dtype):
     return lax.bitcast_convert_type((i | sign) & sign, jnp.float32).astype(dtype)
 
 
-def _batch_grad(data, Z):
-    """The batch term's part of the Z gradient, ``2 mu A Z`` (0 without batches; ``Z`` may
-    be a block of columns)."""
-    return 0.0 if data.batch is None else batch_grad(Z, data.batch, data.batch_mu)
-
-
-def _batch_curvature(data, P, mask=None):
-    """``mu ||A P||^2`` (0 without batches): the batch term's part of the curvature along
-    P, and of the change of F along a move P (the term is quadratic: with ``2 mu A Z`` in
-    the gradient, a move dZ changes it by ``<2 mu A Z, dZ> + mu ||A dZ||^2``)."""
-    return 0.0 if data.batch is None else batch_curvature(P, data.batch, data.batch_mu, mask)
-
-
 def _direction(state, data, hp):
     """The :class:`_Direction` of the state's gradient."""
     H, Z, GS, B = state.H, state.Z, state.GS, state.B
     if data.G is not None:
-        D = grad_z_gram(GS, B, H, gap(Z, H, data.depth), data.R, hp.lam) + _batch_grad(data, Z)
+        D = grad_z_gram(GS, B, H, gap(Z, H), data.R, hp.lam)
         return _Direction(lambda tag=None: D, lambda idx: D[:, idx])
 
     def full(tag=None):
         if tag is None:
-            return grad_z_gram(GS, B, H, gap(Z, H, data.depth), data.R, hp.lam) + _batch_grad(data, Z)
+            return grad_z_gram(GS, B, H, gap(Z, H), data.R, hp.lam)
         # Every operand carries the tag, so that no part of D (such as one of its rank-one
         # terms) is independent of it: XLA would hoist such a part out of a loop and keep
         # it as one more n x n array.
         z = _negative_zero(tag, GS.dtype)
         Bz, Hz = B + z, H + z
-        return (grad_z_gram(GS + z, Bz, Hz, gap(Z + z, Hz, data.depth), data.R, hp.lam)
-                + _batch_grad(data, Z + z))
+        return grad_z_gram(GS + z, Bz, Hz, gap(Z + z, Hz), data.R, hp.lam)
 
     def cols(idx):
         # grad_z_gram on the columns idx (the gap's too): the same operations per entry.
         Hc = H[:, idx]
-        Hp = H if data.depth is None else H * data.depth[None, :]
-        return (grad_z_gram(GS[:, idx], B, Hc, minus_outer(Z[:, idx], Hp, Hc), data.R[:, idx],
-                            hp.lam) + _batch_grad(data, Z[:, idx]))
+        return grad_z_gram(GS[:, idx], B, Hc, minus_outer(Z[:, idx], H, Hc), data.R[:, idx],
+                           hp.lam)
 
     return _Direction(full, cols)
 
@@ -211,7 +195,7 @@ def _z_step_free(state, Dir, data, hp, config, F_cur):
     else:
         pgp = select_sum(data.R, PR * GP, zero)
     pp = select_sum(jnp.maximum(Z, -D) > 0, D * D, zero * pgp)
-    d = z_step_length(pp, pgp + _batch_curvature(data, D, jnp.maximum(Z, -D) > 0), hp.lam)
+    d = z_step_length(pp, pgp, hp.lam)
 
     def change(Zc, dt):
         # F(Zc) - F(Z) = <D, dZ> + <dS, G dS> + lam ||dZ||^2 (see _z_step_gradient) with
@@ -220,7 +204,7 @@ def _z_step_free(state, Dir, data, hp, config, F_cur):
         dZ = Zc - Z
         g = Dir.full(dt) + hp.lam * dZ
         corr, cols, count, GC = _clip_correction(data, Z, Dir, dt)
-        dF = select_sum(data.R, dZ * (g - dt * GP), dZ * g) + corr + _batch_curvature(data, dZ)
+        dF = select_sum(data.R, dZ * (g - dt * GP), dZ * g) + corr
         return dF, (dt, cols, count, GC)
 
     # max(Z - d P, 0) = max(Z - d D, 0): the search moves along D, so only D lives through it.
@@ -264,13 +248,9 @@ def _z_step_gradient(state, Dir, data, hp, config, F_cur, track_rough=False):
         GDR = gram_matmul(data, masked(D, data.R))
         D = Dir.full(GDR[0, 0] + 0.0 * dd)
         dgd = select_sum(data.R, D * GDR, jnp.zeros((), D.dtype))
-        d = z_step_length(dd, dgd + _batch_curvature(data, D), hp.lam)
-    elif data.batch is None:
-        d = exact_z_step(D, data.R, gram_matmul(data, masked(D, data.R)), hp.lam)
+        d = z_step_length(dd, dgd, hp.lam)
     else:
-        GDR = gram_matmul(data, masked(D, data.R))
-        dgd = select_sum(data.R, D * GDR, jnp.zeros((), D.dtype))
-        d = z_step_length(jnp.vdot(D, D), dgd + _batch_curvature(data, D), hp.lam)
+        d = exact_z_step(D, data.R, gram_matmul(data, masked(D, data.R)), hp.lam)
 
     def change(Zc, _d):
         # F(Zc) - F(Z) from differences.  F is quadratic in Z, so with dZ = Zc - Z,
@@ -287,7 +267,7 @@ def _z_step_gradient(state, Dir, data, hp, config, F_cur, track_rough=False):
         dZ = Zc - Z
         GSc = gram_matmul(data, masked(Zc, data.R))
         g = Dir.full(_d) + hp.lam * dZ
-        dF = select_sum(data.R, dZ * (g + (GSc - GS)), dZ * g) + _batch_curvature(data, dZ)
+        dF = select_sum(data.R, dZ * (g + (GSc - GS)), dZ * g)
         return dF, GSc
 
     zero = jnp.zeros((), F_cur.dtype)

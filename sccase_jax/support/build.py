@@ -16,13 +16,12 @@
   cell's support, each cell's block of rows offset by m): the n d^2 pairs, never n^2.
 * :func:`support_mask`: R on the support (seeded Bernoulli per entry).
 
-Every loop over cells reports its progress with an ETA when asked (``progress=True``).
+Every loop over cells reports its progress with the time left when asked (``progress=True``,
+:func:`sccase_jax.progress.block_reporter`).
 """
 
 from __future__ import annotations
 
-import sys
-import time
 from functools import partial
 
 import jax
@@ -30,26 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
+from sccase_jax.preprocessing import binarize
+from sccase_jax.progress import block_reporter
+
 __all__ = ["embedding_support", "jaccard_support", "local_grams", "normalise_start",
            "support_mask"]
-
-
-class _Eta:
-    """Progress lines with an ETA for a loop over ``total`` cells (about every 10 %)."""
-
-    def __init__(self, what: str, total: int, enabled: bool):
-        self.what, self.total, self.enabled = what, total, enabled
-        self.t0 = time.perf_counter()
-        self.next = 0.1
-
-    def __call__(self, done: int) -> None:
-        if not self.enabled or done < self.next * self.total:
-            return
-        el = time.perf_counter() - self.t0
-        eta = el * (self.total - done) / max(done, 1)
-        print(f"{self.what}: {done}/{self.total} cells, {el:.0f} s, about {eta:.0f} s left",
-              file=sys.stderr, flush=True)
-        self.next = done / self.total + 0.1
 
 
 @partial(jax.jit, static_argnames=("d", "block"))
@@ -75,31 +59,28 @@ def embedding_support(H, d: int, block: int = 512, progress: bool = False,
         Hn = H / jnp.where(norm > 0, norm, 1)[None, :]
     block = min(block, n)
     out = np.empty((n, d), np.int32)
-    eta = _Eta("support (embedding kNN)", n, progress)
+    eta = block_reporter("support (embedding kNN)", enabled=progress)
     for j in range(0, n, block):
         s = min(j, n - block)  # the last block overlaps the previous one: one program
         out[s : s + block] = np.asarray(_cosine_block(Hn, s, d, block))
-        eta(min(j + block, n))
+        eta(min(j + block, n), n)
     return out
 
 
-def _binary_csc(X):
-    Xb = sp.csc_matrix(X, copy=True)
-    Xb.data = (Xb.data != 0).astype(np.float64)
-    Xb.eliminate_zeros()
-    return Xb
+def _binary(X):
+    return binarize(X).tocsc()
 
 
 def jaccard_support(X, d: int, block: int = 1024, progress: bool = False) -> np.ndarray:
     """``idx`` (n x d int32): each cell itself, then its ``d - 1`` cells of largest Jaccard
     similarity (binarised columns of the peaks x cells ``X``; ties by position)."""
-    Xb = _binary_csc(X)
+    Xb = _binary(X)
     n = Xb.shape[1]
     d = min(d, n)
     size = np.asarray(Xb.sum(axis=0)).ravel()
     XbT = Xb.T.tocsr()
     out = np.empty((n, d), np.int32)
-    eta = _Eta("support (Jaccard kNN)", n, progress)
+    eta = block_reporter("support (Jaccard kNN)", enabled=progress)
     for j in range(0, n, block):
         cols = np.arange(j, min(j + block, n))
         inter = (XbT @ Xb[:, cols]).toarray()  # n x b
@@ -109,7 +90,7 @@ def jaccard_support(X, d: int, block: int = 1024, progress: bool = False) -> np.
         top = np.argpartition(-J, d - 1, axis=0)[:d]
         order = np.argsort(-np.take_along_axis(J, top, axis=0), axis=0, kind="stable")
         out[cols] = np.take_along_axis(top, order, axis=0).T
-        eta(cols[-1] + 1)
+        eta(cols[-1] + 1, n)
     return out
 
 
@@ -174,10 +155,10 @@ def local_grams(X, idx, chunk: int = 256, dtype=np.float32, progress: bool = Fal
     L = np.zeros((n, d, d), dtype)
     inter = np.zeros((n, d))  # |a_j & a_l| for l in S_j
     sizes = np.zeros((n, d))  # |a_l| for l in S_j
-    eta = _Eta("local Gram blocks", n, progress)
+    eta = block_reporter("local Gram blocks", enabled=progress)
     # the rare peaks: sparse block products, chunk cells at a time
     Sc = sp.csc_matrix(S, dtype=np.float64)
-    Sb = _binary_csc(Sc)
+    Sb = _binary(Sc)
     m = Sc.shape[0]
     for j in range(0, n, chunk):
         ic = idx[j : j + chunk]
@@ -187,7 +168,7 @@ def local_grams(X, idx, chunk: int = 256, dtype=np.float32, progress: bool = Fal
         inter[j : j + c] = Bb[:, :, 0]  # idx[j, 0] = j: the overlap with the cell itself
         sizes[j : j + c] = np.diagonal(Bb, axis1=1, axis2=2)
         if not rows.size:
-            eta(j + c)
+            eta(j + c, n)
     # the common peaks: each cell's d columns gathered, one batched product per chunk
     step = max(1, GATHER_FLOATS // max(n, 1))
     idx_d = jnp.asarray(idx)
@@ -201,7 +182,7 @@ def local_grams(X, idx, chunk: int = 256, dtype=np.float32, progress: bool = Fal
             inter[j : s + c] += ic
             sizes[j : s + c] += sc
             if r + step >= rows.size:
-                eta(s + c)
+                eta(s + c, n)
     union = sizes + sizes[:, :1] - inter
     J = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     return L, J
@@ -222,7 +203,7 @@ def _grams_from_slabs(X, idx, dtype, progress: bool):
     b = int(np.clip(min(SLAB_FLOATS // n, SLAB_FLOATS // (d * d)), 1, n))
     L = np.empty((n, d, d), dtype)
     inter = np.empty((n, d))
-    eta = _Eta("local Gram blocks", n, progress)
+    eta = block_reporter("local Gram blocks", enabled=progress)
     for c0 in range(0, n, b):
         c1 = min(c0 + b, n)
         cols = np.arange(c0, c1)
@@ -231,10 +212,10 @@ def _grams_from_slabs(X, idx, dtype, progress: bool):
         j, a = np.divmod(p, d)
         L[j, a, :] = G[idx[j], (flat[p] - c0)[:, None]]
         del G
-        eta(c1)
+        eta(c1, n)
     # the Jaccard start's overlaps |a_j & a_l| for the n d pairs alone: one elementwise
     # product of binary columns per slot (O(nnz) each), not a second X^T X
-    Xb = _binary_csc(X)
+    Xb = _binary(X)
     sizes = np.diff(Xb.indptr).astype(np.float64)  # open peaks a cell
     for a in range(d):
         inter[:, a] = np.asarray(Xb.multiply(Xb[:, idx[:, a]]).sum(axis=0)).ravel()
