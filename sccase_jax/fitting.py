@@ -87,8 +87,6 @@ def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=No
     depths, for the depth term; ``reduced``: X's :func:`~sccase_jax.problem.reduce`, when
     formed already (dense Z only)."""
     opts = opts.resolved()
-    if depth is not None and solver_config(opts).h_step != "backtrack":
-        raise InputError("correct_depth needs the backtracking H step (h_step='backtrack')")
     terms = P is not None or batch is not None or depth is not None or opts.terms is not None
     n = X.shape[1] if getattr(X, "ndim", 0) == 2 else 0  # bad shapes: prepare says so
     if _knn(opts, n, _dense_only(opts, terms, init is not None)):

@@ -210,36 +210,66 @@ def prepare(X, n_components: int, options: Options | None = None, *, P=None, k_r
     ``reduced``: the :func:`reduce` of this X, when the caller formed it already.
     """
     opts = (options or Options()).replace(**overrides).resolved()
-    X = check_input(X, n_components)
-    warn_if_not_preprocessed(X)
-    m, n = X.shape
-    dtype = opts.dtype or default_dtype()
-    k = int(n_components)
-    k_ref = resolve_k_ref(P, k_ref, k)
     if reduce_on not in REDUCE_ON:
         raise InputError(f"reduce_on must be 'auto', 'host' or 'device', got {reduce_on!r}")
-
-    key_mask, key_nmf = jax.random.split(jax.random.PRNGKey(opts.seed))
+    c = checked(X, n_components, opts, P, k_ref, batch, depth)
+    X, k, k_ref, dtype = c.X, c.k, c.k_ref, c.dtype
+    m, n = X.shape
     if reduced is None:
         Xd, G, reduce_on = _device_data(X, dtype, opts.gram, opts.x_format, reduce_on)
     else:
         Xd, G, reduce_on = reduced
         if tuple(Xd.shape) != (m, n):
             raise InputError(f"reduced holds a {Xd.shape[0]} x {Xd.shape[1]} X, not {m} x {n}")
-    Pfull, M = reference_columns(P, k_ref, m, k, dtype)
     if init is None:
-        init = _start(X, Xd, k, k_ref, Pfull, key_nmf, opts, reduce_on, dtype)
+        init = _start(X, Xd, k, k_ref, c.P, c.key_nmf, opts, reduce_on, dtype)
     else:
         init = Factors(*(jnp.asarray(a, dtype) for a in init))
         want = ((m, k), (k, n), (n, n))
         if tuple(a.shape for a in init) != want:
             raise InputError(f"init shapes must be W {want[0]}, H {want[1]}, Z {want[2]}")
+    data = Data(X=Xd, G=G, R=dropout_mask(c.key_mask, n, opts.keep_prob), P=jnp.asarray(c.P),
+                M=jnp.asarray(c.M), batch=c.batch, batch_mu=c.batch_mu, depth=c.depth)
+    return Problem(data, init, c.hp)
+
+
+class Checked(NamedTuple):
+    """What every start (dense or on a support) takes from its checked input
+    (:func:`checked`): X, k, the reference columns (``P`` m x k, ``M``), the dtype, the
+    keys of the mask and of the NMF start, the batch one-hot and weight, the relative
+    depths and the hyperparameters."""
+
+    X: Any
+    k: int
+    k_ref: int
+    dtype: Any
+    key_mask: Any
+    key_nmf: Any
+    P: Any
+    M: Any
+    batch: Any
+    batch_mu: Any
+    depth: Any
+    hp: Hyperparams
+
+
+def checked(X, n_components: int, opts: Options, P=None, k_ref=None, batch=None,
+            depth=None) -> Checked:
+    """Check a fit's input (X, k, the reference, the batches, the depths) and derive what
+    every start shares from it (:class:`Checked`)."""
+    X = check_input(X, n_components)
+    warn_if_not_preprocessed(X)
+    m, n = X.shape
+    k = int(n_components)
+    k_ref = resolve_k_ref(P, k_ref, k)
+    dtype = opts.dtype or default_dtype()
+    key_mask, key_nmf = jax.random.split(jax.random.PRNGKey(opts.seed))
+    Pfull, M = reference_columns(P, k_ref, m, k, dtype)
     codes, mu = batch_one_hot(batch, n, opts, dtype)
-    data = Data(X=Xd, G=G, R=dropout_mask(key_mask, n, opts.keep_prob), P=jnp.asarray(Pfull),
-                M=jnp.asarray(M), batch=codes, batch_mu=mu,
-                depth=None if depth is None else depth_vector(depth, n, dtype))
-    hp = Hyperparams.create(opts.lam, opts.gamma1, opts.gamma2, opts.alpha, dtype=dtype)
-    return Problem(data, init, hp)
+    hp = Hyperparams.create(opts.lam, opts.gamma1, opts.gamma2, opts.alpha if k_ref else 0.0,
+                            dtype=dtype)
+    return Checked(X, k, k_ref, dtype, key_mask, key_nmf, Pfull, M, codes, mu,
+                   None if depth is None else depth_vector(depth, n, dtype), hp)
 
 
 def resolve_k_ref(P, k_ref, k: int) -> int:

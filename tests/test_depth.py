@@ -104,8 +104,10 @@ def test_enhance_correct_depth_records_it_and_checks_input(tmp_path):
         sccase_jax.enhance(a, 4, correct_depth="yes")
     from sccase_jax.params import SolverConfig as SC
 
-    with pytest.raises(InputError, match="backtracking H step"):
-        sccase_jax.enhance(a, 4, correct_depth=True, config=SC(h_step="exact"))
+    # the exact quartic H step holds for the depth term (quartic in H along a line too)
+    exact = sccase_jax.enhance(a, 4, correct_depth=True, config=SC(h_step="exact"), max_iter=3)
+    hist = np.concatenate([[exact.uns["sccase"]["initial_loss"]], exact.uns["sccase"]["loss"]])
+    assert np.all(np.diff(hist) <= 1e-6 * np.abs(hist[:-1]))
     with pytest.raises(InputError, match="every cell"):
         relative_depth([3.0, 0.0, 2.0])
 

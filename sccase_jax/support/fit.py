@@ -23,21 +23,12 @@ import scipy.sparse as sp
 
 from sccase_jax import progress as _progress
 from sccase_jax.layout import SupportLayout, to_sparse
-from sccase_jax.params import Factors, Hyperparams, SolverConfig
-from sccase_jax.problem import (
-    batch_one_hot,
-    check_input,
-    depth_vector,
-    device_matrix,
-    reference_columns,
-    resolve_k_ref,
-    start_wh,
-    warn_if_not_preprocessed,
-)
+from sccase_jax.params import Factors, SolverConfig
+from sccase_jax.problem import checked, device_matrix, start_wh
 from sccase_jax.solver.over_terms import run, run_reporting
 from sccase_jax.support import build
 from sccase_jax.terms import Objective, TermData, extra_terms, sccase_terms
-from sccase_jax.validate import InputError, default_dtype
+from sccase_jax.validate import InputError
 
 __all__ = ["SUPPORTS", "SupportProblem", "fit_support", "prepare_support"]
 
@@ -69,19 +60,14 @@ def prepare_support(X, k: int, opts, n_neighbors: int = 30, knn_from: str = "emb
     """
     if knn_from not in SUPPORTS:
         raise InputError(f"knn_from must be one of {SUPPORTS}, got {knn_from!r}")
-    X = check_input(X, k)
-    warn_if_not_preprocessed(X)
-    m, n = X.shape
-    k_ = int(k)
-    k_ref = resolve_k_ref(P, k_ref, k_)
+    c = checked(X, k, opts, P, k_ref, batch, depth)
+    X, dtype = c.X, c.dtype
+    n = X.shape[1]
     d = min(int(n_neighbors), n)
-    dtype = opts.dtype or default_dtype()
     show = bool(opts.progress)
     t0 = time.perf_counter()
-    key_mask, key_nmf = jax.random.split(jax.random.PRNGKey(opts.seed))
     Xd = device_matrix(X, dtype, opts.x_format)
-    Pfull, M = reference_columns(P, k_ref, m, k_, dtype)
-    W0, H0 = jax.block_until_ready(start_wh(X, Xd, k_, k_ref, Pfull, key_nmf, opts, dtype))
+    W0, H0 = jax.block_until_ready(start_wh(X, Xd, c.k, c.k_ref, c.P, c.key_nmf, opts, dtype))
     if show:
         _progress.stage(f"NMF start ({n} cells, k = {k}) in {time.perf_counter() - t0:.1f} s")
     Xs = X if sp.issparse(X) else sp.csc_matrix(X)
@@ -92,14 +78,10 @@ def prepare_support(X, k: int, opts, n_neighbors: int = 30, knn_from: str = "emb
     if show:
         _progress.stage(f"support ({knn_from}, {d} per cell), local Grams and start in "
                         f"{time.perf_counter() - t0:.1f} s")
-    layout = SupportLayout(jnp.asarray(idx), build.support_mask(key_mask, n, d, opts.keep_prob),
+    layout = SupportLayout(jnp.asarray(idx), build.support_mask(c.key_mask, n, d, opts.keep_prob),
                            jnp.asarray(L), jnp.asarray(1.0 if off_support == "exact" else 0.0, dtype))
-    hp = Hyperparams.create(opts.lam, opts.gamma1, opts.gamma2, opts.alpha if k_ref else 0.0,
-                            dtype=dtype)
-    Ob, mu = batch_one_hot(batch, n, opts, dtype)
-    data = TermData(Xd, P=jnp.asarray(Pfull), M=jnp.asarray(M), batch=Ob,
-                    depth=None if depth is None else depth_vector(depth, n, dtype))
-    objective = Objective((*sccase_terms(hp, batch_mu=mu, depth=depth is not None),
+    data = TermData(Xd, P=jnp.asarray(c.P), M=jnp.asarray(c.M), batch=c.batch, depth=c.depth)
+    objective = Objective((*sccase_terms(c.hp, batch_mu=c.batch_mu, depth=depth is not None),
                            *extra_terms(opts.terms, dtype)))
     return SupportProblem(objective, data, layout, Factors(W0, H0, jnp.asarray(V0, dtype)))
 
