@@ -139,9 +139,11 @@ def dense_terms(X, prob, opts: Options):
     G = d.G
     if G is None:  # the plain fit's products went through the sparse X: the layout needs G
         G = jnp.asarray(gram_matrix(check_input(X, prob.factors.W.shape[1]), np.dtype(dtype)))
-    data = TermData(d.X, P=d.P, M=d.M, batch=d.batch, depth=d.depth)
-    objective = Objective((*sccase_terms(prob.hp, batch_mu=d.batch_mu, depth=d.depth is not None),
-                           *extra_terms(opts.terms, dtype)))
+    ref = bool(np.asarray(d.M).any())  # without a reference: no pull term, one W block
+    data = TermData(d.X, P=d.P if ref else None, M=d.M if ref else None, batch=d.batch,
+                    depth=d.depth)
+    objective = Objective((*sccase_terms(prob.hp, batch_mu=d.batch_mu, depth=d.depth is not None,
+                                         reference=ref), *extra_terms(opts.terms, dtype)))
     return objective, data, DenseLayout(d.R, G), prob.factors
 
 

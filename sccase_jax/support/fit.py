@@ -80,9 +80,11 @@ def prepare_support(X, k: int, opts, n_neighbors: int = 30, knn_from: str = "emb
                         f"{time.perf_counter() - t0:.1f} s")
     layout = SupportLayout(jnp.asarray(idx), build.support_mask(c.key_mask, n, d, opts.keep_prob),
                            jnp.asarray(L), jnp.asarray(1.0 if off_support == "exact" else 0.0, dtype))
-    data = TermData(Xd, P=jnp.asarray(c.P), M=jnp.asarray(c.M), batch=c.batch, depth=c.depth)
-    objective = Objective((*sccase_terms(c.hp, batch_mu=c.batch_mu, depth=depth is not None),
-                           *extra_terms(opts.terms, dtype)))
+    ref = c.k_ref > 0  # without a reference: no pull term, and one W block
+    data = TermData(Xd, P=jnp.asarray(c.P) if ref else None, M=jnp.asarray(c.M) if ref else None,
+                    batch=c.batch, depth=c.depth)
+    objective = Objective((*sccase_terms(c.hp, batch_mu=c.batch_mu, depth=depth is not None,
+                                         reference=ref), *extra_terms(opts.terms, dtype)))
     return SupportProblem(objective, data, layout, Factors(W0, H0, jnp.asarray(V0, dtype)))
 
 

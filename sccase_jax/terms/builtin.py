@@ -223,10 +223,12 @@ class Depth(Term):
         return self.weight * gap_sq_higher(layout, factors.Z, H * p, delta * p, H, delta)
 
 
-def sccase_terms(hp, *, batch_mu=None, depth: bool = False) -> tuple:
+def sccase_terms(hp, *, batch_mu=None, depth: bool = False, reference: bool = True) -> tuple:
     """The terms of paper Eq. 2 (with scCASER's pull) from :class:`~sccase_jax.params.Hyperparams`;
-    ``batch_mu`` adds the batch term, ``depth`` swaps the similarity term for the depth term."""
+    ``batch_mu`` adds the batch term, ``depth`` swaps the similarity term for the depth term,
+    ``reference=False`` leaves scCASER's pull out (a fit without a reference: its data then
+    need no ``P`` and ``M``, and the W move is one block)."""
     sim = Depth(hp.lam) if depth else Similarity(hp.lam)
     terms = (DataFit(jnp.ones_like(hp.lam)), sim, RidgeW(hp.gamma1), RidgeH(hp.gamma2),
-             Reference(hp.alpha))
+             *((Reference(hp.alpha),) if reference else ()))
     return terms if batch_mu is None else (*terms, Batch(batch_mu))
