@@ -131,9 +131,9 @@ def sweep(X, *, lams, ks, batch_size: int | None = None, solver: Callable | None
         The fit's options, as for :func:`~sccase_jax.fit` (``seed`` seeds the mask R and
         the NMF starts of every member).  With ``z_support="knn"`` (or ``"auto"`` above
         5,000 cells, as in ``fit``) Z lives on each cell's support, and with ``terms=`` extra
-        registered terms are fitted: both through the solver over terms, K a loop and lam
-        vmapped, each member equal to ``fit``'s; on a support ``Z`` comes back as an object
-        array of scipy matrices.
+        registered terms are fitted: both through the solver over terms, vmapped over the
+        whole grid (each K's start and support padded to the largest K), each member equal
+        to ``fit``'s; on a support ``Z`` comes back as an object array of scipy matrices.
 
     Every ``lams[i]``, ``ks[j]`` and ``hyper`` weight is checked before any work: a
     negative, non-finite or non-numeric one is an :class:`~sccase_jax.validate.InputError`
@@ -191,39 +191,54 @@ def _sweep_terms(X, lams, ks, opts, config, batch_size, keep_factors, score, opt
                  knn: bool) -> FitResult:
     """The grid through the solver over terms (:mod:`sccase_jax.solver.over_terms`): Z on a
     support (``knn``), or dense with extra terms.  Each K has its own start (and support),
-    built as ``fit`` builds it, so K is a Python loop, one compilation per K; within a K
-    the solver is vmapped over lam (the similarity term's weight) in batches of
-    ``batch_size``.  Every member equals ``fit(X, K, lam=lam, ...)`` up to the rounding of
+    built as ``fit`` builds it and padded to the largest K with components that do not move
+    (``over_terms.update``'s ``components``); the solver is vmapped over the members of the
+    whole grid (lam and K) in batches of ``batch_size`` (default: all at once), one
+    compilation.  Every member equals ``fit(X, K, lam=lam, ...)`` up to the rounding of
     batched products; on a support its ``Z`` is a scipy CSC matrix (an object array over
     the grid)."""
     L, K = len(lams), len(ks)
     k_max = int(ks.max())
-    b = L if batch_size is None else min(int(batch_size), L)
-    fields = ("W", "H", "Z", "loss", "initial_loss", "n_iter", "converged", "status",
-              "rel_change", "x_change")
-    cols = {f: [[None] * K for _ in range(L)] for f in fields}
-    for j, k in enumerate(ks):
-        o = opts.replace(lam=float(lams[0]))
+    o = opts.replace(lam=float(lams[0]))
+    per_k, hosts = [], []
+    for k in ks:
         if knn:
             prob = prepare_support(X, int(k), o, o.n_neighbors, o.knn_from, o.off_support, P=P,
                                    k_ref=o.k_ref)
             idx = np.asarray(prob.layout.idx)
-            host_z = lambda V, idx=idx: to_sparse(V, idx)  # noqa: E731
+            hosts.append(lambda V, idx=idx: to_sparse(V, idx))
         else:
             prob = dense_terms(X, prepare(X, int(k), o, P=P, k_ref=o.k_ref), o)
-            host_z = np.asarray
-        objective, data, layout, f0 = prob
-        lam_all = jnp.asarray(lams, f0.W.dtype)
-        for start in range(0, L, b):
-            sel = np.arange(start, start + b).clip(max=L - 1)  # the last batch padded: one program
-            res = jax.device_get(_terms_batched(config)(lam_all[sel], objective, data, layout, f0))
-            for r in range(min(b, L - start)):
-                i = start + r
-                cols["W"][i][j] = np.pad(np.asarray(res.W[r]), ((0, 0), (0, k_max - int(k))))
-                cols["H"][i][j] = np.pad(np.asarray(res.H[r]), ((0, k_max - int(k)), (0, 0)))
-                cols["Z"][i][j] = host_z(res.Z[r])
-                for f in fields[3:]:
-                    cols[f][i][j] = np.asarray(getattr(res, f)[r])
+            hosts.append(np.asarray)
+        per_k.append(_pad_components(prob, k_max))
+    objective, data, layout = per_k[0][:3]
+    layout = None if knn else layout  # on a support each member brings its own
+    # What differs between the K: the start, the components that move, the reference
+    # columns (padded) and, on a support, the layout (the support is built from each K's
+    # NMF start).
+    varying = jax.tree.map(lambda *a: jnp.stack(a), *[
+        (f0, comp, None if data.M is None else (d.P, d.M), lay if knn else None)
+        for _, d, lay, f0, comp in per_k])
+    members = [(i, j) for j in range(K) for i in range(L)]
+    n_mem = len(members)
+    b = n_mem if batch_size is None else min(int(batch_size), n_mem)
+    lam_all = jnp.asarray(lams, per_k[0][3].W.dtype)
+    fields = ("W", "H", "Z", "loss", "initial_loss", "n_iter", "converged", "status",
+              "rel_change", "x_change")
+    cols = {f: [[None] * K for _ in range(L)] for f in fields}
+    for start in range(0, n_mem, b):
+        sel = np.arange(start, start + b).clip(max=n_mem - 1)  # the last batch padded: one program
+        li = np.asarray([members[s][0] for s in sel])
+        kj = np.asarray([members[s][1] for s in sel])
+        var = jax.tree.map(lambda a: a[kj], varying)
+        res = jax.device_get(_terms_batched(config)(lam_all[li], var, objective, data, layout))
+        for r in range(min(b, n_mem - start)):
+            i, j = members[start + r]
+            cols["W"][i][j] = np.asarray(res.W[r])
+            cols["H"][i][j] = np.asarray(res.H[r])
+            cols["Z"][i][j] = hosts[j](res.Z[r])
+            for f in fields[3:]:
+                cols[f][i][j] = np.asarray(getattr(res, f)[r])
     out = {f: np.array(v) for f, v in cols.items() if f != "Z"}
     Z = np.empty((L, K), object)
     for i in range(L):
@@ -246,17 +261,34 @@ def _sweep_terms(X, lams, ks, opts, config, batch_size, keep_factors, score, opt
     return res
 
 
+def _pad_components(prob, k_max: int):
+    """``(objective, data, layout, f0, components)`` of a problem over terms with its k
+    components padded to ``k_max`` (zero columns of W, rows of H and reference columns;
+    ``components`` 1 on the first k)."""
+    objective, data, layout, f0 = prob
+    k = f0.W.shape[1]
+    pad = k_max - k
+    f0 = f0._replace(W=jnp.pad(f0.W, ((0, 0), (0, pad))), H=jnp.pad(f0.H, ((0, pad), (0, 0))))
+    if data.M is not None:
+        data = data._replace(P=jnp.pad(data.P, ((0, 0), (0, pad))), M=jnp.pad(data.M, (0, pad)))
+    return objective, data, layout, f0, (jnp.arange(k_max) < k).astype(f0.W.dtype)
+
+
 @lru_cache(maxsize=32)
 def _terms_batched(config: SolverConfig):
-    """``jit(vmap(run))`` of the solver over terms, over lam (the similarity or depth
-    term's weight); the objective's other weights, the data, layout and start shared."""
+    """``jit(vmap(run))`` of the solver over terms over the members of a grid: each its lam
+    (the similarity or depth term's weight) and its K's start, components, reference
+    columns and support; the objective's other weights, X and a dense layout shared."""
 
-    def one(lam, objective, data, layout, f0):
+    def one(lam, var, objective, data, layout):
+        f0, components, ref, lay = var
+        data = data if ref is None else data._replace(P=ref[0], M=ref[1])
+        layout = layout if lay is None else lay
         terms = tuple(dataclasses.replace(t, weight=lam) if t.name in ("similarity", "depth")
                       else t for t in objective.terms)
-        return run_terms(type(objective)(terms), data, layout, f0, config)
+        return run_terms(type(objective)(terms), data, layout, f0, config, components)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None)))
 
 
 def _grid(lams, ks, shape=None):

@@ -11,7 +11,7 @@ from sccase_jax.layout import DenseLayout, SupportLayout
 from sccase_jax.params import Data, Factors, Hyperparams, SolverConfig
 from sccase_jax.solver.alternating import run as dense_run
 from sccase_jax.solver.over_terms import run as terms_run
-from sccase_jax.terms import Batch, Objective, TermData, sccase_terms
+from sccase_jax.terms import Batch, Objective, Term, TermData, register_term, sccase_terms
 
 
 def _problem(seed=0, m=15, n=10, d=4, k=3, off=1.0, alpha=0.0, lam=20.0):
@@ -107,3 +107,37 @@ def test_closed_form_higher_orders_equal_the_taylor_default(off):
                 - term.value(f, data, layout) - jnp.vdot(getattr(term.grad(f, data, layout), block), delta)
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * (1 + abs(float(want))))
             np.testing.assert_allclose(got, full, rtol=1e-8, atol=1e-8 * (1 + abs(float(want))))
+
+
+@register_term("pull_h_test")
+class _PullH(Term):
+    """``weight ||H - 1||^2``: its gradient moves a zero row of H."""
+
+    polynomial = True
+
+    weight: float = 1.0
+
+    def value(self, factors, data, layout):
+        return self.weight * jnp.sum((factors.H - 1.0) ** 2)
+
+
+def test_components_that_do_not_move_give_the_smaller_fit():
+    # A sweep pads each K's start to the largest K; the padded components must not move.
+    data, R, _, f, hp = _problem(seed=3)
+    layout = DenseLayout.create(data.X, R)
+    data = data._replace(P=None, M=None)
+    objective = Objective(sccase_terms(hp, reference=False))
+    config = SolverConfig(max_iter=4, tol=0.0)
+    small = terms_run(objective, data, layout, f, config)
+    padded = f._replace(W=jnp.pad(f.W, ((0, 0), (0, 2))), H=jnp.pad(f.H, ((0, 2), (0, 0))))
+    components = jnp.asarray([1.0, 1.0, 1.0, 0.0, 0.0])
+    big = terms_run(objective, data, layout, padded, config, components)
+    np.testing.assert_allclose(big.loss, small.loss, rtol=1e-10)
+    for a, b in ((big.W[:, :3], small.W), (big.H[:3], small.H), (big.Z, small.Z)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert np.all(np.asarray(big.W[:, 3:]) == 0) and np.all(np.asarray(big.H[3:]) == 0)
+    pulled = Objective((*objective.terms, _PullH(jnp.asarray(2.0))))
+    held = terms_run(pulled, data, layout, padded, config, components)
+    assert np.all(np.asarray(held.H[3:]) == 0) and np.all(np.asarray(held.W[:, 3:]) == 0)
+    free = terms_run(pulled, data, layout, padded, config)
+    assert np.any(np.asarray(free.H[3:]) > 0)  # without the mask the pull moves them

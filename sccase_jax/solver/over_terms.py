@@ -141,8 +141,11 @@ def _move(mv: Move, block: str, g, P, d0, shrink, trials, F_here, accept_any):
     return x_new, dF
 
 
-def update(state: TermsState, objective, data, layout, config: SolverConfig) -> TermsState:
-    """One Z, W, H sweep of the terms' objective on the layout."""
+def update(state: TermsState, objective, data, layout, config: SolverConfig,
+           components=None) -> TermsState:
+    """One Z, W, H sweep of the terms' objective on the layout; ``components`` (k, 0/1):
+    the columns of W and rows of H that move (the others stay as they are: a sweep's
+    members padded to its largest k)."""
     F_prev = state.loss
     f = Factors(state.W, state.H, state.Z)
     F_cur, g = F_prev, state.gZ
@@ -167,13 +170,15 @@ def update(state: TermsState, objective, data, layout, config: SolverConfig) -> 
     for mask in blocks:
         g = objective.grad(f, data, layout).W
         D = g if mask is None else g * mask
+        D = D if components is None else D * components[None, :]
         W, dF = _move(mv(), "W", g, D, w_rule(mv(), D), 0.5, config.max_trials, F_cur,
                       not config.guard)
         f, F_cur, change = f._replace(W=W), F_cur + dF, change + dF
 
     g = objective.grad(f, data, layout).H
-    d0, shrink, trials = get_rule("h_step", config.h_step, over_terms=True)(mv(), g)
-    H, dF = _move(mv(), "H", g, g, d0, shrink, trials, F_cur, False)
+    D = g if components is None else g * components[:, None]
+    d0, shrink, trials = get_rule("h_step", config.h_step, over_terms=True)(mv(), D)
+    H, dF = _move(mv(), "H", g, D, d0, shrink, trials, F_cur, False)
     f, change = f._replace(H=H), change + dF
 
     F_new, gZ = _value_grad_z(objective, f, data, layout)
@@ -242,17 +247,20 @@ def _check_rules(config: SolverConfig) -> None:
         get_rule(kind, getattr(config, kind), over_terms=True)
 
 
-def _run(objective, data, layout, factors0: Factors, config: SolverConfig = SolverConfig()):
+def _run(objective, data, layout, factors0: Factors, config: SolverConfig = SolverConfig(),
+         components=None):
     _check_rules(config)
     with matmul_precision(config):
         state = init_state(objective, data, layout, factors0, config)
-        return to_result(drive(state, lambda s: update(s, objective, data, layout, config), config))
+        step = lambda s: update(s, objective, data, layout, config, components)  # noqa: E731
+        return to_result(drive(state, step, config))
 
 
 run = jax.jit(_run, static_argnames=("config",))
 run.__doc__ = """The whole fit of ``objective`` (a :class:`~sccase_jax.terms.Objective`) on
-``layout``, jitted: ``run(objective, data, layout, factors0, config)``; returns a
-:class:`~sccase_jax.result.FitResult` whose ``Z`` is stored as the layout stores it."""
+``layout``, jitted: ``run(objective, data, layout, factors0, config, components=None)``
+(``components``: see :func:`update`); returns a :class:`~sccase_jax.result.FitResult`
+whose ``Z`` is stored as the layout stores it."""
 
 
 def _steps(state, objective, data, layout, config: SolverConfig, until):
