@@ -52,8 +52,6 @@ looked up by name in :mod:`~sccase_jax.solver.rules`.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -67,6 +65,7 @@ from sccase_jax.solver.driver import (
     drive,
     matmul_precision,
     report_each,
+    solver_state,
     steps_until,
     to_result,
     tracked_fields,
@@ -77,23 +76,12 @@ from sccase_jax.solver.wh_steps import h_move, w_move
 __all__ = ["SolverState", "init_state", "run", "run_donated", "run_reporting", "update"]
 
 
-class SolverState(NamedTuple):
-    """Loop carry.  ``GS = G (Z o R)`` and ``B = W^T X`` are caches of the current point."""
+SolverState = solver_state("SolverState", "W H Z GS B GS_drift rough", __name__, """Loop carry.
 
-    W: Any
-    H: Any
-    Z: Any
-    GS: Any
-    B: Any
-    GS_drift: Any  # sum of |d| ||P|| of the Z moves since G S was last formed by a product
-    rough: Any  # the last Z move was large: the next one takes the paper's step (z_step="auto")
-    loss: Any
-    initial_loss: Any
-    rel_change: Any
-    x_change: Any
-    iteration: Any
-    loss_history: Any  # (max_iter,), NaN where not reached
-    status: Any
+``GS = G (Z o R)`` and ``B = W^T X`` are caches of the current point; ``GS_drift`` the sum
+of ``|d| ||P||`` of the Z moves since ``G S`` was last formed by a product; ``rough``: the
+last Z move was large, the next one takes the paper's step (``z_step="auto"``); then the
+driver's bookkeeping (:func:`~sccase_jax.solver.driver.tracked_fields`).""")
 
 
 def init_state(data: Data, factors: Factors, hp: Hyperparams, config: SolverConfig):

@@ -1,7 +1,8 @@
 """The loop every solver shares: history, stopping rule, iteration cap, non-finite guard.
 
 Any solver whose state is a NamedTuple carrying the fields that :func:`tracked_fields`
-makes (plus its own iterate, caches or optimiser state) runs in :func:`drive`, a
+makes (plus its own iterate, caches or optimiser state: :func:`solver_state` makes such a
+class) runs in :func:`drive`, a
 :func:`jax.lax.while_loop`, with each step returning its next state through
 :func:`advance`: the same preallocated history of F, the stopping rules (``|dF| / |F| <
 tol``, and with ``config.x_tol > 0`` the relative change of H and Z below ``x_tol``),
@@ -14,6 +15,7 @@ finite.  :func:`to_result` turns a final state into a
 
 from __future__ import annotations
 
+import collections
 import contextlib
 
 import jax
@@ -25,7 +27,7 @@ from sccase_jax.params import SolverConfig
 from sccase_jax.result import CONVERGED, MAX_ITER, NONFINITE, RUNNING, FitResult
 
 __all__ = ["ITERATE", "advance", "drive", "matmul_precision", "relative_step", "report_each",
-           "steps_until", "to_result", "tracked_fields"]
+           "solver_state", "steps_until", "to_result", "tracked_fields"]
 
 _TRACKED = ("initial_loss", "rel_change", "x_change", "iteration", "loss_history", "status")
 # The fields of a state whose relative change the x_tol rule measures (those it has): what
@@ -33,6 +35,14 @@ _TRACKED = ("initial_loss", "rel_change", "x_change", "iteration", "loss_history
 # geometrically (by about a third an iteration) long after H and Z have settled, and no
 # output but the peak loadings depends on it (docs/model.md, "Stopping").
 ITERATE = ("H", "Z")
+
+
+def solver_state(name: str, own: str, module: str, doc: str):
+    """A solver's state class: a NamedTuple of its ``own`` fields (space-separated), then
+    ``loss`` and the bookkeeping fields that :func:`tracked_fields` fills."""
+    cls = collections.namedtuple(name, (*own.split(), "loss", *_TRACKED), module=module)
+    cls.__doc__ = doc
+    return cls
 
 
 def tracked_fields(F0, dtype, config: SolverConfig) -> dict:

@@ -44,6 +44,7 @@ from sccase_jax.solver.driver import (
     drive,
     matmul_precision,
     report_each,
+    solver_state,
     steps_until,
     to_result,
     tracked_fields,
@@ -57,24 +58,13 @@ __all__ = ["DEGREE", "Move", "TermsState", "init_state", "polynomial", "quartic_
            "run", "run_reporting", "taylor_coefficients", "update"]
 
 
-class TermsState(NamedTuple):
-    """Loop carry; ``Z`` is stored as the layout stores it (n x n, or n x d on a support);
-    ``gZ``: F's gradient in Z at the iterate, formed with F at the end of the previous
-    iteration (on a dense layout the two share the one n x n x n product ``G S``);
-    ``rough``: the last Z move was large (the ``"auto"`` Z rule then takes the gradient step)."""
+TermsState = solver_state("TermsState", "W H Z gZ rough", __name__, """Loop carry.
 
-    W: Any
-    H: Any
-    Z: Any
-    gZ: Any
-    rough: Any
-    loss: Any
-    initial_loss: Any
-    rel_change: Any
-    x_change: Any
-    iteration: Any
-    loss_history: Any
-    status: Any
+``Z`` is stored as the layout stores it (n x n, or n x d on a support); ``gZ``: F's
+gradient in Z at the iterate, formed with F at the end of the previous iteration (on a
+dense layout the two share the one n x n x n product ``G S``); ``rough``: the last Z move
+was large (the ``"auto"`` Z rule then takes the gradient step); then the driver's
+bookkeeping (:func:`~sccase_jax.solver.driver.tracked_fields`).""")
 
 
 class Move(NamedTuple):

@@ -14,14 +14,20 @@ instead of the Gram form's O(n^3 + nnz(X) k): a research tool for small and medi
 from __future__ import annotations
 
 from functools import lru_cache, partial
-from typing import Any, NamedTuple
 
 import jax
 import optax
 
 from sccase_jax.objectives.registry import get_objective
 from sccase_jax.params import Data, Factors, SolverConfig
-from sccase_jax.solver.driver import advance, drive, matmul_precision, to_result, tracked_fields
+from sccase_jax.solver.driver import (
+    advance,
+    drive,
+    matmul_precision,
+    solver_state,
+    to_result,
+    tracked_fields,
+)
 from sccase_jax.solver.linesearch import project
 
 __all__ = [
@@ -39,21 +45,9 @@ def default_optimizer(learning_rate: float = 1e-3):
     return optax.adam(learning_rate)
 
 
-class VariantState(NamedTuple):
-    """Loop carry of the projected-gradient solver (shares the tracked fields of the driver)."""
-
-    W: Any
-    H: Any
-    Z: Any
-    grads: Any  # gradient at (W, H, Z), reused by the next step
-    opt_state: Any
-    loss: Any
-    initial_loss: Any
-    rel_change: Any
-    x_change: Any
-    iteration: Any
-    loss_history: Any
-    status: Any
+VariantState = solver_state("VariantState", "W H Z grads opt_state", __name__, """Loop carry
+of the projected-gradient solver: the iterate, the gradient at it (reused by the next
+step), the optimiser's state, then the driver's bookkeeping.""")
 
 
 def _value_and_grad(objective, data, hp):
