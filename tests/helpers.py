@@ -3,9 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from sccase_jax.params import Data, Factors, Hyperparams
+from sccase_jax.solver import over_terms
 from sccase_jax.start import dropout_mask
 
 SHAPES = [(12, 9, 3), (7, 10, 2), (15, 6, 4)]
@@ -44,3 +46,15 @@ def typed_counts(n_per=40, k=3, peaks=200, block=40, p_on=0.5, p_off=0.03, seed=
 def dense(a):
     """A dense ndarray of a scipy sparse matrix or an array (obsp Z is stored sparse)."""
     return a.toarray() if sp.issparse(a) else np.asarray(a)
+
+
+def checked_update(objective, data, layout, state, config):
+    """One iteration of the solver over terms from ``state``, its reported F and change
+    checked against F recomputed at the new point (and F decreased); returns the new state."""
+    new = over_terms.update(state, objective, data, layout, config)
+    F1 = float(objective.value(Factors(new.W, new.H, new.Z), data, layout))
+    F0 = float(state.loss)
+    assert float(new.loss) == pytest.approx(F1, rel=1e-12)
+    assert float(new.rel_change) * abs(F0) == pytest.approx(abs(F1 - F0), rel=1e-9)
+    assert F1 < F0
+    return new
