@@ -210,6 +210,8 @@ def _sweep_terms(X, lams, ks, opts, config, batch_size, keep_factors, score, opt
         else:
             prob = dense_terms(X, prepare(X, int(k), o, P=P, k_ref=o.k_ref), o)
             hosts.append(np.asarray)
+            if per_k:  # the dense layout (G, R) is the same for every K: keep the first alone
+                prob = (*prob[:2], None, prob[3])
         per_k.append(_pad_components(prob, k_max))
     objective, data, layout = per_k[0][:3]
     layout = None if knn else layout  # on a support each member brings its own
