@@ -43,7 +43,8 @@ def test_embedding_support_is_the_knn_of_the_embedding():
             np.testing.assert_allclose(np.sort(C[idx[j], j])[::-1], np.sort(C[:, j])[::-1][:7])
 
 
-@pytest.mark.parametrize("method,common", [("slabs", False), ("cells", False), ("cells", True)])
+@pytest.mark.parametrize("method,common", [("slabs", False), ("cells", False), ("cells", True),
+                                           ("gram", False)])
 def test_jaccard_support_local_grams_and_start_match_the_dense_ones(method, common, monkeypatch):
     # common: every peak through the dense gathered products; else the split of crossprod
     C, _ = counts()
@@ -58,7 +59,12 @@ def test_jaccard_support_local_grams_and_start_match_the_dense_ones(method, comm
         np.testing.assert_allclose(np.sort(Jd[idx[j], j]), np.sort(Jd[:, j])[-9:])
     if common:
         monkeypatch.setattr(start, "DENSE_SPEEDUP", 1e12)
-    L, Js = build.local_grams(X, idx, chunk=13, dtype=np.float64, method=method)
+    if method == "gram":  # the blocks read from X^T X formed once (in 3 slabs)
+        monkeypatch.setattr(build, "SLAB_FLOATS", 25 * n)
+        L, Js = build.local_grams(X, idx, chunk=13, dtype=np.float64,
+                                  gram=build.host_gram(X, np.float64))
+    else:
+        L, Js = build.local_grams(X, idx, chunk=13, dtype=np.float64, method=method)
     G = (X.T @ X).toarray()
     for j in range(n):
         np.testing.assert_allclose(L[j], G[np.ix_(idx[j], idx[j])], rtol=1e-12, atol=1e-14)
@@ -66,6 +72,46 @@ def test_jaccard_support_local_grams_and_start_match_the_dense_ones(method, comm
     np.testing.assert_allclose(Js, J[idx, cols], rtol=1e-12)
     V = build.normalise_start(Js, idx, "column")
     np.testing.assert_allclose(V.sum(axis=1), 1.0)
+
+
+def test_host_gram_is_x_transpose_x_and_kept_where_it_fits(monkeypatch):
+    C, _ = counts(n=70, m=90, seed=3)
+    X = tfidf_x(C)
+    monkeypatch.setattr(build, "SLAB_FLOATS", 30 * 70)  # 3 slabs, the last one short
+    G = build.host_gram(X, np.float64)
+    np.testing.assert_allclose(G, (X.T @ X).toarray(), rtol=1e-12, atol=1e-14)
+    assert build.host_gram(X).dtype == np.float32
+    # kept up to SLAB_MAX_CELLS cells, and while G takes at most a sixteenth of the RAM
+    monkeypatch.setattr(build, "host_memory", lambda: 16 * 4 * 10_000**2)
+    assert build.keeps_gram(10_000) and not build.keeps_gram(10_001)
+    assert not build.keeps_gram(10_000, np.float64)
+    monkeypatch.setattr(build, "host_memory", lambda: 1 << 50)
+    assert build.keeps_gram(build.SLAB_MAX_CELLS) and not build.keeps_gram(build.SLAB_MAX_CELLS + 1)
+
+
+def test_support_enhance_forms_x_transpose_x_once_and_gives_the_same_output(monkeypatch):
+    # With G kept, the local Gram blocks and the output's support check read it (the k
+    # estimate's PCA too, where G is the cheaper operator); without, each forms its own part.
+    from sccase_jax.tl import frontend
+
+    C, _ = counts(n=90, m=150, seed=4)
+    a = ad.AnnData(C)
+    splits = []
+    real = start.crossprod_split
+    monkeypatch.setattr(start, "crossprod_split", lambda *args, **kws: splits.append(1) or real(*args, **kws))
+    monkeypatch.setattr(frontend.diagnostics, "crossprod_split", start.crossprod_split)
+    kw = dict(z_support="knn", n_neighbors=12, max_iter=4, dtype="float64")
+    kept = sccase_jax.enhance(a, **kw)
+    assert len(splits) == 1  # host_gram's
+    monkeypatch.setattr(frontend, "keeps_gram", lambda n, dtype=None: False)
+    splits.clear()
+    slabs = sccase_jax.enhance(a, **kw)
+    assert len(splits) == 2  # the local Gram blocks' slabs and the support check's
+    assert kept.uns["sccase"]["params"]["n_components_estimated"]
+    np.testing.assert_allclose(kept.layers["sccase"], slabs.layers["sccase"], rtol=1e-9, atol=1e-12)
+    # (the support check's own X^T X runs its common peaks in float32 BLAS)
+    assert kept.uns["sccase"]["support"]["support"] == pytest.approx(
+        slabs.uns["sccase"]["support"]["support"], rel=1e-6)
 
 
 def test_sparse_weights_match_the_dense_output_weights():

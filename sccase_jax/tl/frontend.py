@@ -27,8 +27,9 @@ from sccase_jax.options import Options, options_from, signature
 from sccase_jax.preprocessing import check_preprocessed, preprocess
 from sccase_jax.problem import check_input, reduce
 from sccase_jax.reference.mapping import reference_block
+from sccase_jax.support.build import host_gram, keeps_gram
 from sccase_jax.tl import store
-from sccase_jax.validate import InputError, check_matrix
+from sccase_jax.validate import InputError, check_matrix, default_dtype
 
 __all__ = ["batch_codes", "enhance", "get_counts"]
 
@@ -91,12 +92,19 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
     X, peak_mask, cell_mask = _preprocessed(counts, opts)
     neighbors = output.resolve_neighbors(opts.neighbors, opts.output, X.shape[1],
                                          output.cell_entries(X))
-    # X on the device and G = X^T X, formed once: for the fit, and for the PCA of the k
-    # estimate (from G instead of a sparse SVD of X, which costs seconds on many peaks).
+    # G = X^T X, formed once: for the fit (the dense layout's G on the device with X; on
+    # the support layout on the host, where it fits and its local Gram blocks come from it),
+    # for the PCA of the k estimate (from G instead of a sparse SVD of X, which costs
+    # seconds on many peaks) and for the output's support check.
     terms = (reference is not None or opts.correct_depth or opts.terms is not None
              or (opts.batch_key is not None and opts.batch_method == "term"))
-    reduced = reduce(X, opts) if dense_z(opts, X.shape[1], terms) else None
-    k, estimated = _components(X, opts, reference, None if reduced is None else reduced.G)
+    reduced, gram = None, None
+    if dense_z(opts, X.shape[1], terms):
+        reduced = reduce(X, opts)
+        gram = reduced.G
+    elif keeps_gram(X.shape[1], opts.dtype or default_dtype()):
+        gram = host_gram(X, opts.dtype or default_dtype(), progress=opts.progress)
+    k, estimated = _components(X, opts, reference, gram)
     kept = counts[peak_mask][:, cell_mask]
     ref_info, P = None, None
     if reference is not None:
@@ -109,7 +117,7 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
     depth = relative_depth(np.asarray(kept.sum(axis=0)).ravel()) if opts.correct_depth else None
     harmony = batch is not None and opts.batch_method == "harmony"
     res = fit_with(X, k, opts, P=P, batch=None if harmony else batch, depth=depth,
-                   reduced=reduced)
+                   reduced=reduced, gram=None if reduced is not None else gram)
     _check_finite(res)
     corrected = None
     if harmony:
@@ -120,7 +128,7 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
         corrected = integration.harmony(res.H.T, batch, seed=opts.seed)
         res = res._replace(Z=output.embedding_similarity(corrected, neighbors))
     B, z_store, z_kept = store.weights_and_z(res, opts, neighbors)
-    support = _support(X, B, opts, None if reduced is None else reduced.G)
+    support = _support(X, B, opts, gram)
     keep_layer, layer_note = store.layer_plan((X.shape[1], X.shape[0]), opts)
     if opts.progress and not keep_layer:
         _progress.stage(f"enhanced layer: {layer_note}")
