@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sccase_jax.layout import DenseLayout, SupportLayout, full_support, local_quad
-from sccase_jax.objectives.batch import batch_curvature
+from sccase_jax.objectives.batch import batch_penalty
 from sccase_jax.params import Factors, Hyperparams
 from sccase_jax.solver.linesearch import exact_w_step, exact_z_step, z_step_length
 from sccase_jax.terms import (
@@ -141,7 +141,7 @@ def test_jvp_z_step_equals_the_analytic_dense_z_step(seed, lam, mu):
     if mu is None:
         want = exact_z_step(D, dense.R, GDR, hp.lam)
     else:
-        dgd = jnp.vdot(jnp.where(dense.R, D, 0), GDR) + batch_curvature(D, data.batch, mu)
+        dgd = jnp.vdot(jnp.where(dense.R, D, 0), GDR) + batch_penalty(D, data.batch, mu)
         want = z_step_length(jnp.vdot(D, D), dgd, hp.lam)
     np.testing.assert_allclose(obj.exact_step(f, data, dense, "Z", -D), want, rtol=1e-10)
 

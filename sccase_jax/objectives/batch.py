@@ -31,7 +31,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["batch_centre", "batch_curvature", "batch_grad", "batch_penalty", "one_hot"]
+__all__ = ["batch_penalty", "one_hot"]
 
 
 def one_hot(codes, dtype=np.float64) -> np.ndarray:
@@ -47,27 +47,7 @@ def _means(Z, Ob):
     return means, counts, jnp.mean(Z, axis=0, keepdims=True)
 
 
-def batch_centre(Z, Ob):
-    """``A Z = C Z - J Z`` (n x c) for the columns ``Z`` (n x c)."""
-    means, _, mean = _means(Z, Ob)
-    return Ob @ means - mean
-
-
 def batch_penalty(Z, Ob, mu):
     r""":math:`\mu \|A Z\|^2 = \mu \sum_c n_c \|m_c - m\|^2` (thin products only)."""
     means, counts, mean = _means(Z, Ob)
     return mu * jnp.sum(counts[:, None] * (means - mean) ** 2)
-
-
-def batch_grad(Z, Ob, mu):
-    """``2 mu A Z`` for the columns ``Z`` (the columns of A Z depend on those of Z alone)."""
-    return 2.0 * mu * batch_centre(Z, Ob)
-
-
-def batch_curvature(P, Ob, mu, mask=None):
-    """``mu ||A P||^2`` (``P`` restricted to ``mask`` when given): the batch term's part of
-    the curvature of F along a Z direction P, and its change along a move P."""
-    if mask is not None:
-        P = jnp.where(mask, P, jnp.zeros((), P.dtype))
-    return batch_penalty(P, Ob, mu)
-
