@@ -8,7 +8,8 @@ that make up each stage from the profile:
 - ``read``: reading the input (``readers.read`` / ``io.read_h5ad``);
 - ``preprocess``: peak filter and TF-IDF (``frontend._preprocessed``);
 - ``reduce``: X to the device and G = X^T X, formed once before the k estimate
-  (``problem.reduce``; the dense Z layout only);
+  (``problem.reduce`` on the dense Z layout; ``support.build.host_gram`` on the support
+  layout where it keeps G);
 - ``k``: the estimate of the number of cell types (``frontend._components``);
 - ``start``: the fit's start (``problem.prepare`` or ``support.fit.prepare_support``: NMF,
   Jaccard, G or the support's local Grams);
@@ -48,7 +49,7 @@ PATH = RESULTS / "stages.json"
 STAGES = {
     "read": [("sccase_jax/readers.py", "read"), ("sccase_jax/io.py", "read_h5ad")],
     "preprocess": [("sccase_jax/tl/frontend.py", "_preprocessed")],
-    "reduce": [("sccase_jax/problem.py", "reduce")],
+    "reduce": [("sccase_jax/problem.py", "reduce"), ("sccase_jax/support/build.py", "host_gram")],
     "k": [("sccase_jax/tl/frontend.py", "_components")],
     "start": [("sccase_jax/problem.py", "prepare"), ("sccase_jax/support/fit.py", "prepare_support")],
     "fit": [("sccase_jax/fitting.py", "fit_with")],
