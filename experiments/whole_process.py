@@ -13,6 +13,7 @@ RSS from ``wait4``), on the same ``.h5ad`` file:
 
     python -m experiments.benchmark install-release       # once: experiments/.release-venv
     python -m experiments.whole_process [--data granja2019_D6T1_2k] [--k 17] [--repeats 2]
+    python -m experiments.whole_process --data /path/r2k_120k.h5ad --auto-k --release-only
 
 Results: ``experiments/results/whole_process_<data>.json``, and a table on stdout (pasted
 into docs/performance.md, "Whole process").
@@ -111,18 +112,20 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--auto-k", action="store_true", help="also run both with the number of types estimated")
     ap.add_argument("--no-release", action="store_true")
+    ap.add_argument("--release-only", action="store_true", help="time the release alone")
     a = ap.parse_args(argv)
     infile = str(data_path(a.data))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ks = [a.k] + (["auto"] if a.auto_k else [])
         for k in ks:
-            for iters in ("3", "tol"):
+            for iters in () if a.release_only else ("3", "tol"):
                 rows += jax_runs(infile, k, iters, a.repeats, tmp)
             if not a.no_release:
                 rows += release_runs(infile, k, 1 if k == "auto" else a.repeats, tmp)
     os.makedirs(RESULTS, exist_ok=True)
-    out = os.path.join(RESULTS, f"whole_process_{a.data}.json")
+    name = os.path.basename(a.data).removesuffix(".h5ad")
+    out = os.path.join(RESULTS, f"whole_process_{name}{'_release' if a.release_only else ''}.json")
     with open(out, "w") as fh:
         json.dump(dict(rows=rows, data=a.data, machine=machine()), fh, indent=1)
     print(table(rows))

@@ -81,17 +81,17 @@ fit.__signature__ = signature(fit, FIT, keep=("X", "n_components", "P", "init"))
 
 
 def fit_with(X, n_components: int, opts: Options, *, P=None, init=None, batch=None,
-             depth=None, reduced=None, gram=None) -> FitResult:
+             depth=None, reduced=None, xtx=None) -> FitResult:
     """:func:`fit` with checked :class:`~sccase_jax.options.Options` (as ``enhance`` calls it);
     ``batch``: integer batch codes of the cells, for the batch term; ``depth``: relative
     depths, for the depth term; ``reduced``: X's :func:`~sccase_jax.problem.reduce`, when
-    formed already (dense Z only); ``gram``: X^T X on the host, when formed already
+    formed already (dense Z only); ``xtx``: X^T X on the host, when formed already
     (:func:`~sccase_jax.support.build.host_gram`; the support layout only)."""
     opts = opts.resolved()
     terms = P is not None or batch is not None or depth is not None or opts.terms is not None
     n = X.shape[1] if getattr(X, "ndim", 0) == 2 else 0  # bad shapes: prepare says so
     if _knn(opts, n, _dense_only(opts, terms, init is not None)):
-        return _fit_knn(X, n_components, opts, P, init, batch, depth, gram)
+        return _fit_knn(X, n_components, opts, P, init, batch, depth, xtx)
     t0 = time.perf_counter()
     prob = prepare(X, n_components, opts, P=P, k_ref=opts.k_ref, init=init, batch=batch,
                    depth=depth, reduced=reduced)
@@ -172,7 +172,7 @@ def _knn(opts: Options, n_cells: int, dense_only: bool = False) -> bool:
 
 
 def _fit_knn(X, n_components: int, opts: Options, P, init, batch=None, depth=None,
-             gram=None) -> FitResult:
+             xtx=None) -> FitResult:
     """The support-restricted fit (:func:`~sccase_jax.support.fit.fit_support`: the solver
     over the terms on the support layout); Z comes back sparse."""
     if init is not None:
@@ -180,7 +180,7 @@ def _fit_knn(X, n_components: int, opts: Options, P, init, batch=None, depth=Non
     config = solver_config(opts)
     res = fit_support(X, n_components, opts, config, opts.n_neighbors, opts.knn_from,
                       opts.off_support, P=P, k_ref=opts.k_ref, batch=batch, depth=depth,
-                      gram=gram)
+                      xtx=xtx)
     k_ref = 0 if P is None else resolve_k_ref(P, opts.k_ref, int(n_components))
     params = fit_options(opts, n_components, k_ref, config, res.W.dtype)
     params.update(res.params or {}, gram="support", z_support="knn", n_neighbors=int(opts.n_neighbors),

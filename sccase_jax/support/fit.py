@@ -46,7 +46,7 @@ class SupportProblem(NamedTuple):
 
 def prepare_support(X, k: int, opts, n_neighbors: int = 30, knn_from: str = "embedding",
                     off_support: str = "drop", P=None, k_ref=None, batch=None, depth=None,
-                    gram=None):
+                    xtx=None):
     """Everything before the solver: checks, device X, NMF, support, local Grams, start,
     and the terms.
 
@@ -55,7 +55,7 @@ def prepare_support(X, k: int, opts, n_neighbors: int = 30, knn_from: str = "emb
     (their H by non-negative least squares, :func:`~sccase_jax.problem.start_wh`) and are
     pulled towards it with weight ``alpha``.  ``batch``: integer batch codes of the cells
     (the batch term); ``depth``: relative depths (the depth term); ``opts.terms``: extra
-    registered terms.  ``gram``: X^T X (cells x cells, on the host) when the caller formed
+    registered terms.  ``xtx``: X^T X (cells x cells, on the host) when the caller formed
     it (:func:`~sccase_jax.support.build.host_gram`): the local Gram blocks are read from it.
     With every cell a candidate (``n_neighbors >= cells``,
     ``off_support="exact"``) and the same mask (``keep_prob=1``) this is the dense fit's
@@ -76,7 +76,7 @@ def prepare_support(X, k: int, opts, n_neighbors: int = 30, knn_from: str = "emb
     Xs = X if sp.issparse(X) else sp.csc_matrix(X)
     idx = (build.jaccard_support(Xs, d, progress=show) if knn_from == "jaccard" else
            build.embedding_support(H0, d, progress=show, cosine=knn_from == "cosine"))
-    L, J = build.local_grams(Xs, idx, dtype=np.dtype(dtype), progress=show, gram=gram)
+    L, J = build.local_grams(Xs, idx, dtype=np.dtype(dtype), progress=show, gram=xtx)
     V0 = build.normalise_start(J, idx, opts.jaccard_normalize)
     if show:
         _progress.stage(f"support ({knn_from}, {d} per cell), local Grams and start in "
@@ -93,13 +93,13 @@ def prepare_support(X, k: int, opts, n_neighbors: int = 30, knn_from: str = "emb
 
 def fit_support(X, k: int, opts, config: SolverConfig, n_neighbors: int = 30,
                 knn_from: str = "embedding", off_support: str = "drop", *, P=None, k_ref=None,
-                batch=None, depth=None, gram=None):
+                batch=None, depth=None, xtx=None):
     """The support-restricted fit (:func:`prepare_support`, then the solver over the terms);
     returns a host :class:`~sccase_jax.result.FitResult` with ``Z`` sparse (CSC, cells x
     cells) and ``params["eq2_loss"]``: F with the off-support part included (paper Eq. 2
     with the fit's terms) at the returned point, whichever ``off_support`` the fit used."""
     prob = prepare_support(X, k, opts, n_neighbors, knn_from, off_support, P=P, k_ref=k_ref,
-                           batch=batch, depth=depth, gram=gram)
+                           batch=batch, depth=depth, xtx=xtx)
     if opts.progress:
         quiet = config._replace(progress=False)
         res = run_reporting(*prob, quiet, _progress.Reporter(quiet.max_iter))

@@ -117,7 +117,7 @@ def enhance(adata, n_components: int | None = None, *, reference=None, **options
     depth = relative_depth(np.asarray(kept.sum(axis=0)).ravel()) if opts.correct_depth else None
     harmony = batch is not None and opts.batch_method == "harmony"
     res = fit_with(X, k, opts, P=P, batch=None if harmony else batch, depth=depth,
-                   reduced=reduced, gram=None if reduced is not None else gram)
+                   reduced=reduced, xtx=None if reduced is not None else gram)
     _check_finite(res)
     corrected = None
     if harmony:
