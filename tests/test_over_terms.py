@@ -141,3 +141,28 @@ def test_components_that_do_not_move_give_the_smaller_fit():
     assert np.all(np.asarray(held.H[3:]) == 0) and np.all(np.asarray(held.W[:, 3:]) == 0)
     free = terms_run(pulled, data, layout, padded, config)
     assert np.any(np.asarray(free.H[3:]) > 0)  # without the mask the pull moves them
+
+
+def test_auto_z_rule_takes_one_curvature_product_under_vmap(monkeypatch):
+    # Members of a vmapped fit are rough or not each: the rule selects each member's
+    # direction (the gradient step while rough, else the free one) and then forms one
+    # curvature product, where a cond would run both branches.
+    from sccase_jax.solver import over_terms as ot
+
+    data, R, _, f, hp = _problem(seed=3, lam=0.01)
+    layout = DenseLayout.create(data.X, R)
+    objective = Objective(sccase_terms(hp))
+    # entries at the bound, some with g > 0 (X S above W H: the data term pushes Z up)
+    f = f._replace(W=f.W * 1e-3, Z=f.Z.at[0].set(0.0))
+    mv = ot.Move(objective, f, data, layout, SolverConfig())
+    g = objective.grad(f, data, layout).Z
+    assert bool(jnp.any((f.Z <= 0) & (g > 0)))
+    calls = []
+    real = ot.Move.curvature
+    monkeypatch.setattr(ot.Move, "curvature", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    P, t = jax.vmap(lambda r: ot.z_auto(mv, g, r))(jnp.asarray([True, False]))
+    assert len(calls) == 1
+    for i, rule in enumerate((ot.z_gradient, ot.z_free)):
+        P_i, t_i = rule(mv, g, None)
+        np.testing.assert_array_equal(np.asarray(P[i]), np.asarray(P_i))
+        np.testing.assert_allclose(float(t[i]), float(t_i), rtol=1e-12)

@@ -36,7 +36,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from sccase_jax.params import Factors, SolverConfig
 from sccase_jax.solver.driver import (
@@ -198,8 +197,14 @@ def z_free(mv: Move, g, rough):
 
 @step_rule("z_step", "auto", over_terms=True)
 def z_auto(mv: Move, g, rough):
-    """The gradient step while the last move was rough (from the start), else the free one."""
-    return lax.cond(rough, lambda: z_gradient(mv, g, rough), lambda: z_free(mv, g, rough))
+    """The gradient step while the last move was rough (from the start), else the free one.
+
+    The direction is chosen before its one curvature product (a select, not a ``cond``): a
+    vmapped fit, whose members are rough or not each, would otherwise run both branches and
+    pay the curvature twice."""
+    Z = mv.factors.Z
+    held = (Z <= 0) & (g > 0) & jnp.logical_not(rough)
+    return _exact_along(mv, g, jnp.where(held, jnp.zeros((), g.dtype), g))
 
 
 @step_rule("w_step", "exact", over_terms=True)
