@@ -13,7 +13,7 @@ RSS from ``wait4``), on the same ``.h5ad`` file:
 
     python -m experiments.benchmark install-release       # once: experiments/.release-venv
     python -m experiments.whole_process [--data granja2019_D6T1_2k] [--k 17] [--repeats 2]
-    python -m experiments.whole_process --data /path/r2k_120k.h5ad --auto-k --release-only
+    python -m experiments.whole_process --data /tmp/r2k_120k.h5ad --auto-k --release-only
 
 Results: ``experiments/results/whole_process_<data>.json``, and a table on stdout (pasted
 into docs/performance.md, "Whole process").
