@@ -87,6 +87,14 @@ def reduce(X, options: Options | None = None, *, reduce_on: str = "auto", **over
                                  reduce_on))
 
 
+def host_memory() -> int | None:
+    """Bytes of RAM (the physical pages), or None when the system does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def dense_limit(dtype) -> int:
     """Most entries of X kept dense on device by ``x_format="auto"``.
 
@@ -99,11 +107,8 @@ def dense_limit(dtype) -> int:
     itemsize = np.dtype(dtype).itemsize
     dev = jax.devices()[0]
     if dev.platform == "cpu":
-        try:
-            mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (AttributeError, ValueError, OSError):
-            return 100_000_000
-        return int(mem // (16 * itemsize))
+        mem = host_memory()
+        return 100_000_000 if mem is None else int(mem // (16 * itemsize))
     stats = dev.memory_stats() or {}
     limit = stats.get("bytes_limit")
     return 100_000_000 if not limit else int(limit // (8 * itemsize))

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sccase_jax.preprocessing import binarize
+from sccase_jax.problem import host_memory
 from sccase_jax.progress import block_reporter
 
 __all__ = ["embedding_support", "jaccard_support", "local_grams", "normalise_start",
@@ -130,17 +131,11 @@ def keeps_gram(n: int, dtype=np.float32) -> bool:
     """Whether a support-layout run of ``n`` cells forms the whole ``G = X^T X`` once on the
     host (:func:`host_gram`): where the local Gram blocks would come from its slabs anyway
     (at most :data:`SLAB_MAX_CELLS` cells) and G (``dtype``) takes at most a sixteenth of
-    the RAM (19,000 cells in float32 on 24 GB).  The k estimate's PCA, the local Gram blocks and the
-    output's support check then read it instead of forming their parts of X^T X again."""
-    return n <= SLAB_MAX_CELLS and np.dtype(dtype).itemsize * n * n <= host_memory() // 16
-
-
-def host_memory() -> int:
-    """Bytes of RAM (the physical pages; 8 GB when the system does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return 8 << 30
+    the RAM (19,000 cells in float32 on 24 GB; 8 GB assumed when the system does not say).
+    The k estimate's PCA, the local Gram blocks and the output's support check then read it
+    instead of forming their parts of X^T X again."""
+    mem = host_memory()
+    return n <= SLAB_MAX_CELLS and np.dtype(dtype).itemsize * n * n <= (mem or 8 << 30) // 16
 
 
 def _cores() -> int:
@@ -192,11 +187,12 @@ def local_grams(X, idx, chunk: int = 256, dtype=np.float32, progress: bool = Fal
     idx = np.asarray(idx)
     n, d = idx.shape
     if gram is not None:
+        G = np.asarray(gram)
         L = np.empty((n, d, d), dtype)
         step = max(1, SLAB_FLOATS // (d * d))
         for j in range(0, n, step):
             ic = idx[j : j + step]
-            L[j : j + step] = np.asarray(gram)[ic[:, :, None], ic[:, None, :]]
+            L[j : j + step] = G[ic[:, :, None], ic[:, None, :]]
         return L, _support_jaccard(X, idx)
     if method == "auto":
         method = "slabs" if n <= SLAB_MAX_CELLS else "cells"
