@@ -188,11 +188,17 @@ def z_gradient(mv: Move, g, rough):
     return _exact_along(mv, g, g)
 
 
+def _free_direction(Z, g, rough=False):
+    """The gradient without the entries held at the bound (``Z = 0``, ``g > 0``); the whole
+    gradient where ``rough``."""
+    held = (Z <= 0) & (g > 0) & jnp.logical_not(rough)
+    return jnp.where(held, jnp.zeros((), g.dtype), g)
+
+
 @step_rule("z_step", "free", over_terms=True)
 def z_free(mv: Move, g, rough):
     """Exact along the gradient without the entries held at the bound (``Z = 0``, ``g > 0``)."""
-    Z = mv.factors.Z
-    return _exact_along(mv, g, jnp.where((Z <= 0) & (g > 0), jnp.zeros((), g.dtype), g))
+    return _exact_along(mv, g, _free_direction(mv.factors.Z, g))
 
 
 @step_rule("z_step", "auto", over_terms=True)
@@ -202,9 +208,7 @@ def z_auto(mv: Move, g, rough):
     The direction is chosen before its one curvature product (a select, not a ``cond``): a
     vmapped fit, whose members are rough or not each, would otherwise run both branches and
     pay the curvature twice."""
-    Z = mv.factors.Z
-    held = (Z <= 0) & (g > 0) & jnp.logical_not(rough)
-    return _exact_along(mv, g, jnp.where(held, jnp.zeros((), g.dtype), g))
+    return _exact_along(mv, g, _free_direction(mv.factors.Z, g, rough))
 
 
 @step_rule("w_step", "exact", over_terms=True)
