@@ -215,3 +215,22 @@ peers.EXTRA_METHODS.update({
     "cand: scCASER alpha n/2000": lambda C, s, ctx: _sccaser(C, s, ctx, alpha=C.shape[0] / 2000.0),
     "cand: scCASER alpha 0.1": lambda C, s, ctx: _sccaser(C, s, ctx, alpha=0.1),
 })
+
+
+# Is K the cause of scCASER's lower ARI on a whole donor?  scCASE at scCASER's K (21) and
+# at one column per profile plus one (17), and scCASER at that smallest K that keeps every
+# profile (k1 = 16 needs K >= 17).
+peers.EXTRA_METHODS.update({
+    "cand: scCASE K=21": lambda C, s, ctx: peers._enhance(C, s, ctx, n_components=21),
+    "cand: scCASE K=17": lambda C, s, ctx: peers._enhance(C, s, ctx, n_components=17),
+    "cand: scCASER K=17": lambda C, s, ctx: _sccaser(C, s, ctx, n_components=17),
+})
+peers.EXTRA_METHODS.update({
+    "cand: scCASER K=25": lambda C, s, ctx: _sccaser(C, s, ctx, n_components=25),
+    "cand: scCASER K=31": lambda C, s, ctx: _sccaser(C, s, ctx, n_components=31),
+})
+peers.EXTRA_METHODS.update({
+    "cand: scCASER K=7 k_ref=6": lambda C, s, ctx: _sccaser(C, s, ctx, n_components=7, k_ref=6),
+    "cand: scCASER alpha n/2000, 30 iterations": lambda C, s, ctx: _sccaser(
+        C, s, ctx, alpha=C.shape[0] / 2000.0, x_tol=0.0, max_iter=30),
+})

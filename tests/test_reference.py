@@ -289,7 +289,8 @@ def test_enhance_with_reference_records_match_and_ignores_peak_order(bm):
     full, small = bm
     ref = pseudobulk_reference(full.X, full.obs["cell_type"].values, var=full.var)
     kw = dict(n_components=5, max_iter=3, tol=0.0)
-    out = enhance(small, reference=ref, **kw)
+    with pytest.warns(UserWarning, match="keeps k_ref = 4 of the 6"):
+        out = enhance(small, reference=ref, **kw)
     info = out.uns["sccase"]
     r = info["reference"]
     assert r["k_ref"] == 4 and r["alpha"] == 1.0 and r["n_profiles"] == 6
@@ -299,7 +300,8 @@ def test_enhance_with_reference_records_match_and_ignores_peak_order(bm):
     rev = ref[:, ::-1].copy()
     rev.var_names = [f"{c}-{s}-{e}" for c, s, e in zip(rev.var["chr"], rev.var["start"], rev.var["end"])]
     rev.var = rev.var[[]]
-    out2 = enhance(small, reference=rev, **kw)
+    with pytest.warns(UserWarning, match="keeps k_ref = 4 of the 6"):
+        out2 = enhance(small, reference=rev, **kw)
     close(out2.layers["sccase"], out.layers["sccase"], 1e-5)
     # Without a reference the plain lam default holds, and k_ref alone is refused.
     with pytest.raises(InputError, match="need a reference"):
@@ -320,6 +322,18 @@ def test_default_k_with_reference_keeps_a_column_per_profile(bm, monkeypatch):
     out = enhance(small, reference=ref, max_iter=1)
     assert out.uns["sccase"]["params"]["n_components"] == 12  # the estimate wins: round(11.7)
     assert out.uns["sccase"]["reference"]["k_ref"] == 6
+
+
+def test_too_few_components_for_the_reference_warns(bm):
+    full, small = bm
+    ref = pseudobulk_reference(full.X, full.obs["cell_type"].values, var=full.var)  # 6 profiles
+    with pytest.warns(UserWarning, match=r"keeps k_ref = 3 of the 6 reference profiles.*>= 7") as rec:
+        enhance(small, reference=ref, n_components=4, max_iter=1)
+    assert any(w.filename == __file__ for w in rec if "k_ref" in str(w.message))  # the caller's line
+    with warnings.catch_warnings():  # enough columns, or k_ref chosen: no warning
+        warnings.filterwarnings("error", message=".*reference profiles")
+        enhance(small, reference=ref, n_components=7, max_iter=1)
+        enhance(small, reference=ref, n_components=4, k_ref=3, max_iter=1)
 
 
 def test_enhance_refuses_unusable_reference(bm):
