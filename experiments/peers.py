@@ -571,7 +571,8 @@ def main(argv=None):
     p.add_argument("--no-recovery", action="store_true")
     p.add_argument("--out")
     p.add_argument("--merge", action="store_true",
-                   help="replace only the rows/failures of the methods run in an existing --out")
+                   help="replace only the rows/failures of the methods and seeds run in an existing --out "
+                        "(new seeds are added)")
     p.add_argument("--report", nargs="*", help="JSON files to summarise as markdown")
     p.add_argument("--summary", nargs="*", help="JSON files: one row per dataset against the floor")
     args = p.parse_args(argv)
@@ -605,8 +606,11 @@ def main(argv=None):
     if args.merge and os.path.exists(out):
         prev = json.load(open(out))
         ran = set(methods)
-        res["rows"] = [r for r in prev["rows"] if r["method"] not in ran] + res["rows"]
-        res["failures"] = [f for f in prev["failures"] if f["method"] not in ran] + res["failures"]
+        done = {(m, s) for m in ran for s in args.seeds}
+        res["rows"] = [r for r in prev["rows"] if (r["method"], r["seed"]) not in done] + res["rows"]
+        res["failures"] = [f for f in prev["failures"]
+                           if (f["method"], f["seed"]) not in done] + res["failures"]
+        res["seeds"] = sorted(set(prev["seeds"]) | set(args.seeds))
         res["total_s"] = prev.get("total_s", 0) + res["total_s"]
         res["merged"] = prev.get("merged", []) + [sorted(ran)]
     with open(out, "w") as fh:
