@@ -64,6 +64,66 @@ def between_share(Z, batch) -> float:
     return float((centred**2).sum() / (Z**2).sum())
 
 
+def donor_effect_pair(a, ref, n_per_donor=1000, *, seed=0, pseudo=10.0, scale=1.0):
+    """Two "donors" of ``n_per_donor`` distinct cells of one real donor, the second given a
+    real donor's effect: ``(batched, unbatched, info)``.
+
+    ``a``: the donor's labelled counts (cells x peaks, ``obs["cell_type"]``); ``ref``: the
+    other donor's pseudo-bulk on the same peaks (one profile per type, ``obs["n_cells"]``).
+    Donor A is a random sample of ``a``; donor B other cells of ``a`` drawn with the other
+    donor's type composition (capped at the cells left).  The donor effect per peak is the
+    ratio of the other donor's pseudo-bulk to this donor's, this donor's types reweighted to
+    the other's composition first (so the ratio is not the composition), with ``pseudo``
+    reads added to both and the median ratio set to 1; times the ratio of their mean reads
+    per cell.  It is imposed by thinning: B keeps each read of peak p with probability
+    ``min(1, r_p)``, A with ``min(1, 1 / r_p)`` (each donor loses reads where it is the
+    higher), so B / A = r_p.  ``scale`` multiplies the log ratio (a stronger or weaker
+    effect of the same shape).  Cells left without reads are dropped from both versions.
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    C = sp.csr_matrix(a.X, dtype=np.float64)
+    types = a.obs["cell_type"].astype(str).to_numpy()
+    names = ref.obs["cell_type"].astype(str).to_numpy()
+    n_other = np.asarray(ref.obs["n_cells"], np.float64)
+    R = np.asarray(ref.X.toarray() if sp.issparse(ref.X) else ref.X, np.float64)  # types x peaks
+    own = np.vstack([np.asarray(C[types == t].sum(axis=0)).ravel() for t in names])
+    n_own = np.array([(types == t).sum() for t in names], np.float64)
+    mix = (n_other / n_own) @ own  # this donor with the other's composition
+    other = R.sum(axis=0)
+    mix *= other.sum() / mix.sum()
+    r = (other + pseudo) / (mix + pseudo)
+    r = np.exp(scale * np.log(r / np.median(r)))
+    depth = (R.sum() / n_other.sum()) / (C.sum() / C.shape[0])
+    keep_b = np.minimum(1.0, r * depth)
+    keep_a = np.minimum(1.0, 1.0 / (r * depth))
+    A = rng.choice(C.shape[0], n_per_donor, replace=False)
+    left = np.setdiff1d(np.arange(C.shape[0]), A)
+    want = np.round(n_per_donor * n_other / n_other.sum()).astype(int)
+    B = np.concatenate([rng.permutation(left[types[left] == t])[:w] for t, w in zip(names, want)])
+    cells = np.concatenate([A, B])
+    sub = C[cells].tocoo()
+    prob = np.where(np.arange(cells.size) < A.size, 0, 1)[sub.row]
+    prob = np.where(prob == 0, keep_a[sub.col], keep_b[sub.col])
+    kept = rng.binomial(np.round(sub.data).astype(np.int64), prob)
+    X = sp.csr_matrix((kept.astype(np.float32), (sub.row, sub.col)), shape=sub.shape)
+    X.eliminate_zeros()
+    ok = np.asarray(X.sum(axis=1)).ravel() > 0
+    obs = a.obs.iloc[cells].copy()
+    obs["donor"] = np.where(np.arange(cells.size) < A.size, "A (as is)", "B (other donor's effect)")
+    obs.index = [f"{i}_{d[0]}" for i, d in zip(obs.index, obs["donor"])]
+    batched = ad.AnnData(X[ok], obs=obs[ok], var=a.var.copy())
+    unbatched = ad.AnnData(sp.csr_matrix(C[cells][ok], dtype=np.float32), obs=obs[ok], var=a.var.copy())
+    info = {"cells_a": int(ok[:A.size].sum()), "cells_b": int(ok[A.size:].sum()),
+            "log_ratio_sd": float(np.std(np.log(r))), "depth_ratio": float(depth),
+            "reads_kept_a": float(X[:A.size].sum() / C[A].sum()),
+            "reads_kept_b": float(X[A.size:].sum() / C[B].sum()), "pseudo": pseudo, "seed": seed,
+            "scale": scale}
+    return batched, unbatched, info
+
+
 def scores(E, labels, batch, *, reference=None, transform=None) -> tuple[dict, list]:
     from sccase_jax.evaluation.batch import batch_scores
     from sccase_jax.evaluation.clustering import cluster_to_k, neighbor_graph, pca_embedding
@@ -155,10 +215,16 @@ def main():
     ap.add_argument("--out", default=str(RESULTS / "batch.json"))
     ap.add_argument("--sim-seed", type=int, default=0, help="seed of the batch simulator")
     ap.add_argument("--no-real", action="store_true", help="only the simulated setting")
+    ap.add_argument("--donor-effect", action="store_true",
+                    help="only the two-donor set with a real donor's effect (donor_effect_pair)")
+    ap.add_argument("--effect-scale", type=float, default=1.0,
+                    help="--donor-effect: multiply the donor effect's log ratio by this")
     args = ap.parse_args()
     import sccase_jax
     from sccase_jax.datasets import simulate_batches
 
+    if args.donor_effect:
+        return donor_effect_main(args)
     a = load(BM600)
     sim = simulate_batches(a, 2, depth=(1.0, 0.4), efficiency_sd=0.6, seed=args.sim_seed)
     # cells left without reads by the thinning are dropped from both (the same cells)
@@ -179,6 +245,49 @@ def main():
             print(f"  {name:46s} " + " ".join(f"{m} {r[m]:.3f}" for m in METRICS if m in r)
                   + f" ARI per seed {np.round(r['ari_per_seed'], 3).tolist()}")
     with open(args.out, "w") as fh:
+        json.dump(record, fh, indent=1)
+
+
+def within_type_other_share(labels, batch) -> float:
+    """The share of other-batch neighbours if every cell's neighbours were drawn at random
+    from the other cells of its own type: the most a correction can mix without mixing
+    types."""
+    total = 0.0
+    for t in np.unique(labels):
+        inside = labels == t
+        n_t = inside.sum()
+        if n_t < 2:
+            continue
+        for b in np.unique(batch[inside]):
+            n_b = (batch[inside] == b).sum()
+            total += n_b * (n_t - n_b) / (n_t - 1)
+    return total / labels.size
+
+
+def donor_effect_main(args):
+    import sccase_jax
+
+    a = load("granja2019_D6T1_10k")
+    ref = load("granja2019_D5T1_pseudobulk_ref")
+    batched, unbatched, info = donor_effect_pair(a, ref, seed=args.sim_seed, scale=args.effect_scale)
+    labels = batched.obs["cell_type"].astype(str).to_numpy()
+    donor = batched.obs["donor"].astype(str).to_numpy()
+    info["within_type_other_share"] = within_type_other_share(labels, donor)
+    info["random_other_share"] = within_type_other_share(np.zeros(labels.size), donor)
+    base, reference = scores(sccase_jax.enhance(unbatched, seed=0).layers["sccase"], labels,
+                             np.zeros(unbatched.n_obs))
+    record = {"dataset": "granja2019_D6T1_10k + granja2019_D5T1_pseudobulk_ref", "seeds": SEEDS,
+              "enhancement_seeds": args.seeds, "pair": info,
+              "unbatched": {m: base[m] for m in ("ari", "ami", "celltype_asw")},
+              "donor_effect": one_setting(batched, "donor", args.betas, args.seeds, reference=reference)}
+    print("pair", info)
+    print("unbatched", record["unbatched"])
+    for name, r in record["donor_effect"].items():
+        print(f"  {name:46s} " + " ".join(f"{m} {r[m]:.3f}" for m in METRICS if m in r)
+              + f" ARI per seed {np.round(r['ari_per_seed'], 3).tolist()}")
+    default = f"batch_donor_effect{'' if args.effect_scale == 1 else f'_x{args.effect_scale:g}'}.json"
+    out = args.out if args.out != str(RESULTS / "batch.json") else str(RESULTS / default)
+    with open(out, "w") as fh:
         json.dump(record, fh, indent=1)
 
 
