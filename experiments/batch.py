@@ -7,6 +7,9 @@ Two settings, both on Granja 2019 bone marrow (600 cells, 6 types; not the paper
   peak has its own efficiency per batch, log-normal with mean 1 and sd 0.6 on the log
   scale); the unbatched data's clustering is the target ("ARI vs unbatched").
 * ``real``: the file's two donors (obs ``Group``: 108 cells of D5T1, 492 of D6T1).
+* ``--donor-effect``: two donors of 1,000 cells with a real donor's effect, made from D6T1
+  cells and the D5T1 pseudo-bulk (:func:`donor_effect_pair`; ``--effect-scale`` multiplies
+  its log ratio); writes ``experiments/results/batch_donor_effect[_x<scale>].json``.
 
 Rows, each fit with the package defaults (K estimated, the default output) and
 enhancement seeds ``--seeds`` (mean over them): raw L2 TF-IDF; scCASE without correction;
