@@ -15,6 +15,8 @@ Rules (``--rules``, each ``NAME:N``):
   whether dot products favour high-norm cells);
 * ``z:N``: each cell's N largest weights of the fitted Z as stored (at most 1,000), for
   fits where Z need not equal ``max(H^T H, 0)`` (scCASER's lam 1e5, ``--reference``);
+* ``dotref:N`` / ``dotfree:N`` (scCASER fits, ``--reference``): ``dot:N`` on the rows of H
+  of the reference block (the first k1) / of the free block only;
 * ``rawknn:N``: the N nearest cells in PCA(50) of the L2 TF-IDF itself, equal weights (the
   data's own neighbours, no fit);
 * ``raw``: the L2 TF-IDF itself; ``raweq1``: Eq. 1 TF-IDF of the counts; ``snap``:
@@ -149,8 +151,12 @@ def run(name: str, seeds, rules, log=print, reference: bool = False, kw=None) ->
                      else n if arg == "all" else int(arg))
                 if kind == "rawknn" and raw_emb is None:
                     raw_emb = pca_embedding(X.T.tocsr(), 50, transform=None)
-                W = (stored_weights(out.obsp["sccase_Z"], N) if kind == "z"
-                     else rule_weights(kind, N, H, raw_emb))
+                if kind in ("dotref", "dotfree"):
+                    k1 = int(out.uns["sccase"]["reference"]["k_ref"])
+                    W = rule_weights("dot", N, H[:k1] if kind == "dotref" else H[k1:])
+                else:
+                    W = (stored_weights(out.obsp["sccase_Z"], N) if kind == "z"
+                         else rule_weights(kind, N, H, raw_emb))
                 row["support"] = neighbour_support(X, W, seed=s)["support"]
                 row["neighbors"] = N
                 row.update(own_type_share(W, lab))
