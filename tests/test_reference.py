@@ -327,7 +327,8 @@ def test_default_k_with_reference_keeps_a_column_per_profile(bm, monkeypatch):
 def test_too_few_components_for_the_reference_warns(bm):
     full, small = bm
     ref = pseudobulk_reference(full.X, full.obs["cell_type"].values, var=full.var)  # 6 profiles
-    with pytest.warns(UserWarning, match=r"keeps k_ref = 3 of the 6 reference profiles.*>= 7") as rec:
+    msg = r"keeps k_ref = 3 of the 6 reference profiles.*>= 7 \(command line: --k\)"
+    with pytest.warns(UserWarning, match=msg) as rec:
         enhance(small, reference=ref, n_components=4, max_iter=1)
     assert any(w.filename == __file__ for w in rec if "k_ref" in str(w.message))  # the caller's line
     with warnings.catch_warnings():  # enough columns, or k_ref chosen: no warning

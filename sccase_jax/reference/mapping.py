@@ -184,7 +184,7 @@ def reference_block(reference, target_var, counts, X, k: int, opts):
             "the reference is compressed into fewer columns than it has profiles, which "
             "lowered ARI on the Granja donor D6T1 below raw TF-IDF (2,055 cells) and far "
             f"below the uncompressed reference (all cells); pass n_components >= "
-            f"{Rm.shape[1] + 1}, or None for the default rule",
+            f"{Rm.shape[1] + 1} (command line: --k), or None for the default rule",
             UserWarning,
             stacklevel=3,  # enhance's caller
         )
