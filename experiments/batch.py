@@ -108,14 +108,14 @@ def donor_effect_pair(a, ref, n_per_donor=1000, *, seed=0, pseudo=10.0, scale=1.
     B = np.concatenate([rng.permutation(left[types[left] == t])[:w] for t, w in zip(names, want)])
     cells = np.concatenate([A, B])
     sub = C[cells].tocoo()
-    prob = np.where(np.arange(cells.size) < A.size, 0, 1)[sub.row]
-    prob = np.where(prob == 0, keep_a[sub.col], keep_b[sub.col])
+    in_b = np.arange(cells.size) >= A.size
+    prob = np.where(in_b[sub.row], keep_b[sub.col], keep_a[sub.col])
     kept = rng.binomial(np.round(sub.data).astype(np.int64), prob)
     X = sp.csr_matrix((kept.astype(np.float32), (sub.row, sub.col)), shape=sub.shape)
     X.eliminate_zeros()
     ok = np.asarray(X.sum(axis=1)).ravel() > 0
     obs = a.obs.iloc[cells].copy()
-    obs["donor"] = np.where(np.arange(cells.size) < A.size, "A (as is)", "B (other donor's effect)")
+    obs["donor"] = np.where(in_b, "B (other donor's effect)", "A (as is)")
     obs.index = [f"{i}_{d[0]}" for i, d in zip(obs.index, obs["donor"])]
     batched = ad.AnnData(X[ok], obs=obs[ok], var=a.var.copy())
     unbatched = ad.AnnData(sp.csr_matrix(C[cells][ok], dtype=np.float32), obs=obs[ok], var=a.var.copy())

@@ -331,6 +331,9 @@ def test_too_few_components_for_the_reference_warns(bm):
     with pytest.warns(UserWarning, match=msg) as rec:
         enhance(small, reference=ref, n_components=4, max_iter=1)
     assert any(w.filename == __file__ for w in rec if "k_ref" in str(w.message))  # the caller's line
+    # The default rule on 5 cells: k is capped at min(peaks, cells), and the advice says so.
+    with pytest.warns(UserWarning, match=r"keeps k_ref = 4 of the 6.*data allow no more components"):
+        enhance(full[::120].copy(), reference=ref, max_iter=1)
     with warnings.catch_warnings():  # enough columns, or k_ref chosen: no warning
         warnings.filterwarnings("error", message=".*reference profiles")
         enhance(small, reference=ref, n_components=7, max_iter=1)

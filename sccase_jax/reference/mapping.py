@@ -179,12 +179,15 @@ def reference_block(reference, target_var, counts, X, k: int, opts):
         raise InputError(f"k_ref must be between 1 and min(n_components = {k}, reference profiles ="
                          f" {Rm.shape[1]}), got {k1}")
     if opts.k_ref is None and k1 < Rm.shape[1]:
+        advice = (f"pass n_components >= {Rm.shape[1] + 1} (command line: --k), or None for the "
+                  "default rule" if opts.n_components is not None else
+                  "the data allow no more components (at most min(peaks, cells)); pass fewer "
+                  "profiles or set k_ref to silence this")
         warnings.warn(
             f"n_components = {k} keeps k_ref = {k1} of the {Rm.shape[1]} reference profiles: "
             "the reference is compressed into fewer columns than it has profiles, which "
             "lowered ARI on the Granja donor D6T1 below raw TF-IDF (2,055 cells) and far "
-            f"below the uncompressed reference (all cells); pass n_components >= "
-            f"{Rm.shape[1] + 1} (command line: --k), or None for the default rule",
+            f"below the uncompressed reference (all cells); {advice}",
             UserWarning,
             stacklevel=3,  # enhance's caller
         )
