@@ -327,17 +327,18 @@ def test_default_k_with_reference_keeps_a_column_per_profile(bm, monkeypatch):
 def test_too_few_components_for_the_reference_warns(bm):
     full, small = bm
     ref = pseudobulk_reference(full.X, full.obs["cell_type"].values, var=full.var)  # 6 profiles
+    fast = dict(max_iter=1, nmf_iter=5)  # the warning comes before the fit
     msg = r"keeps k_ref = 3 of the 6 reference profiles.*>= 7 \(command line: --k\)"
     with pytest.warns(UserWarning, match=msg) as rec:
-        enhance(small, reference=ref, n_components=4, max_iter=1)
+        enhance(small, reference=ref, n_components=4, **fast)
     assert any(w.filename == __file__ for w in rec if "k_ref" in str(w.message))  # the caller's line
     # The default rule on 5 cells: k is capped at min(peaks, cells), and the advice says so.
     with pytest.warns(UserWarning, match=r"keeps k_ref = 4 of the 6.*data allow no more components"):
-        enhance(full[::120].copy(), reference=ref, max_iter=1)
+        enhance(full[::120].copy(), reference=ref, **fast)
     with warnings.catch_warnings():  # enough columns, or k_ref chosen: no warning
         warnings.filterwarnings("error", message=".*reference profiles")
-        enhance(small, reference=ref, n_components=7, max_iter=1)
-        enhance(small, reference=ref, n_components=4, k_ref=3, max_iter=1)
+        enhance(small, reference=ref, n_components=7, **fast)
+        enhance(small, reference=ref, n_components=4, k_ref=3, **fast)
 
 
 def test_enhance_refuses_unusable_reference(bm):
