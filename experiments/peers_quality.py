@@ -217,19 +217,15 @@ peers.EXTRA_METHODS.update({
 })
 
 
-# Is K the cause of scCASER's lower ARI on a whole donor?  scCASE at scCASER's K (21) and
-# at one column per profile plus one (17), and scCASER at that smallest K that keeps every
-# profile (k1 = 16 needs K >= 17).
+# Is K the cause of scCASER's lower ARI on a whole donor?  scCASE at scCASER's K (21) and at
+# one column per profile plus one (17); scCASER at 17 (the smallest K that keeps every
+# profile: k1 = 16), 25 and 31, and with the reference compressed to the data's K (7, k1 6);
+# and the stronger pull run to 30 iterations.
 peers.EXTRA_METHODS.update({
-    "cand: scCASE K=21": lambda C, s, ctx: peers._enhance(C, s, ctx, n_components=21),
-    "cand: scCASE K=17": lambda C, s, ctx: peers._enhance(C, s, ctx, n_components=17),
-    "cand: scCASER K=17": lambda C, s, ctx: _sccaser(C, s, ctx, n_components=17),
-})
-peers.EXTRA_METHODS.update({
-    "cand: scCASER K=25": lambda C, s, ctx: _sccaser(C, s, ctx, n_components=25),
-    "cand: scCASER K=31": lambda C, s, ctx: _sccaser(C, s, ctx, n_components=31),
-})
-peers.EXTRA_METHODS.update({
+    **{f"cand: scCASE K={k}": (lambda C, s, ctx, k=k: peers._enhance(C, s, ctx, n_components=k))
+       for k in (21, 17)},
+    **{f"cand: scCASER K={k}": (lambda C, s, ctx, k=k: _sccaser(C, s, ctx, n_components=k))
+       for k in (17, 25, 31)},
     "cand: scCASER K=7 k_ref=6": lambda C, s, ctx: _sccaser(C, s, ctx, n_components=7, k_ref=6),
     "cand: scCASER alpha n/2000, 30 iterations": lambda C, s, ctx: _sccaser(
         C, s, ctx, alpha=C.shape[0] / 2000.0, x_tol=0.0, max_iter=30),
